@@ -1,0 +1,1 @@
+"""CUDA C++ sources of cumla's kernels, shipped as package data."""

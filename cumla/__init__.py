@@ -1,0 +1,23 @@
+"""cumla: Multi-head Latent Attention decode on CuPy (CUDA kernels) and NumPy.
+
+Entry point: :func:`decode`. NumPy inputs run on the CPU backend, CuPy inputs
+on the CUDA kernels; the float64 oracle is :mod:`cumla.reference`.
+"""
+from ._absorb import absorb
+from ._api import decode, latent_attention
+from ._combine import combine
+from ._cost import Cost, cost
+from ._memory import MemoryReport, memory_report
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cost",
+    "MemoryReport",
+    "absorb",
+    "combine",
+    "cost",
+    "decode",
+    "latent_attention",
+    "memory_report",
+]

@@ -1,0 +1,218 @@
+"""The public entry points: validate, plan, then call exactly one backend."""
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+from . import _cpu
+from ._absorb import absorb, absorb_query, unabsorb
+from ._arrays import array_module
+from ._cost import cost
+from ._validate import (
+    Problem,
+    check_decode,
+    check_flag,
+    check_indices,
+    check_latent,
+    check_out,
+    check_scale,
+    check_strategy,
+)
+
+
+def _backend(xp: ModuleType):
+    if xp.__name__ == "numpy":
+        return _cpu
+    from . import _gpu
+
+    return _gpu
+
+
+def _as_4d(q: Any) -> Any:
+    return q[:, None] if q.ndim == 3 else q
+
+
+def _finish(problem: Problem, o: Any, lse: Any, out: Any, return_lse: bool):
+    o = o.reshape(problem.out_shape)
+    lse = lse.reshape(problem.lse_shape)
+    if out is not None:
+        out[...] = o
+        o = out
+    elif o.dtype != problem.dtype:
+        o = o.astype(problem.dtype)
+    return (o, lse) if return_lse else o
+
+
+def _check_common(xp, problem, seqlens, block_table, causal, return_lse, check, out, out_dtype):
+    check_flag("causal", causal)
+    check_flag("return_lse", return_lse)
+    check_flag("check", check)
+    check_out("out", out, xp, problem.out_shape, out_dtype)
+    if check:
+        check_indices(problem, seqlens, block_table, xp)
+
+
+def decode(
+    q: Any,
+    cache: Any,
+    w_kv: Any,
+    *,
+    rope_dim: int = 0,
+    scale: float | None = None,
+    seqlens: Any = None,
+    block_table: Any = None,
+    causal: bool = True,
+    strategy: str = "auto",
+    return_lse: bool = False,
+    out: Any = None,
+    check: bool = True,
+):
+    """Multi-head Latent Attention decode over a latent KV cache.
+
+    Parameters
+    ----------
+    q : ndarray, shape (B, H, Dn+R) or (B, Sq, H, Dn+R)
+        Queries; head h is ``[q_nope (Dn) | q_rope (R)]``. float32, float16 or
+        bfloat16 (``ml_dtypes.bfloat16``); ``cache`` and ``w_kv`` share its dtype.
+    cache : ndarray
+        Latent rows ``[c (L) | r (R)]``: contiguous, shape (B, S, L+R), or
+        paged, shape (num_blocks, block_size, L+R), with ``block_table``.
+        Must be C-contiguous.
+    w_kv : ndarray, shape (L, H*(Dn+Dv)) or (L, H, Dn+Dv)
+        Up-projection; head h's block is ``[W_uk_h (L x Dn) | W_uv_h (L x Dv)]``.
+    rope_dim : int, optional
+        R, the decoupled-RoPE width at the end of q and of each cache row.
+    scale : float, optional
+        Score scale; default ``1 / sqrt(Dn + R)``.
+    seqlens : ndarray of int32, shape (B,), optional
+        Cached tokens per request; default S for a contiguous cache, required
+        for a paged one. Values in [0, capacity].
+    block_table : ndarray of int32, shape (B, max_blocks), optional
+        Block ids of each request's tokens in a paged cache. Entries for blocks
+        past ``seqlens`` are ignored.
+    causal : bool, optional
+        With Sq > 1, query i of request b sees tokens t < seqlens[b] - Sq + i + 1.
+    strategy : {"auto", "absorbed", "decompressed"}, optional
+        "auto" picks the one with fewer FLOPs by :func:`cumla.cost`.
+    return_lse : bool, optional
+        Also return the natural-log sum-exp of the scaled scores.
+    out : ndarray, optional
+        C-contiguous array of the output's shape and q's dtype to write into.
+    check : bool, optional
+        Check ``seqlens``/``block_table`` contents (one small reduction; on
+        CuPy the call's only host synchronisation). With ``check=False`` bad
+        indices give unspecified values but never out-of-bounds accesses.
+
+    Returns
+    -------
+    o : ndarray, shape (B, [Sq,] H, Dv), q's dtype
+        Zero where a query sees no token.
+    lse : ndarray, shape (B, [Sq,] H), float32
+        Only with ``return_lse=True``; -inf where a query sees no token.
+
+    Raises
+    ------
+    TypeError
+        Lists or foreign objects, NumPy mixed with CuPy, wrong dtypes.
+    ValueError
+        Inconsistent shapes, out-of-range indices, non-finite scale, unknown
+        strategy, a wrong ``out``.
+
+    Examples
+    --------
+    >>> import numpy as np, cumla
+    >>> rng = np.random.default_rng(0)
+    >>> B, S, H, L, R, Dn, Dv = 2, 64, 4, 32, 16, 16, 16
+    >>> q = rng.standard_normal((B, H, Dn + R), dtype=np.float32)
+    >>> cache = rng.standard_normal((B, S, L + R), dtype=np.float32)
+    >>> w_kv = rng.standard_normal((L, H * (Dn + Dv)), dtype=np.float32)
+    >>> cumla.decode(q, cache, w_kv, rope_dim=R).shape
+    (2, 4, 16)
+    """
+    xp = array_module(q=q, cache=cache, w_kv=w_kv, seqlens=seqlens, block_table=block_table, out=out)
+    problem = check_decode(q, cache, w_kv, rope_dim, seqlens, block_table)
+    scale = 1.0 / math.sqrt(problem.qk_dim) if scale is None else check_scale(scale)
+    strategy = check_strategy(strategy)
+    _check_common(xp, problem, seqlens, block_table, causal, return_lse, check, out, problem.dtype)
+    if strategy == "auto":
+        strategy = cost(
+            batch=problem.batch, seq_len=problem.capacity, heads=problem.heads, q_len=problem.q_len,
+            latent_dim=problem.latent_dim, rope_dim=problem.rope_dim, nope_dim=problem.nope_dim,
+            v_dim=problem.v_dim, itemsize=problem.dtype.itemsize,
+        ).best
+    backend = _backend(xp)
+    q4 = _as_4d(q)
+    w3 = w_kv.reshape(problem.latent_dim, problem.heads, -1)
+    if strategy == "absorbed":
+        w_uk, w_uv = absorb(w3, problem.heads, problem.v_dim)
+        q_lat = absorb_query(q4, w_uk, problem.rope_dim, xp)
+        o_lat, lse = backend.latent_attention(
+            problem.as_latent(), q_lat, cache, seqlens, block_table, scale, bool(causal)
+        )
+        o = unabsorb(o_lat, w_uv, xp)
+    else:
+        o, lse = backend.decompressed(problem, q4, w3, cache, seqlens, block_table, scale, bool(causal))
+    return _finish(problem, o, lse, out, return_lse)
+
+
+def latent_attention(
+    q_latent: Any,
+    cache: Any,
+    *,
+    v_dim: int,
+    scale: float,
+    seqlens: Any = None,
+    block_table: Any = None,
+    causal: bool = True,
+    return_lse: bool = False,
+    out: Any = None,
+    check: bool = True,
+):
+    """Attention of already-absorbed queries over the latent cache (one shared KV head).
+
+    The core of the absorbed strategy, for engines that absorb ``W_uk`` into
+    their queries and apply ``W_uv`` themselves. ``decode`` is absorb +
+    ``latent_attention`` + un-absorb.
+
+    Parameters
+    ----------
+    q_latent : ndarray, shape (B, H, D) or (B, Sq, H, D)
+        Absorbed queries, D = L+R = ``cache.shape[-1]``.
+    cache : ndarray
+        Contiguous (B, S, D) or paged (num_blocks, block_size, D), q's dtype.
+    v_dim : int
+        Values are the first ``v_dim`` columns of each cache row (L).
+    scale : float
+        Score scale (MLA: ``1 / sqrt(Dn + R)`` of the original heads).
+    seqlens, block_table, causal, return_lse, out, check
+        As in :func:`cumla.decode`.
+
+    Returns
+    -------
+    o : ndarray, shape (B, [Sq,] H, v_dim), q's dtype
+    lse : ndarray, shape (B, [Sq,] H), float32
+        Only with ``return_lse=True``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As in :func:`cumla.decode`.
+
+    Examples
+    --------
+    >>> import numpy as np, cumla
+    >>> rng = np.random.default_rng(0)
+    >>> q = rng.standard_normal((2, 8, 48), dtype=np.float32)
+    >>> cache = rng.standard_normal((2, 100, 48), dtype=np.float32)
+    >>> cumla.latent_attention(q, cache, v_dim=32, scale=0.1).shape
+    (2, 8, 32)
+    """
+    xp = array_module(q_latent=q_latent, cache=cache, seqlens=seqlens, block_table=block_table, out=out)
+    problem = check_latent(q_latent, cache, v_dim, seqlens, block_table)
+    scale = check_scale(scale)
+    _check_common(xp, problem, seqlens, block_table, causal, return_lse, check, out, problem.dtype)
+    o, lse = _backend(xp).latent_attention(
+        problem, _as_4d(q_latent), cache, seqlens, block_table, scale, bool(causal)
+    )
+    return _finish(problem, o, lse, out, return_lse)

@@ -1,0 +1,59 @@
+"""Array-module dispatch and dtype helpers shared by every backend."""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), BFLOAT16)
+INDEX_DTYPE = np.dtype(np.int32)
+
+
+def _cupy() -> ModuleType | None:
+    try:
+        import cupy
+    except Exception:  # CuPy absent or broken: NumPy-only installation
+        return None
+    return cupy
+
+
+def module_of(x: Any) -> str:
+    """'numpy', 'cupy' or 'other' for one argument."""
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    cp = _cupy() if type(x).__module__.startswith("cupy") else None
+    if cp is not None and isinstance(x, cp.ndarray):
+        return "cupy"
+    return "other"
+
+
+def array_module(**arrays: Any) -> ModuleType:
+    """The one array module (NumPy or CuPy) shared by the named arrays.
+
+    ``None`` values are skipped. Lists, scalars and foreign objects raise
+    TypeError naming the argument; mixing NumPy and CuPy raises TypeError.
+    """
+    seen: dict[str, str] = {}
+    for name, value in arrays.items():
+        if value is None:
+            continue
+        kind = module_of(value)
+        if kind == "other":
+            raise TypeError(
+                f"{name} must be a numpy.ndarray or cupy.ndarray, got {type(value).__name__}"
+            )
+        seen[name] = kind
+    kinds = set(seen.values())
+    if len(kinds) > 1:
+        listing = ", ".join(f"{n}: {k}" for n, k in seen.items())
+        raise TypeError(f"arrays must all be NumPy or all CuPy, got a mix ({listing})")
+    if kinds == {"cupy"}:
+        return _cupy()
+    return np
+
+
+def dtype_name(dtype: Any) -> str:
+    return "bfloat16" if np.dtype(dtype) == BFLOAT16 else np.dtype(dtype).name
