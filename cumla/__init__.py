@@ -8,16 +8,19 @@ from ._api import decode, latent_attention
 from ._combine import combine
 from ._cost import Cost, cost
 from ._memory import MemoryReport, memory_report
+from ._plan import Plan, plan
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Cost",
     "MemoryReport",
+    "Plan",
     "absorb",
     "combine",
     "cost",
     "decode",
     "latent_attention",
     "memory_report",
+    "plan",
 ]

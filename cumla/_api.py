@@ -9,6 +9,7 @@ from . import _cpu
 from ._absorb import absorb, absorb_query, unabsorb
 from ._arrays import array_module
 from ._cost import cost
+from ._plan import Plan
 from ._validate import (
     Problem,
     check_decode,
@@ -33,18 +34,42 @@ def _as_4d(q: Any) -> Any:
     return q[:, None] if q.ndim == 3 else q
 
 
-def _finish(problem: Problem, o: Any, lse: Any, out: Any, return_lse: bool):
-    o = o.reshape(problem.out_shape)
+def _out_4d(problem: Problem, out: Any) -> Any:
+    """``out`` seen as (B, Sq, H, V), the backends' layout (a view)."""
+    return None if out is None else out.reshape(problem.batch, problem.q_len, problem.heads, problem.v_dim)
+
+
+def _finish(problem: Problem, o: Any, lse: Any, out: Any, out4: Any, return_lse: bool):
+    """Shape the results; copy into ``out`` unless the backend wrote there already."""
     lse = lse.reshape(problem.lse_shape)
     if out is not None:
-        out[...] = o
+        if o is not out4:
+            out4[...] = o
         o = out
-    elif o.dtype != problem.dtype:
-        o = o.astype(problem.dtype)
+    else:
+        o = o.reshape(problem.out_shape)
+        if o.dtype != problem.dtype:
+            o = o.astype(problem.dtype)
     return (o, lse) if return_lse else o
 
 
+def _check_plan(plan: Any, problem: Problem, xp: ModuleType) -> None:
+    if plan is None:
+        return
+    if not isinstance(plan, Plan):
+        raise TypeError(f"plan must come from cumla.plan, got {type(plan).__name__}")
+    if plan.xp is not xp:
+        raise TypeError(f"plan was made for {plan.xp.__name__} arrays, the inputs are {xp.__name__}")
+    rows = problem.q_len * problem.heads
+    if not plan.matches(problem.batch, rows, problem.v_dim):
+        raise ValueError(
+            f"plan was made for batch={plan.batch}, q_len*heads={plan.rows}, v_dim={plan.v_dim}; "
+            f"this call has batch={problem.batch}, q_len*heads={rows}, v_dim={problem.v_dim}"
+        )
+
+
 def _check_common(xp, problem, seqlens, block_table, causal, return_lse, check, out, out_dtype):
+    """Checks every entry point shares, in the order a user's mistakes are most likely."""
     check_flag("causal", causal)
     check_flag("return_lse", return_lse)
     check_flag("check", check)
@@ -66,6 +91,7 @@ def decode(
     strategy: str = "auto",
     return_lse: bool = False,
     out: Any = None,
+    plan: Plan | None = None,
     check: bool = True,
 ):
     """Multi-head Latent Attention decode over a latent KV cache.
@@ -99,6 +125,10 @@ def decode(
         Also return the natural-log sum-exp of the scaled scores.
     out : ndarray, optional
         C-contiguous array of the output's shape and q's dtype to write into.
+    plan : Plan, optional
+        Split-KV schedule from :func:`cumla.plan` for this batch's lengths,
+        with ``v_dim`` = L; without one, a schedule is built for the call.
+        Ignored by the NumPy backend (after checking that it fits).
     check : bool, optional
         Check ``seqlens``/``block_table`` contents (one small reduction; on
         CuPy the call's only host synchronisation). With ``check=False`` bad
@@ -135,6 +165,7 @@ def decode(
     scale = 1.0 / math.sqrt(problem.qk_dim) if scale is None else check_scale(scale)
     strategy = check_strategy(strategy)
     _check_common(xp, problem, seqlens, block_table, causal, return_lse, check, out, problem.dtype)
+    _check_plan(plan, problem.as_latent(), xp)
     if strategy == "auto":
         strategy = cost(
             batch=problem.batch, seq_len=problem.capacity, heads=problem.heads, q_len=problem.q_len,
@@ -148,12 +179,12 @@ def decode(
         w_uk, w_uv = absorb(w3, problem.heads, problem.v_dim)
         q_lat = absorb_query(q4, w_uk, problem.rope_dim, xp)
         o_lat, lse = backend.latent_attention(
-            problem.as_latent(), q_lat, cache, seqlens, block_table, scale, bool(causal)
+            problem.as_latent(), q_lat, cache, seqlens, block_table, scale, bool(causal), plan
         )
         o = unabsorb(o_lat, w_uv, xp)
     else:
-        o, lse = backend.decompressed(problem, q4, w3, cache, seqlens, block_table, scale, bool(causal))
-    return _finish(problem, o, lse, out, return_lse)
+        o, lse = backend.decompressed(problem, q4, w3, cache, seqlens, block_table, scale, bool(causal), plan)
+    return _finish(problem, o, lse, out, _out_4d(problem, out), return_lse)
 
 
 def latent_attention(
@@ -167,6 +198,7 @@ def latent_attention(
     causal: bool = True,
     return_lse: bool = False,
     out: Any = None,
+    plan: Plan | None = None,
     check: bool = True,
 ):
     """Attention of already-absorbed queries over the latent cache (one shared KV head).
@@ -185,8 +217,8 @@ def latent_attention(
         Values are the first ``v_dim`` columns of each cache row (L).
     scale : float
         Score scale (MLA: ``1 / sqrt(Dn + R)`` of the original heads).
-    seqlens, block_table, causal, return_lse, out, check
-        As in :func:`cumla.decode`.
+    seqlens, block_table, causal, return_lse, out, plan, check
+        As in :func:`cumla.decode` (``plan`` made with ``v_dim`` = this v_dim).
 
     Returns
     -------
@@ -212,7 +244,9 @@ def latent_attention(
     problem = check_latent(q_latent, cache, v_dim, seqlens, block_table)
     scale = check_scale(scale)
     _check_common(xp, problem, seqlens, block_table, causal, return_lse, check, out, problem.dtype)
+    _check_plan(plan, problem, xp)
+    out4 = _out_4d(problem, out)
     o, lse = _backend(xp).latent_attention(
-        problem, _as_4d(q_latent), cache, seqlens, block_table, scale, bool(causal)
+        problem, _as_4d(q_latent), cache, seqlens, block_table, scale, bool(causal), plan, out4
     )
-    return _finish(problem, o, lse, out, return_lse)
+    return _finish(problem, o, lse, out, out4, return_lse)

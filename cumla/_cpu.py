@@ -74,8 +74,13 @@ def _lengths(problem: Problem, seqlens) -> np.ndarray:
     return np.asarray(seqlens)
 
 
-def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale: float, causal: bool):
-    """Absorbed core: q_lat (B, Sq, H, D) -> float32 o (B, Sq, H, v_dim), lse (B, Sq, H)."""
+def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale: float, causal: bool,
+                     plan=None, out=None):
+    """Absorbed core: q_lat (B, Sq, H, D) -> float32 o (B, Sq, H, v_dim), lse (B, Sq, H).
+
+    ``plan`` and ``out`` are accepted for the backends' common signature; the
+    CPU does not split and returns new arrays.
+    """
     q_lat = q_lat.astype(np.float32)
     batch, q_len, heads, dim = q_lat.shape
     o = np.zeros((batch, q_len, heads, problem.v_dim), dtype=np.float32)
@@ -92,7 +97,8 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     return o, lse
 
 
-def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: float, causal: bool):
+def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: float, causal: bool,
+                 plan=None, out=None):
     """Decompressed form: per chunk, keys and values are rebuilt from the latent rows.
 
     q (B, Sq, H, Dn+R), w (L, H, Dn+Dv); computed in float32.

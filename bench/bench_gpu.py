@@ -1,0 +1,190 @@
+"""GPU benchmark: DESIGN's fixed configurations A-F on the latent-attention core.
+
+For each configuration: median time of event-timed runs after warm-up, TB/s,
+TFLOP/s and % of the roofline, where the roofline uses the copy bandwidth and
+bf16 matmul rate measured in the same run. Also times the CuPy-only baseline
+(absorbed form, cupy.matmul + softmax) and the full ``decode`` with absorption.
+
+    python bench/bench_gpu.py --out bench/results          # JSON + markdown
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+import numpy as np
+
+import cupy as cp
+import cumla
+from cumla._arrays import BFLOAT16
+
+L, R, DN, DV, BLOCK = 512, 64, 128, 128, 64
+D = L + R
+CONFIGS = {
+    "A": dict(batch=64, q_len=1, heads=128, seq=4096),
+    "B": dict(batch=128, q_len=1, heads=128, seq=8192),
+    "C": dict(batch=128, q_len=1, heads=16, seq=8192),
+    "D": dict(batch=4, q_len=1, heads=128, seq=32768),
+    "E": dict(batch=64, q_len=2, heads=128, seq=4096),
+    "F": dict(batch=132, q_len=1, heads=64, seq=16384),
+}
+
+
+def time_us(fn, warmup: int = 3, repeat: int = 20) -> float:
+    """Median of event-timed runs, in microseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop) * 1e3)
+    return float(np.median(times))
+
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second by a 4 GiB device-to-device copy."""
+    n = 2**31
+    src = cp.random.random(n // 4, dtype=np.float32).view(np.uint8)
+    dst = cp.empty_like(src)
+    us = time_us(lambda: cp.cuda.runtime.memcpyAsync(dst.data.ptr, src.data.ptr, n, 3, 0))
+    del src, dst
+    return 2 * n / (us * 1e-6)
+
+
+def matmul_rate() -> tuple[float, str]:
+    """bf16 8192^3 matmul FLOP/s on random data (CuPy; torch if CuPy cannot)."""
+    n = 8192
+    try:
+        a = cp.random.standard_normal((n, n), dtype=np.float32).astype(BFLOAT16)
+        b = cp.random.standard_normal((n, n), dtype=np.float32).astype(BFLOAT16)
+        us = time_us(lambda: cp.matmul(a, b), warmup=3, repeat=10)
+        return 2 * n**3 / (us * 1e-6), "cupy"
+    except Exception:
+        import torch
+
+        a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+        us = time_us(lambda: a @ b, warmup=3, repeat=10)
+        return 2 * n**3 / (us * 1e-6), "torch"
+
+
+def make_config(batch, q_len, heads, seq, rng):
+    blocks = batch * seq // BLOCK
+    cache = cp.asarray(rng.standard_normal((blocks, BLOCK, D), dtype=np.float32).astype(BFLOAT16))
+    table = cp.asarray(rng.permutation(blocks).astype(np.int32).reshape(batch, seq // BLOCK))
+    q = cp.asarray(rng.standard_normal((batch, q_len, heads, D), dtype=np.float32).astype(BFLOAT16))
+    seqlens = cp.full(batch, seq, dtype=np.int32)
+    return q, cache, table, seqlens
+
+
+def cupy_baseline(q, cache, table, scale):
+    """What a user would write with CuPy alone (absorbed form, gather, matmul, softmax).
+
+    CuPy's batched matmul has no bfloat16 path, so this runs in float16 (the
+    same bytes per element); the casts are part of what such a user pays.
+    """
+    batch, q_len, heads, _ = q.shape
+    kv = cache[table].reshape(batch, -1, D).astype(np.float16)  # (B, S, D)
+    rows = q.reshape(batch, q_len * heads, D).astype(np.float16)
+    s = cp.matmul(rows, kv.transpose(0, 2, 1)).astype(np.float32) * scale
+    s -= s.max(axis=-1, keepdims=True)
+    p = cp.exp(s)
+    p /= p.sum(axis=-1, keepdims=True)
+    return cp.matmul(p.astype(q.dtype), kv[..., :L])
+
+
+def bench_config(name, cfg, copy_bw, mm_rate, rng, with_baseline=True):
+    batch, q_len, heads, seq = cfg["batch"], cfg["q_len"], cfg["heads"], cfg["seq"]
+    q, cache, table, seqlens = make_config(batch, q_len, heads, seq, rng)
+    scale = 1 / np.sqrt(DN + R)
+    plan = cumla.plan(seqlens, heads=heads, q_len=q_len, v_dim=L)
+    out = cp.empty((batch, q_len, heads, L), dtype=BFLOAT16)
+
+    def core():
+        cumla.latent_attention(q, cache, v_dim=L, scale=scale, seqlens=seqlens, block_table=table,
+                               plan=plan, out=out, check=False)
+
+    us = time_us(core)
+    flops = batch * q_len * heads * seq * 2 * (D + L)
+    moved = batch * seq * D * 2 + q.nbytes + out.nbytes
+    roof_us = max(moved / copy_bw, flops / mm_rate) * 1e6
+    row = dict(config=name, **cfg, time_us=us, tb_s=moved / us / 1e6, tflop_s=flops / us / 1e6,
+               roofline_us=roof_us, pct_roofline=100 * roof_us / us, bytes=moved, flops=flops)
+    if with_baseline:
+        try:
+            row["cupy_baseline_us"] = time_us(lambda: cupy_baseline(q, cache, table, scale), 1, 5)
+        except cp.cuda.memory.OutOfMemoryError:
+            row["cupy_baseline_us"] = None
+        cp.get_default_memory_pool().free_all_blocks()
+    # Full decode (absorb + core + un-absorb) at the same shapes.
+    qd = cp.asarray(rng.standard_normal((batch, q_len, heads, DN + R), dtype=np.float32).astype(BFLOAT16))
+    w_kv = cp.asarray((rng.standard_normal((L, heads * (DN + DV)), dtype=np.float32) / np.sqrt(L)).astype(BFLOAT16))
+    row["decode_us"] = time_us(lambda: cumla.decode(qd, cache, w_kv, rope_dim=R, seqlens=seqlens,
+                                                     block_table=table, plan=plan, check=False,
+                                                     strategy="absorbed"))
+    del q, cache, table, out
+    cp.get_default_memory_pool().free_all_blocks()
+    return row
+
+
+def markdown(result) -> str:
+    lines = [
+        f"# cumla latent-attention core, {result['gpu']}, {result['date']}",
+        "",
+        f"Ceilings measured in this run: copy {result['copy_tb_s']:.2f} TB/s (read+write), "
+        f"bf16 matmul {result['matmul_tflop_s']:.0f} TFLOP/s ({result['matmul_via']}).",
+        "",
+        "| config | B | Sq | H | S | time µs | TB/s | TFLOP/s | roofline µs | % roofline | CuPy baseline µs | speed-up | decode µs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["configs"]:
+        base = r.get("cupy_baseline_us")
+        speed = f"{base / r['time_us']:.1f}x" if base else "n/a"
+        base_s = f"{base:.1f}" if base else "OOM"
+        lines.append(
+            f"| {r['config']} | {r['batch']} | {r['q_len']} | {r['heads']} | {r['seq']} | {r['time_us']:.1f} | "
+            f"{r['tb_s']:.2f} | {r['tflop_s']:.0f} | {r['roofline_us']:.0f} | {r['pct_roofline']:.1f}% | "
+            f"{base_s} | {speed} | {r['decode_us']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
+    parser.add_argument("--configs", default="ABCDEF")
+    parser.add_argument("--no-baseline", action="store_true")
+    args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    gpu = props["name"].decode()
+    copy_bw = copy_bandwidth()
+    mm_rate, via = matmul_rate()
+    print(f"{gpu}: copy {copy_bw / 1e12:.2f} TB/s, bf16 matmul {mm_rate / 1e12:.0f} TFLOP/s ({via})", flush=True)
+    rows = []
+    for name in args.configs:
+        row = bench_config(name, CONFIGS[name], copy_bw, mm_rate, rng, not args.no_baseline)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    date = datetime.date.today().isoformat()
+    result = dict(date=date, gpu=gpu, copy_tb_s=copy_bw / 1e12, matmul_tflop_s=mm_rate / 1e12,
+                  matmul_via=via, cupy=cp.__version__, configs=rows)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"{date}-{gpu.replace(' ', '-')}")
+    with open(stem + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One call on a CUDA machine: GPU tests, then the benchmark; logs and JSON to $OUT.
+#   OUT=/tmp/out bash bench/run_device.sh [pytest -k expression] [configs]
+# cumla is installed (without dependencies) into a scratch folder first, as a
+# user would have it, so the CUDA sources come from the installed package.
+set -u
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+site=$(mktemp -d)
+python3 -m pip install -q --no-deps --no-build-isolation --no-index --target "$site" . >"$OUT/install.log" 2>&1 \
+  || { cat "$OUT/install.log"; exit 1; }
+export PYTHONUNBUFFERED=1 PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
+(cd tests && python3 -m pytest -q -p no:cacheprovider -m gpu gpu ${1:+-k "$1"} 2>&1) | tee "$OUT/gpu-tests.log"
+python3 bench/bench_gpu.py --out "$OUT" --configs "${2:-ABCDEF}" 2>&1 | tee "$OUT/bench.log"

@@ -1,0 +1,403 @@
+// Absorbed MLA decode core: attention of absorbed query rows (dim D = L+R)
+// over the latent cache as one shared KV head, values = the first DV columns.
+//
+// One CTA of 8 warps owns BM = 16*WM query rows of one request (all heads
+// and query tokens of the request when Sq*H <= BM) and walks a range of
+// BN-token cache tiles given by the split-KV schedule. Each tile is copied
+// to shared memory once (cp.async, double-buffered, swizzled) and serves
+// every row of the CTA. Warps form a WM x WN grid: warp (wm, wn) computes
+// scores for rows [16wm, 16wm+16) and tokens [wn*BN/WN, ...), the row max
+// and the probabilities P go through shared memory, then the same warp
+// accumulates O[rows, its DV/WN columns] += P V on tensor cores (mma.sync).
+#include "common.cuh"
+#include "params.cuh"
+
+namespace {
+
+template <class T, int D, int DV, int WM, int BN>
+struct LatentTile {
+  static constexpr int kWarps = 8;
+  static constexpr int WN = kWarps / WM;
+  static constexpr int BM = 16 * WM;
+  static constexpr int kChunks = D / 8;              // 16-byte chunks per row
+  static constexpr int kTokPerWarp = BN / WN;         // score columns per warp
+  static constexpr int kScoreTiles = kTokPerWarp / 8;  // n8 tiles of scores per warp
+  static constexpr int kColPairs = DV / 16;            // 16-wide output column pairs
+  static constexpr int kPairsPerWarp = (kColPairs + WN - 1) / WN;
+  using Rows = SwizzledRows<kChunks>;
+  using PRows = SwizzledRows<BN / 8>;
+  static constexpr int kQBytes = Rows::bytes(BM);
+  static constexpr int kKVBytes = Rows::bytes(BN);
+  static constexpr int kPBytes = PRows::bytes(BM);
+  static constexpr int kRedBytes = WN * BM * 4;
+  static constexpr int kSmemBytes = kQBytes + 2 * kKVBytes + kPBytes + kRedBytes;
+  static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
+  static_assert(D % 16 == 0 && DV % 16 == 0 && DV <= D, "dims must be multiples of 16");
+  static_assert(kTokPerWarp % 8 == 0 && BN % 16 == 0, "tile shape");
+};
+
+// Copy `rows` rows of D elements starting at `src_row(r)` into a swizzled tile;
+// rows for which src_row gives null are zero-filled (nothing is read).
+template <int D, class RowPtr>
+__device__ __forceinline__ void load_rows(u32 tile, int rows, const u16* any_mapped, RowPtr src_row) {
+  constexpr int kChunks = D / 8;
+  using Rows = SwizzledRows<kChunks>;
+  for (int i = threadIdx.x; i < rows * kChunks; i += blockDim.x) {
+    const int r = i / kChunks, c = i % kChunks;
+    const u16* row = src_row(r);
+    cp_async16(tile + Rows::offset(r, c), row != nullptr ? row + c * 8 : any_mapped, row != nullptr);
+  }
+}
+
+}  // namespace
+
+template <class T, int D, int DV, int WM, int BN>
+__global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant__ LatentParams p) {
+  using Tile = LatentTile<T, D, DV, WM, BN>;
+  using Rows = typename Tile::Rows;
+  using PRows = typename Tile::PRows;
+  constexpr int WN = Tile::WN, BM = Tile::BM;
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  const u32 sQ = smem_addr(smem);
+  const u32 sKV = sQ + Tile::kQBytes;
+  const u32 sP = sKV + 2 * Tile::kKVBytes;
+  float* sRed = reinterpret_cast<float*>(smem + Tile::kQBytes + 2 * Tile::kKVBytes + Tile::kPBytes);
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int wm = warp % WM, wn = warp / WM;
+  const int g = lane / 4, tq = lane % 4;  // mma fragment row group / column pair
+  const int row0 = blockIdx.y * BM;
+  const int part = blockIdx.x;
+  const u16* q = static_cast<const u16*>(p.q);
+  const u16* cache = static_cast<const u16*>(p.cache);
+
+  const int req_begin = p.sched.work[4 * part], tile_begin = p.sched.work[4 * part + 1];
+  const int req_end = p.sched.work[4 * part + 2], tile_end = p.sched.work[4 * part + 3];
+
+  for (int b = max(req_begin, 0); b <= req_end && b < p.batch; ++b) {
+    // Only the parts the schedule gave a piece of b write for b; a range that
+    // the current lengths leave empty still writes the empty result.
+    const int pieces = p.sched.piece_base[b + 1] - p.sched.piece_base[b];
+    const int piece = part - p.sched.first_part[b];
+    if (piece < 0 || piece >= pieces) continue;
+    const int n = request_length(p.seqlens, b, p.capacity);
+    const int tiles = (n + BN - 1) / BN;
+    const int t0 = b == req_begin ? tile_begin : 0;
+    const int t1 = b == req_end ? min(tile_end, tiles) : tiles;
+
+    cp_async_wait<0>();
+    __syncthreads();  // the previous request's readers are done with shared memory
+    const u16* q_rows = q + (static_cast<size_t>(b) * p.rows + row0) * D;
+    const int live_rows = min(BM, p.rows - row0);
+    load_rows<D>(sQ, BM, q, [&](int r) { return r < live_rows ? q_rows + static_cast<size_t>(r) * D : nullptr; });
+    auto token_row = [&](int t) -> const u16* {
+      if (t >= n) return nullptr;
+      size_t index;
+      if (p.block_table != nullptr) {
+        const int blk = p.block_table[static_cast<size_t>(b) * p.max_blocks + t / p.block_size];
+        if (blk < 0 || blk >= p.num_blocks) return nullptr;
+        index = static_cast<size_t>(blk) * p.block_size + t % p.block_size;
+      } else {
+        index = static_cast<size_t>(b) * p.capacity + t;
+      }
+      return cache + index * D;
+    };
+    auto load_tile = [&](int t, int stage) {
+      load_rows<D>(sKV + stage * Tile::kKVBytes, BN, cache, [&](int r) { return token_row(t * BN + r); });
+      cp_async_commit();
+    };
+    if (t0 < t1) load_tile(t0, 0);
+
+    // Per thread: rows g and g+8 of the warp's 16.
+    float acc[Tile::kPairsPerWarp][2][4];
+#pragma unroll
+    for (int j = 0; j < Tile::kPairsPerWarp; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[j][h][e] = 0.f;
+    float run_max[2] = {CUMLA_NEG_INF, CUMLA_NEG_INF}, run_sum[2] = {0.f, 0.f};
+    const int my_row[2] = {row0 + wm * 16 + g, row0 + wm * 16 + g + 8};
+    int limit[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) limit[h] = visible_limit(n, my_row[h], p.heads, p.q_len, p.causal);
+
+    for (int t = t0; t < t1; ++t) {
+      const int stage = (t - t0) & 1;
+      cp_async_wait<0>();
+      __syncthreads();  // tile t is in; everyone is done with tile t-1
+      if (t + 1 < t1) load_tile(t + 1, stage ^ 1);
+      const u32 sK = sKV + stage * Tile::kKVBytes;
+
+      // S = Q K^T for this warp's 16 rows x kTokPerWarp tokens.
+      float s[Tile::kScoreTiles][4];
+#pragma unroll
+      for (int j = 0; j < Tile::kScoreTiles; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
+      const int tok_base = wn * Tile::kTokPerWarp;
+#pragma unroll 4
+      for (int k = 0; k < D / 16; ++k) {
+        u32 a[4];
+        ldsm_x4(a, sQ + Rows::offset(wm * 16 + (lane & 15), 2 * k + (lane >> 4)));
+        if constexpr (Tile::kScoreTiles == 1) {
+          u32 bfrag[2];
+          ldsm_x2(bfrag, sK + Rows::offset(tok_base + (lane & 7), 2 * k + ((lane >> 3) & 1)));
+          T::mma(s[0], a, bfrag[0], bfrag[1]);
+        } else {
+#pragma unroll
+          for (int j = 0; j < Tile::kScoreTiles; j += 2) {
+            u32 bfrag[4];
+            ldsm_x4(bfrag, sK + Rows::offset(tok_base + j * 8 + (lane & 7) + ((lane >> 4) << 3),
+                                             2 * k + ((lane >> 3) & 1)));
+            T::mma(s[j], a, bfrag[0], bfrag[1]);
+            T::mma(s[j + 1], a, bfrag[2], bfrag[3]);
+          }
+        }
+      }
+
+      // Mask invisible tokens; row max over this warp's tokens, then across warps.
+      float tile_max[2] = {CUMLA_NEG_INF, CUMLA_NEG_INF};
+#pragma unroll
+      for (int j = 0; j < Tile::kScoreTiles; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int h = e / 2;
+          const int tok = t * BN + tok_base + j * 8 + 2 * tq + (e & 1);
+          if (tok >= limit[h]) s[j][e] = CUMLA_NEG_INF;
+          tile_max[h] = fmaxf(tile_max[h], s[j][e]);
+        }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+        if (tq == 0) sRed[wn * BM + wm * 16 + g + 8 * h] = tile_max[h];
+      }
+      __syncthreads();
+      float alpha[2], base[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float m = run_max[h];
+#pragma unroll
+        for (int w = 0; w < WN; ++w) m = fmaxf(m, sRed[w * BM + wm * 16 + g + 8 * h]);
+        // Rows that have seen nothing keep max -inf: scale by 1, exponentiate to 0.
+        base[h] = m == CUMLA_NEG_INF ? 0.f : m * p.scale_log2;
+        alpha[h] = fast_exp2(run_max[h] * p.scale_log2 - base[h]);
+        run_max[h] = m;
+        run_sum[h] *= alpha[h];
+      }
+      // P = exp2(s * scale_log2 - base) into shared memory as T.
+#pragma unroll
+      for (int j = 0; j < Tile::kScoreTiles; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float p0 = fast_exp2(s[j][2 * h] * p.scale_log2 - base[h]);
+          const float p1 = fast_exp2(s[j][2 * h + 1] * p.scale_log2 - base[h]);
+          run_sum[h] += p0 + p1;
+          const int r = wm * 16 + g + 8 * h, col = tok_base + j * 8 + 2 * tq;
+          const u32 addr = sP + PRows::offset(r, col / 8) + (col % 8) * 2;
+          asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(T::pack(p0, p1)));
+        }
+#pragma unroll
+      for (int j = 0; j < Tile::kPairsPerWarp; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          acc[j][h][0] *= alpha[0];
+          acc[j][h][1] *= alpha[0];
+          acc[j][h][2] *= alpha[1];
+          acc[j][h][3] *= alpha[1];
+        }
+      __syncthreads();  // P complete
+
+      // O[rows, my columns] += P V, V = first DV columns of the tile.
+#pragma unroll
+      for (int k = 0; k < BN / 16; ++k) {
+        u32 a[4];
+        ldsm_x4(a, sP + PRows::offset(wm * 16 + (lane & 15), 2 * k + (lane >> 4)));
+#pragma unroll
+        for (int j = 0; j < Tile::kPairsPerWarp; ++j) {
+          const int pair = wn * Tile::kPairsPerWarp + j;
+          if (pair < Tile::kColPairs) {
+            u32 bfrag[4];
+            ldsm_x4_trans(bfrag, sK + Rows::offset(16 * k + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                                   2 * pair + (lane >> 4)));
+            T::mma(acc[j][0], a, bfrag[0], bfrag[1]);
+            T::mma(acc[j][1], a, bfrag[2], bfrag[3]);
+          }
+        }
+      }
+    }
+
+    // Row sums: over the quad, then over the WN warps sharing the rows.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      run_sum[h] += __shfl_xor_sync(0xffffffffu, run_sum[h], 1);
+      run_sum[h] += __shfl_xor_sync(0xffffffffu, run_sum[h], 2);
+    }
+    __syncthreads();  // all reads of sRed (row maxima) are done
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      if (tq == 0) sRed[wn * BM + wm * 16 + g + 8 * h] = run_sum[h];
+    __syncthreads();
+    float total[2], lse[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      total[h] = 0.f;
+#pragma unroll
+      for (int w = 0; w < WN; ++w) total[h] += sRed[w * BM + wm * 16 + g + 8 * h];
+      lse[h] = total[h] > 0.f ? run_max[h] * p.scale + logf(total[h]) : CUMLA_NEG_INF;
+      total[h] = total[h] > 0.f ? 1.f / total[h] : 0.f;
+    }
+
+    const size_t slot = static_cast<size_t>(p.sched.piece_base[b]) + piece;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = my_row[h];
+      if (r >= p.rows) continue;
+      const size_t out_row = pieces == 1 ? static_cast<size_t>(b) * p.rows + r : slot * p.rows + r;
+      if (wn == 0 && tq == 0) (pieces == 1 ? p.lse : p.part_lse)[out_row] = lse[h];
+#pragma unroll
+      for (int j = 0; j < Tile::kPairsPerWarp; ++j) {
+        const int pair = wn * Tile::kPairsPerWarp + j;
+        if (pair >= Tile::kColPairs) continue;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int col = 16 * pair + 8 * half + 2 * tq;
+          const float v0 = acc[j][half][2 * h] * total[h], v1 = acc[j][half][2 * h + 1] * total[h];
+          if (pieces == 1) {
+            u32* dst = reinterpret_cast<u32*>(static_cast<u16*>(p.out) + out_row * DV + col);
+            *dst = T::pack(v0, v1);
+          } else {
+            float2* dst = reinterpret_cast<float2*>(p.part_out + out_row * DV + col);
+            *dst = make_float2(v0, v1);
+          }
+        }
+      }
+    }
+  }
+}
+
+// CUDA-core variant for fp32 inputs (tensor cores would round them): same
+// schedule and outputs, correct rather than fast. A CTA owns kRows query
+// rows; tiles of kTok tokens go through shared memory as float; warp w keeps
+// the softmax statistics of rows w and w + 8; thread i owns output columns
+// i, i + 256, ... of every row.
+template <class T, int D, int DV>
+__global__ void __launch_bounds__(256, 1) latent_attention_simt(const __grid_constant__ LatentParams p) {
+  constexpr int kRows = 16, kTok = 32, kThreads = 256, kSched = 64;  // schedule tiles are 64 tokens
+  constexpr int kCols = (DV + kThreads - 1) / kThreads;
+  constexpr int kPitch = D + 1;  // odd pitch: column walks hit distinct banks
+  using S = typename T::storage;
+  extern __shared__ __align__(16) unsigned char smem[];
+  float* sQ = reinterpret_cast<float*>(smem);  // kRows x kPitch
+  float* sKV = sQ + kRows * kPitch;             // kTok x kPitch
+  float* sP = sKV + kTok * kPitch;              // kRows x kTok
+  float* sMax = sP + kRows * kTok;              // kRows running max (scaled scores)
+  float* sSum = sMax + kRows;                   // kRows running sum
+  float* sAlpha = sSum + kRows;                 // kRows rescale factor of this tile
+  const S* q = static_cast<const S*>(p.q);
+  const S* cache = static_cast<const S*>(p.cache);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int row0 = blockIdx.y * kRows, part = blockIdx.x;
+  const int req_begin = p.sched.work[4 * part], tile_begin = p.sched.work[4 * part + 1];
+  const int req_end = p.sched.work[4 * part + 2], tile_end = p.sched.work[4 * part + 3];
+
+  for (int b = max(req_begin, 0); b <= req_end && b < p.batch; ++b) {
+    const int pieces = p.sched.piece_base[b + 1] - p.sched.piece_base[b];
+    const int piece = part - p.sched.first_part[b];
+    if (piece < 0 || piece >= pieces) continue;
+    const int n = request_length(p.seqlens, b, p.capacity);
+    const int tiles = (n + kSched - 1) / kSched;
+    const int t0 = (b == req_begin ? tile_begin : 0) * kSched;
+    const int t1 = min(n, (b == req_end ? min(tile_end, tiles) : tiles) * kSched);
+    __syncthreads();
+    for (int i = tid; i < kRows * D; i += kThreads) {
+      const int r = i / D, c = i % D;
+      const bool live = row0 + r < p.rows;
+      sQ[r * kPitch + c] = live ? T::to_float(q[(static_cast<size_t>(b) * p.rows + row0 + r) * D + c]) : 0.f;
+    }
+    if (tid < kRows) { sMax[tid] = CUMLA_NEG_INF; sSum[tid] = 0.f; }
+    float acc[kRows][kCols];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+#pragma unroll
+      for (int j = 0; j < kCols; ++j) acc[r][j] = 0.f;
+
+    for (int t = t0; t < t1; t += kTok) {
+      __syncthreads();
+      for (int i = tid; i < kTok * D; i += kThreads) {
+        const int r = i / D, c = i % D, tok = t + r;
+        const S* row = nullptr;
+        if (tok < n) {
+          if (p.block_table != nullptr) {
+            const int blk = p.block_table[static_cast<size_t>(b) * p.max_blocks + tok / p.block_size];
+            if (blk >= 0 && blk < p.num_blocks)
+              row = cache + (static_cast<size_t>(blk) * p.block_size + tok % p.block_size) * D;
+          } else {
+            row = cache + (static_cast<size_t>(b) * p.capacity + tok) * D;
+          }
+        }
+        sKV[r * kPitch + c] = row != nullptr ? T::to_float(row[c]) : 0.f;
+      }
+      __syncthreads();
+      for (int i = tid; i < kRows * kTok; i += kThreads) {
+        const int r = i / kTok, k = i % kTok;
+        float s = 0.f;
+        for (int c = 0; c < D; ++c) s = fmaf(sQ[r * kPitch + c], sKV[k * kPitch + c], s);
+        const int limit = visible_limit(n, row0 + r, p.heads, p.q_len, p.causal);
+        sP[r * kTok + k] = t + k < limit ? s * p.scale : CUMLA_NEG_INF;
+      }
+      __syncthreads();
+      for (int r = warp; r < kRows; r += kThreads / 32) {
+        const float s = sP[r * kTok + lane];
+        float m = s;
+        for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+        const float prev = sMax[r], top = fmaxf(prev, m);
+        const float safe = top == CUMLA_NEG_INF ? 0.f : top;
+        const float e = expf(s - safe);
+        float sum = e;
+        for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+        sP[r * kTok + lane] = e;
+        __syncwarp();
+        if (lane == 0) {
+          const float alpha = expf(prev - safe);
+          sAlpha[r] = alpha;
+          sSum[r] = sSum[r] * alpha + sum;
+          sMax[r] = top;
+        }
+      }
+      __syncthreads();
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int j = 0; j < kCols; ++j) {
+          const int c = tid + j * kThreads;
+          float o = acc[r][j] * sAlpha[r];
+          if (c < DV)
+            for (int k = 0; k < kTok; ++k) o = fmaf(sP[r * kTok + k], sKV[k * kPitch + c], o);
+          acc[r][j] = o;
+        }
+    }
+    __syncthreads();
+
+    const size_t slot = static_cast<size_t>(p.sched.piece_base[b]) + piece;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int row = row0 + r;
+      if (row >= p.rows) continue;
+      const float total = sSum[r];
+      const float inv = total > 0.f ? 1.f / total : 0.f;
+      const size_t out_row = pieces == 1 ? static_cast<size_t>(b) * p.rows + row : slot * p.rows + row;
+      if (tid == 0)
+        (pieces == 1 ? p.lse : p.part_lse)[out_row] = total > 0.f ? sMax[r] + logf(total) : CUMLA_NEG_INF;
+#pragma unroll
+      for (int j = 0; j < kCols; ++j) {
+        const int c = tid + j * kThreads;
+        if (c >= DV) continue;
+        if (pieces == 1) static_cast<S*>(p.out)[out_row * DV + c] = T::from_float(acc[r][j] * inv);
+        else p.part_out[out_row * DV + c] = acc[r][j] * inv;
+      }
+    }
+  }
+}

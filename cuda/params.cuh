@@ -1,0 +1,44 @@
+// Kernel parameter blocks, passed by value. Their field order is mirrored by
+// the NumPy structured dtypes in cumla/_launch.py: change both together.
+#pragma once
+
+// Split-KV schedule (built by cumla.plan). Part p (one CTA column) covers the
+// tiles from (work[4p], work[4p+1]) up to, not including, (work[4p+2],
+// work[4p+3]) in (request, tile) order. Request b's pieces are the parts
+// first_part[b] .. first_part[b] + n, n = piece_base[b+1] - piece_base[b];
+// piece k of b keeps its partial result in slot piece_base[b] + k.
+struct Schedule {
+  const int* work;        // (num_parts, 4)
+  const int* first_part;  // (B,)
+  const int* piece_base;  // (B + 1,)
+};
+
+struct LatentParams {
+  const void* q;            // (B, M, D) absorbed queries, M = q_len * heads
+  const void* cache;        // (B, capacity, D) or (num_blocks, block_size, D)
+  const int* seqlens;       // (B,) or null: every request holds `capacity`
+  const int* block_table;   // (B, max_blocks) or null: contiguous cache
+  void* out;                // (B, M, DV) in the input type
+  float* lse;               // (B, M)
+  float* part_out;          // (slots, M, DV) normalised partial outputs
+  float* part_lse;          // (slots, M)
+  Schedule sched;
+  int batch, rows, q_len, heads;
+  int capacity, block_size, max_blocks, num_blocks;
+  float scale;              // softmax scale
+  float scale_log2;         // scale * log2(e)
+  int causal;
+  int pad_;
+};
+
+// Sanitised length of request b: never outside [0, capacity].
+__device__ __forceinline__ int request_length(const int* seqlens, int b, int capacity) {
+  if (seqlens == nullptr) return capacity;
+  const int n = seqlens[b];
+  return n < 0 ? 0 : (n > capacity ? capacity : n);
+}
+
+// Visible-token bound of query row `row` (= i * heads + h): DESIGN's causal rule.
+__device__ __forceinline__ int visible_limit(int n, int row, int heads, int q_len, int causal) {
+  return causal ? n - q_len + row / heads + 1 : n;
+}

@@ -1,0 +1,116 @@
+// Split-KV scheduling and the combine step.
+//
+// make_schedule balances the cache tiles of all requests over a fixed number
+// of parts (CTA columns) on the device, from the device lengths, so planning
+// needs no host synchronisation and can be captured in a CUDA graph.
+// combine_partials merges the pieces of split requests by their LSE and
+// writes the empty result for requests with no tile.
+#include "common.cuh"
+#include "params.cuh"
+
+// Inclusive scan of f(b), b < batch, into out[b + 1] (out[0] = 0), by one block.
+template <class F>
+__device__ int block_scan(int batch, F f, int* out, int* scan, int* carry) {
+  if (threadIdx.x == 0) *carry = 0;
+  __syncthreads();
+  for (int start = 0; start < batch; start += blockDim.x) {
+    const int b = start + threadIdx.x;
+    scan[threadIdx.x] = b < batch ? f(b) : 0;
+    __syncthreads();
+    for (int off = 1; off < blockDim.x; off *= 2) {
+      const int v = threadIdx.x >= off ? scan[threadIdx.x - off] : 0;
+      __syncthreads();
+      scan[threadIdx.x] += v;
+      __syncthreads();
+    }
+    if (b < batch) out[b + 1] = *carry + scan[threadIdx.x];
+    __syncthreads();
+    if (threadIdx.x == blockDim.x - 1) *carry += scan[threadIdx.x];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[0] = 0;
+  __syncthreads();
+  return *carry;
+}
+
+// One block of 1024 threads. tiles_b = ceil(len_b / tile). Two candidates:
+// whole requests, k = ceil(batch / num_parts) consecutive ones per part (no
+// combine step), or an even split, quota = ceil(total / num_parts) tiles per
+// part. The whole-request schedule wins unless its longest part exceeds the
+// split quota by more than 15%: the combine step and the extra partial
+// traffic cost about that much.
+extern "C" __global__ void __launch_bounds__(1024) make_schedule(
+    const int* seqlens, int batch, int capacity, int tile, int num_parts, int* work,
+    int* first_part, int* piece_base, int* prefix /* (batch + 1) */) {
+  __shared__ int scan[1024];
+  __shared__ int carry, longest;
+  auto tiles_of = [&](int b) { return (request_length(seqlens, b, capacity) + tile - 1) / tile; };
+  const int total = block_scan(batch, tiles_of, prefix, scan, &carry);
+  const int quota = max(1, (total + num_parts - 1) / num_parts);
+  const int per_part = max(1, (batch + num_parts - 1) / num_parts);
+  if (threadIdx.x == 0) longest = 0;
+  __syncthreads();
+  for (int part = threadIdx.x; part * per_part < batch; part += blockDim.x)
+    atomicMax(&longest, prefix[min(batch, (part + 1) * per_part)] - prefix[part * per_part]);
+  __syncthreads();
+  const bool whole = 20 * longest <= 23 * quota;
+
+  if (whole) {
+    block_scan(batch, [&](int b) { return tiles_of(b) > 0 ? 1 : 0; }, piece_base, scan, &carry);
+    for (int b = threadIdx.x; b < batch; b += blockDim.x) first_part[b] = b / per_part;
+    for (int part = threadIdx.x; part < num_parts; part += blockDim.x) {
+      int* w = work + 4 * part;
+      const int b0 = part * per_part, b1 = min(batch, b0 + per_part) - 1;
+      if (b0 >= batch) { w[0] = batch; w[1] = 0; w[2] = -1; w[3] = 0; continue; }
+      w[0] = b0; w[1] = 0; w[2] = b1; w[3] = prefix[b1 + 1] - prefix[b1];
+    }
+    return;
+  }
+  for (int b = threadIdx.x; b < batch; b += blockDim.x) first_part[b] = prefix[b] / quota;
+  block_scan(batch, [&](int b) {
+    const int lo = prefix[b], hi = prefix[b + 1];
+    return hi > lo ? (hi - 1) / quota - lo / quota + 1 : 0;
+  }, piece_base, scan, &carry);
+  for (int part = threadIdx.x; part < num_parts; part += blockDim.x) {
+    const int begin = part * quota, end = min(total, begin + quota);
+    int* w = work + 4 * part;
+    if (begin >= end) { w[0] = batch; w[1] = 0; w[2] = -1; w[3] = 0; continue; }
+    auto owner = [&](int x) {  // the request holding global tile x
+      int lo = 0, hi = batch - 1;
+      while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (prefix[mid + 1] > x) hi = mid; else lo = mid + 1;
+      }
+      return lo;
+    };
+    const int b0 = owner(begin), b1 = owner(end - 1);
+    w[0] = b0; w[1] = begin - prefix[b0];
+    w[2] = b1; w[3] = end - prefix[b1];
+  }
+}
+
+// Grid (ceil(rows / 8), batch), 256 threads: one warp per query row.
+template <class T>
+__global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ LatentParams p, int dv) {
+  const int b = blockIdx.y, r = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int pieces = p.sched.piece_base[b + 1] - p.sched.piece_base[b];
+  if (pieces == 1 || r >= p.rows) return;  // single pieces are written by the attention kernel
+  auto* out = static_cast<typename T::storage*>(p.out) + (static_cast<size_t>(b) * p.rows + r) * dv;
+  const size_t first = static_cast<size_t>(p.sched.piece_base[b]);
+  float peak = CUMLA_NEG_INF;
+  for (int k = 0; k < pieces; ++k) peak = fmaxf(peak, p.part_lse[(first + k) * p.rows + r]);
+  const float safe = peak == CUMLA_NEG_INF ? 0.f : peak;
+  float total = 0.f;
+  for (int k = 0; k < pieces; ++k) total += expf(p.part_lse[(first + k) * p.rows + r] - safe);
+  const float inv = total > 0.f ? 1.f / total : 0.f;
+  for (int c = lane; c < dv; c += 32) {
+    float acc = 0.f;
+    for (int k = 0; k < pieces; ++k) {
+      const size_t slot = first + k;
+      acc += expf(p.part_lse[slot * p.rows + r] - safe) * p.part_out[(slot * p.rows + r) * dv + c];
+    }
+    out[c] = T::from_float(acc * inv);
+  }
+  if (lane == 0)
+    p.lse[static_cast<size_t>(b) * p.rows + r] = total > 0.f ? safe + logf(total) : CUMLA_NEG_INF;
+}

@@ -1,0 +1,69 @@
+"""NVRTC compilation without a GPU or CuPy, for the compile check and the CLI.
+
+Loads libnvrtc through ctypes (pip's nvidia-cuda-nvrtc or a CUDA toolkit),
+compiles a source with the run-time options and returns the log, in which
+``-Xptxas -v`` reports registers, shared memory and spills per kernel.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import sys
+from dataclasses import dataclass
+
+
+def _candidates() -> list[str]:
+    found = []
+    for base in sys.path:
+        found += sorted(glob.glob(os.path.join(base, "nvidia", "cu*", "lib", "libnvrtc.so*")))
+        found += sorted(glob.glob(os.path.join(base, "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so*")))
+    for home in (os.environ.get("CUDA_HOME", ""), os.environ.get("CUDA_PATH", ""), "/usr/local/cuda"):
+        if home:
+            found += sorted(glob.glob(os.path.join(home, "lib64", "libnvrtc.so*")))
+    return [f for f in found if "builtins" not in f]
+
+
+def load_nvrtc() -> ctypes.CDLL | None:
+    """The NVRTC library, or None when none is installed."""
+    for path in _candidates():
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    try:
+        return ctypes.CDLL("libnvrtc.so")
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    ok: bool
+    log: str
+    cubin_size: int
+
+
+def compile_source(lib: ctypes.CDLL, code: str, options: tuple[str, ...], names: tuple[str, ...],
+                   verbose: bool = True) -> CompileResult:
+    """Compile ``code`` with ``options`` (plus ``-Xptxas -v`` when verbose) for ``names``."""
+    prog = ctypes.c_void_p()
+    rc = lib.nvrtcCreateProgram(ctypes.byref(prog), code.encode(), b"cumla.cu", 0, None, None)
+    if rc:
+        raise RuntimeError(f"nvrtcCreateProgram failed ({rc})")
+    try:
+        for name in names:
+            lib.nvrtcAddNameExpression(prog, name.encode())
+        opts = list(options) + (["-Xptxas", "-v"] if verbose else [])
+        argv = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
+        rc = lib.nvrtcCompileProgram(prog, len(opts), argv)
+        size = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        buf = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetProgramLog(prog, buf)
+        cubin = ctypes.c_size_t(0)
+        if rc == 0:
+            lib.nvrtcGetCUBINSize(prog, ctypes.byref(cubin))
+        return CompileResult(rc == 0, buf.value.decode(errors="replace"), cubin.value)
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))

@@ -1,0 +1,98 @@
+"""CuPy backend: NVRTC-compiled kernels from cuda/, launched on the current stream."""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import cupy as cp
+import numpy as np
+
+from ._kernels import (
+    SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, arch_for, latent_kernel, latent_module_names, options, source,
+)
+from ._launch import latent_params
+from ._plan import INT_MAX, Plan
+from ._validate import Problem
+
+LOG2E = 1.4426950408889634
+
+
+def device_arch() -> str:
+    """NVRTC -arch of the current device (sm_90a on Hopper); raises below sm_80."""
+    return _arch_of(cp.cuda.Device().id)
+
+
+@lru_cache(maxsize=None)
+def _arch_of(device_id: int) -> str:
+    major, minor = cp.cuda.Device(device_id).compute_capability[:-1], cp.cuda.Device(device_id).compute_capability[-1]
+    return arch_for(int(major), int(minor))
+
+
+@lru_cache(maxsize=None)
+def _module(file: str, names: tuple[str, ...], arch: str) -> cp.RawModule:
+    """One NVRTC compile per (file, specialisation set, arch); CuPy also caches it on disk."""
+    return cp.RawModule(code=source(file), options=options(arch), name_expressions=names)
+
+
+@lru_cache(maxsize=None)
+def kernel(file: str, names: tuple[str, ...], name: str, arch: str, smem: int = 0) -> cp.RawKernel:
+    """Kernel ``name`` of the module compiled for ``names``, with its shared-memory limit raised."""
+    fn = _module(file, names, arch).get_function(name)
+    if smem > 48 * 1024:
+        fn.max_dynamic_shared_size_bytes = smem
+    return fn
+
+
+@lru_cache(maxsize=None)
+def _sm_count(device_id: int) -> int:
+    return cp.cuda.Device(device_id).attributes["MultiProcessorCount"]
+
+
+def default_parts(rows: int) -> int:
+    """CTA columns that give every SM one CTA, with ceil(rows / BM) CTAs per column."""
+    block_rows = latent_kernel(np.float16, 16, 16, rows).rows
+    return max(1, _sm_count(cp.cuda.Device().id) // math.ceil(rows / block_rows))
+
+
+def run_schedule(plan: Plan, seqlens, capacity: int = INT_MAX) -> None:
+    fn = kernel("split_kv.cu", SPLIT_KV_NAMES, "make_schedule", device_arch())
+    fn((1,), (1024,), (seqlens, np.int32(plan.batch), np.int32(min(capacity, INT_MAX)),
+                       np.int32(SCHEDULE_TILE), np.int32(plan.num_parts), plan.work, plan.first_part,
+                       plan.piece_base, plan.prefix))
+
+
+def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale: float, causal: bool,
+                     plan: Plan | None = None, out=None):
+    """Absorbed core on the GPU: (B, Sq, H, D) queries -> (B, Sq, H, v_dim) in the input dtype, lse."""
+    batch, q_len, heads, dim = q_lat.shape
+    rows, v_dim = q_len * heads, problem.v_dim
+    o = out if out is not None else cp.empty((batch, q_len, heads, v_dim), dtype=problem.dtype)
+    lse = cp.empty((batch, q_len, heads), dtype=np.float32)
+    if batch == 0:
+        return o, lse
+    q = cp.ascontiguousarray(q_lat.astype(problem.dtype, copy=False))
+    if seqlens is None:
+        seqlens = cp.full(batch, problem.capacity, dtype=np.int32)
+    if plan is None:
+        plan = Plan(cp, batch, rows, v_dim, default_parts(rows)).update(seqlens, problem.capacity)
+    spec = latent_kernel(problem.dtype, dim, v_dim, rows)
+    arch = device_arch()
+    params = latent_params(
+        q=q, cache=cache, seqlens=seqlens, block_table=block_table, out=o, lse=lse,
+        part_out=plan.part_out, part_lse=plan.part_lse, work=plan.work,
+        first_part=plan.first_part, piece_base=plan.piece_base,
+        batch=batch, rows=rows, q_len=q_len, heads=heads, capacity=problem.capacity,
+        block_size=problem.block_size, max_blocks=0 if block_table is None else block_table.shape[1],
+        num_blocks=problem.num_blocks, scale=scale, scale_log2=scale * LOG2E, causal=int(causal),
+    )
+    names = latent_module_names(problem.dtype, dim, v_dim)
+    attend = kernel("latent_attention.cu", names, spec.name, arch, spec.smem)
+    attend((plan.num_parts, math.ceil(rows / spec.rows)), (THREADS,), (params,), shared_mem=spec.smem)
+    merge = kernel("split_kv.cu", SPLIT_KV_NAMES, spec.combine, arch)
+    merge((math.ceil(rows / 8), batch), (THREADS,), (params, np.int32(v_dim)))
+    return o, lse
+
+
+def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: float, causal: bool,
+                 plan: Plan | None = None, out=None):
+    raise NotImplementedError("the decompressed GPU kernel is not built yet")

@@ -1,0 +1,109 @@
+"""Kernel sources, compile options and the choice of specialisation: one place.
+
+The loader (:mod:`cumla._gpu`) and the compile check in the tests both use
+these functions, so the tests compile exactly what runs.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+
+from ._arrays import BFLOAT16
+
+#: Archs the compile check builds for (the portable and the Hopper target).
+CHECK_ARCHS = ("sm_80", "sm_90a")
+SCHEDULE_TILE = 64  # tokens per schedule tile (the tensor-core kernel's BN)
+THREADS = 256
+SMEM_LIMIT = 227 * 1024  # opt-in shared memory per block on sm_80 and sm_90
+
+_INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.M)
+_ELEMENT = {np.dtype(np.float16): "f16_t", BFLOAT16: "bf16_t", np.dtype(np.float32): "f32_t"}
+
+
+@lru_cache(maxsize=None)
+def source(name: str) -> str:
+    """A .cu file with its local #includes inlined, so CuPy's cache keys on all of it."""
+    text = resources.files("cumla.cuda").joinpath(name).read_text()
+    seen: set[str] = set()
+
+    def inline(match: re.Match) -> str:
+        header = match.group(1)
+        if header in seen:
+            return ""
+        seen.add(header)
+        return _INCLUDE.sub(inline, resources.files("cumla.cuda").joinpath(header).read_text())
+
+    return _INCLUDE.sub(inline, text)
+
+
+def arch_for(major: int, minor: int) -> str:
+    """NVRTC -arch for a device; Hopper gets sm_90a (its own instructions)."""
+    if (major, minor) < (8, 0):
+        raise RuntimeError(f"cumla's kernels need compute capability 8.0 or newer, got {major}.{minor}")
+    return "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
+
+
+def options(arch: str) -> tuple[str, ...]:
+    return ("-std=c++17", f"-arch={arch}")
+
+
+@dataclass(frozen=True)
+class LatentKernel:
+    """One specialisation of the latent-attention kernel."""
+
+    name: str          # C++ name expression
+    rows: int          # query rows per CTA
+    smem: int          # dynamic shared memory bytes
+    element: str
+
+    @property
+    def combine(self) -> str:
+        return f"combine_partials<{self.element}>"
+
+
+def _tc_smem(dim: int, rows: int, tile: int) -> int:
+    stride = -(-dim // 64) * 64  # elements per stored row (16-byte chunks padded to 8)
+    return (rows + 2 * tile) * stride * 2 + rows * tile * 2 + (8 // (rows // 16)) * rows * 4
+
+
+def latent_kernel(dtype: np.dtype, dim: int, v_dim: int, rows: int) -> LatentKernel:
+    """The kernel for a dtype, query/cache width ``dim``, ``v_dim`` and M = Sq*H rows.
+
+    16-bit types run on tensor cores with 16, 32 or 64 rows per CTA (the
+    fewest that hold M); float32 runs on CUDA cores.
+    """
+    element = _ELEMENT[np.dtype(dtype)]
+    if element == "f32_t":
+        smem = (16 * (dim + 1) + 32 * (dim + 1) + 16 * 32 + 3 * 16) * 4
+        return LatentKernel(f"latent_attention_simt<f32_t, {dim}, {v_dim}>", 16, smem, element)
+    if dim % 16 or v_dim % 16:
+        raise ValueError(f"16-bit kernels need L+R and L multiples of 16, got {dim} and {v_dim}")
+    warps_m = 1 if rows <= 16 else 2 if rows <= 32 else 4
+    smem = _tc_smem(dim, 16 * warps_m, SCHEDULE_TILE)
+    if smem > SMEM_LIMIT:
+        raise ValueError(f"L+R = {dim} needs {smem} bytes of shared memory per CTA, over {SMEM_LIMIT}")
+    name = f"latent_attention<{element}, {dim}, {v_dim}, {warps_m}, {SCHEDULE_TILE}>"
+    return LatentKernel(name, 16 * warps_m, smem, element)
+
+
+def latent_module_names(dtype: np.dtype, dim: int, v_dim: int) -> tuple[str, ...]:
+    """Every name expression of the latent module for one dtype and dims."""
+    names = {latent_kernel(dtype, dim, v_dim, rows).name for rows in (16, 32, 64)}
+    return tuple(sorted(names))
+
+
+#: The split-KV module: the scheduler and the combine step for every element type.
+SPLIT_KV_NAMES = ("make_schedule",) + tuple(f"combine_partials<{e}>" for e in ("bf16_t", "f16_t", "f32_t"))
+
+
+def check_matrix() -> list[tuple[str, tuple[str, ...]]]:
+    """What the compile check builds: (file, name expressions), DeepSeek dims and a generic one."""
+    out = [("split_kv.cu", SPLIT_KV_NAMES)]
+    for dtype in (BFLOAT16, np.dtype(np.float16), np.dtype(np.float32)):
+        for dim, v_dim in ((576, 512), (48, 32)):
+            out.append(("latent_attention.cu", latent_module_names(dtype, dim, v_dim)))
+    return out

@@ -1,0 +1,99 @@
+"""Split-KV plans: a balanced schedule of cache tiles over the GPU's SMs."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._arrays import array_module
+from ._validate import check_index_array
+
+INT_MAX = 2**31 - 1
+
+
+class Plan:
+    """Split-KV schedule and workspace for one batch shape, reusable across layers.
+
+    Built by :func:`cumla.plan`. The schedule is computed on the device from
+    the device lengths, so building or refreshing a plan never synchronises
+    with the host; ``decode(..., plan=plan, out=...)`` then allocates only
+    the LSE it returns. Refresh it in place with :meth:`update` when the
+    lengths change (that launch can be captured in a CUDA graph too).
+
+    On NumPy inputs a plan holds no schedule: the CPU backend does not split.
+    """
+
+    def __init__(self, xp, batch: int, rows: int, v_dim: int, num_parts: int):
+        self.xp, self.batch, self.rows, self.v_dim, self.num_parts = xp, batch, rows, v_dim, num_parts
+        self.slots = num_parts + batch
+        if xp is np:
+            return
+        self.work = xp.zeros((num_parts, 4), dtype=np.int32)
+        self.first_part = xp.zeros(batch, dtype=np.int32)
+        self.piece_base = xp.zeros(batch + 1, dtype=np.int32)
+        self.prefix = xp.zeros(batch + 1, dtype=np.int32)
+        self.part_out = xp.empty((self.slots, rows, v_dim), dtype=np.float32)
+        self.part_lse = xp.empty((self.slots, rows), dtype=np.float32)
+        self.lse = xp.empty((batch, rows), dtype=np.float32)
+
+    def update(self, seqlens: Any, capacity: int = INT_MAX) -> "Plan":
+        """Recompute the schedule for new lengths, on the current stream."""
+        if self.xp is not np and self.batch:
+            from ._gpu import run_schedule
+
+            run_schedule(self, seqlens, capacity)
+        return self
+
+    def matches(self, batch: int, rows: int, v_dim: int) -> bool:
+        return (self.batch, self.rows, self.v_dim) == (batch, rows, v_dim)
+
+    def __repr__(self) -> str:
+        return (f"Plan(batch={self.batch}, rows={self.rows}, v_dim={self.v_dim}, "
+                f"num_parts={self.num_parts}, on={self.xp.__name__})")
+
+
+def plan(seqlens: Any, *, heads: int, q_len: int = 1, v_dim: int = 512, num_parts: int | None = None) -> Plan:
+    """Plan the split-KV schedule of ``decode``/``latent_attention`` calls.
+
+    Parameters
+    ----------
+    seqlens : ndarray of int32, shape (B,)
+        Cached tokens per request, on the device the calls will run on.
+    heads, q_len : int
+        H and Sq of the calls (their product is the query rows per request).
+    v_dim : int
+        Width of the latent output (L; 512 for DeepSeek).
+    num_parts : int, optional
+        CTA columns to spread the tiles over; default fills every SM once.
+
+    Returns
+    -------
+    Plan
+        Pass it as ``plan=`` to calls with the same B, H, Sq and L.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a non-array, non-int32 or non-1-D ``seqlens`` or bad sizes.
+
+    Examples
+    --------
+    >>> import numpy as np, cumla
+    >>> cumla.plan(np.array([5, 900], np.int32), heads=16)
+    Plan(batch=2, rows=16, v_dim=512, num_parts=1, on=numpy)
+    """
+    xp = array_module(seqlens=seqlens)
+    check_index_array("seqlens", seqlens, 1)
+    for name, value in (("heads", heads), ("q_len", q_len), ("v_dim", v_dim)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    rows = heads * q_len
+    if xp is np:
+        return Plan(np, seqlens.shape[0], rows, v_dim, 1)
+    from ._gpu import default_parts
+
+    if num_parts is None:
+        num_parts = default_parts(rows)
+    elif isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
+        raise ValueError(f"num_parts must be a positive int, got {num_parts!r}")
+    return Plan(xp, seqlens.shape[0], rows, v_dim, num_parts).update(seqlens)

@@ -1,0 +1,161 @@
+"""CUDA kernels against the float64 reference (run on a GPU; skipped without one)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import cumla
+from cumla import reference
+from cumla.testing import MLACase, assert_close, make_inputs, make_latent_inputs, mla_cases, to_numpy
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+def cupy():
+    import cupy as cp
+
+    return cp
+
+
+def poisoned(shape, dtype):
+    """An output buffer full of NaN: an element the kernel does not write fails the check."""
+    cp = cupy()
+    return cp.full(shape, np.nan, dtype=dtype)
+
+
+def on_host(args):
+    return {k: to_numpy(v) if hasattr(v, "__cuda_array_interface__") else v for k, v in args.items()}
+
+
+def run_latent(args, case, **extra):
+    out_shape = args["q_latent"].shape[:-1] + (args["v_dim"],)
+    out = poisoned(out_shape, case.np_dtype)
+    o, lse = cumla.latent_attention(**args, out=out, return_lse=True, **extra)
+    assert o is out
+    return o, lse
+
+
+@settings(max_examples=60)
+@given(case=mla_cases(dims=(16, 32, 64), dtypes=DTYPES, max_heads=20, max_seq=300, max_batch=4))
+def test_latent_attention_matches_reference(case):
+    args = make_latent_inputs(case, cupy())
+    o, lse = run_latent(args, case)
+    ref_o, ref_lse = reference.latent_attention(**on_host(args))
+    assert_close(o, ref_o, case.dtype, lse, ref_lse)
+
+
+@settings(max_examples=30)
+@given(case=mla_cases(dims=(16, 32), dtypes=DTYPES, max_heads=8, max_seq=200),
+       strategy=st.sampled_from(["absorbed", "decompressed"]))
+def test_decode_matches_reference(case, strategy):
+    args = make_inputs(case, cupy())
+    out = poisoned(args["q"].shape[:-1] + (case.v_dim,), case.np_dtype)
+    o, lse = cumla.decode(**args, strategy=strategy, out=out, return_lse=True)
+    ref_o, ref_lse = reference.decode(**on_host(args))
+    assert_close(o, ref_o, case.dtype, lse, ref_lse)
+
+
+DEEPSEEK = dict(latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("heads,q_len,seqlens,block", [
+    (16, 1, (4096, 1, 0, 777), 64),
+    (128, 1, (3000, 130), None),
+    (128, 2, (2049, 5), 64),
+    (64, 3, (1000, 64, 65), 16),
+    (8, 1, (513,), 1),
+])
+@pytest.mark.parametrize("parts", [None, 1, 7, 200])
+def test_deepseek_dims_with_every_split(dtype, heads, q_len, seqlens, block, parts):
+    """DeepSeek's 576/512 specialisation; plans from 1 part (no split) to many."""
+    case = MLACase(len(seqlens), q_len, heads, seqlens=tuple(seqlens), capacity=max(seqlens),
+                   block_size=block, causal=True, dtype=dtype, scale=None, squeeze=False, seed=5, **DEEPSEEK)
+    cp = cupy()
+    args = make_latent_inputs(case, cp)
+    lengths = args["seqlens"] if args["seqlens"] is not None else cp.asarray(np.array(seqlens, np.int32))
+    plan = None if parts is None else cumla.plan(lengths, heads=heads, q_len=q_len, v_dim=512, num_parts=parts)
+    o, lse = run_latent(args, case, plan=plan)
+    ref_o, ref_lse = reference.latent_attention(**on_host(args))
+    assert_close(o, ref_o, dtype, lse, ref_lse)
+
+
+def test_two_runs_are_bit_identical():
+    case = MLACase(3, 1, 128, seqlens=(5000, 3000, 17), capacity=5000, block_size=64, causal=True,
+                   dtype="bfloat16", scale=None, squeeze=True, seed=9, **DEEPSEEK)
+    args = make_latent_inputs(case, cupy())
+    a = cumla.latent_attention(**args)
+    b = cumla.latent_attention(**args)
+    assert cupy().array_equal(a, b)
+
+
+def test_non_default_stream():
+    cp = cupy()
+    case = MLACase(2, 2, 16, seqlens=(700, 300), capacity=700, block_size=None, causal=True,
+                   dtype="float16", scale=None, squeeze=False, seed=2, **DEEPSEEK)
+    args = make_latent_inputs(case, cp)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        o = cumla.latent_attention(**args)
+    stream.synchronize()
+    assert_close(o, reference.latent_attention(**on_host(args))[0], "float16")
+
+
+def test_graph_capture_replays_with_new_data():
+    """A planned call captured once, replayed after new data lands in the same buffers."""
+    cp = cupy()
+    case = MLACase(4, 1, 64, seqlens=(3000, 100, 2000, 0), capacity=3000, block_size=64, causal=True,
+                   dtype="bfloat16", scale=None, squeeze=True, seed=4, **DEEPSEEK)
+    args = make_latent_inputs(case, cp)
+    plan = cumla.plan(args["seqlens"], heads=64, v_dim=512)
+    out = cp.empty((4, 64, 512), dtype=case.np_dtype)
+    cumla.latent_attention(**args, plan=plan, out=out, check=False)  # compile outside the capture
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        cumla.latent_attention(**args, plan=plan, out=out, check=False)
+        graph = stream.end_capture()
+    fresh = np.random.default_rng(99)
+    for name in ("q_latent", "cache"):
+        shape = args[name].shape
+        args[name][...] = cp.asarray(fresh.standard_normal(shape, dtype=np.float32).astype(case.np_dtype))
+    out.fill(np.nan)
+    graph.launch(stream)
+    stream.synchronize()
+    ref_o, _ = reference.latent_attention(**on_host(args))
+    assert_close(out, ref_o, "bfloat16")
+
+
+def test_bad_indices_never_fault_without_check():
+    """check=False with lengths and block ids out of range: no fault, finite output."""
+    cp = cupy()
+    q = cp.ones((2, 16, 576), dtype=np.float16)
+    cache = cp.ones((4, 64, 576), dtype=np.float16)
+    table = cp.asarray(np.array([[0, 99], [-5, 2**31 - 1]], np.int32))
+    lengths = cp.asarray(np.array([10**6, -7], np.int32))
+    o = cumla.latent_attention(q, cache, v_dim=512, scale=0.1, seqlens=lengths, block_table=table, check=False)
+    cp.cuda.runtime.deviceSynchronize()
+    assert o.shape == (2, 16, 512) and bool(cp.isfinite(o).all())
+    with pytest.raises(ValueError, match="seqlens"):
+        cumla.latent_attention(q, cache, v_dim=512, scale=0.1, seqlens=lengths, block_table=table)
+
+
+def test_device_validation_errors():
+    cp = cupy()
+    q = cp.zeros((2, 4, 48), dtype=np.float16)
+    with pytest.raises(TypeError, match="all be NumPy or all CuPy"):
+        cumla.latent_attention(q, np.zeros((2, 8, 48), np.float16), v_dim=32, scale=0.1)
+    cache = cp.zeros((3, 4, 48), dtype=np.float16)
+    table = cp.asarray(np.array([[0, 3], [1, 2]], np.int32))
+    with pytest.raises(ValueError, match=r"block_table\[0, 1\] = 3"):
+        cumla.latent_attention(q, cache, v_dim=32, scale=0.1, block_table=table,
+                               seqlens=cp.asarray(np.array([8, 1], np.int32)))
+    lengths = cp.asarray(np.array([8, 1], np.int32))
+    good_table = cp.asarray(np.array([[0, 2], [1, 0]], np.int32))
+    plan = cumla.plan(lengths, heads=5, v_dim=32)
+    with pytest.raises(ValueError, match="plan was made for"):
+        cumla.latent_attention(q, cache, v_dim=32, scale=0.1, block_table=good_table, seqlens=lengths, plan=plan)
+    with pytest.raises(TypeError, match="plan was made for numpy"):
+        cumla.latent_attention(q, cache, v_dim=32, scale=0.1, block_table=good_table, seqlens=lengths,
+                               plan=cumla.plan(np.array([8, 1], np.int32), heads=4, v_dim=32))

@@ -1,0 +1,43 @@
+"""Every kernel variant compiles through NVRTC for sm_80 and sm_90a with the run-time options.
+
+Needs no GPU: pip's nvidia-cuda-nvrtc (a test dependency) provides NVRTC.
+Registers, shared memory and spills are reported (``pytest -s``); a spill
+or a local-memory stack frame in a kernel fails the test.
+"""
+import re
+
+import pytest
+
+from cumla import _compile, _kernels
+
+NVRTC = _compile.load_nvrtc()
+pytestmark = pytest.mark.skipif(NVRTC is None, reason="NVRTC not installed (pip install nvidia-cuda-nvrtc)")
+
+CASES = [(f, names, arch) for f, names in _kernels.check_matrix() for arch in _kernels.CHECK_ARCHS]
+
+
+@pytest.mark.parametrize("file,names,arch", CASES, ids=[f"{f}:{n[0]}:{a}" for f, n, a in CASES])
+def test_kernel_compiles(file, names, arch):
+    result = _compile.compile_source(NVRTC, _kernels.source(file), _kernels.options(arch), names)
+    assert result.ok, result.log
+    assert result.cubin_size > 0
+    report = re.findall(r"Compiling entry function '(\S+)'.*?(\d+) bytes stack frame, (\d+) bytes spill stores"
+                        r".*?Used (\d+) registers", result.log, re.S)
+    assert len(report) >= len(names), result.log
+    for function, stack, spills, registers in report:
+        print(f"{arch} {function}: {registers} registers, {stack} B stack, {spills} B spilled")
+        assert int(spills) == 0, f"{function} spills registers on {arch}:\n{result.log}"
+
+
+def test_every_cuda_source_is_checked():
+    from importlib import resources
+
+    sources = {p.name for p in resources.files("cumla.cuda").iterdir() if p.name.endswith(".cu")}
+    assert sources == {f for f, _ in _kernels.check_matrix()}
+
+
+def test_arch_selection():
+    assert _kernels.arch_for(9, 0) == "sm_90a"
+    assert _kernels.arch_for(8, 9) == "sm_89"
+    with pytest.raises(RuntimeError, match="8.0 or newer"):
+        _kernels.arch_for(7, 5)
