@@ -110,6 +110,27 @@ struct SwizzledRows {
   __host__ __device__ static constexpr int bytes(int rows) { return rows * kStride * 16; }
 };
 
+// Copy COPY 16-byte chunks of each of `rows` rows, from `src_row(r)`, to
+// logical chunks dst_chunk.. of a SwizzledRows<ROW_CHUNKS> tile; rows for
+// which src_row gives null are zero-filled (and nothing is read).
+template <int ROW_CHUNKS, int COPY = ROW_CHUNKS, class RowPtr>
+__device__ __forceinline__ void load_rows(u32 tile, int rows, int dst_chunk, const u16* any_mapped,
+                                          RowPtr src_row) {
+  using Rows = SwizzledRows<ROW_CHUNKS>;
+  for (int i = threadIdx.x; i < rows * COPY; i += blockDim.x) {
+    const int r = i / COPY, c = i % COPY;
+    const u16* row = src_row(r);
+    cp_async16(tile + Rows::offset(r, dst_chunk + c), row != nullptr ? row + c * 8 : any_mapped, row != nullptr);
+  }
+}
+
+// Store two floats as one packed pair of T at element `col` of row `row`.
+template <class T, int ROW_CHUNKS>
+__device__ __forceinline__ void store_pair(u32 tile, int row, int col, float lo, float hi) {
+  const u32 addr = tile + SwizzledRows<ROW_CHUNKS>::offset(row, col / 8) + (col % 8) * 2;
+  asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(T::pack(lo, hi)));
+}
+
 __device__ __forceinline__ float fast_exp2(float x) {
   float r;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));

@@ -36,23 +36,10 @@ struct LatentTile {
   static_assert(kTokPerWarp % 8 == 0 && BN % 16 == 0, "tile shape");
 };
 
-// Copy `rows` rows of D elements starting at `src_row(r)` into a swizzled tile;
-// rows for which src_row gives null are zero-filled (nothing is read).
-template <int D, class RowPtr>
-__device__ __forceinline__ void load_rows(u32 tile, int rows, const u16* any_mapped, RowPtr src_row) {
-  constexpr int kChunks = D / 8;
-  using Rows = SwizzledRows<kChunks>;
-  for (int i = threadIdx.x; i < rows * kChunks; i += blockDim.x) {
-    const int r = i / kChunks, c = i % kChunks;
-    const u16* row = src_row(r);
-    cp_async16(tile + Rows::offset(r, c), row != nullptr ? row + c * 8 : any_mapped, row != nullptr);
-  }
-}
-
 }  // namespace
 
 template <class T, int D, int DV, int WM, int BN>
-__global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant__ LatentParams p) {
+__global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant__ AttnParams p) {
   using Tile = LatentTile<T, D, DV, WM, BN>;
   using Rows = typename Tile::Rows;
   using PRows = typename Tile::PRows;
@@ -90,21 +77,10 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
     __syncthreads();  // the previous request's readers are done with shared memory
     const u16* q_rows = q + (static_cast<size_t>(b) * p.rows + row0) * D;
     const int live_rows = min(BM, p.rows - row0);
-    load_rows<D>(sQ, BM, q, [&](int r) { return r < live_rows ? q_rows + static_cast<size_t>(r) * D : nullptr; });
-    auto token_row = [&](int t) -> const u16* {
-      if (t >= n) return nullptr;
-      size_t index;
-      if (p.block_table != nullptr) {
-        const int blk = p.block_table[static_cast<size_t>(b) * p.max_blocks + t / p.block_size];
-        if (blk < 0 || blk >= p.num_blocks) return nullptr;
-        index = static_cast<size_t>(blk) * p.block_size + t % p.block_size;
-      } else {
-        index = static_cast<size_t>(b) * p.capacity + t;
-      }
-      return cache + index * D;
-    };
+    load_rows<D / 8>(sQ, BM, 0, q, [&](int r) { return r < live_rows ? q_rows + static_cast<size_t>(r) * D : nullptr; });
     auto load_tile = [&](int t, int stage) {
-      load_rows<D>(sKV + stage * Tile::kKVBytes, BN, cache, [&](int r) { return token_row(t * BN + r); });
+      load_rows<D / 8>(sKV + stage * Tile::kKVBytes, BN, 0, cache,
+                       [&](int r) { return cache_row(p, cache, b, n, t * BN + r, D); });
       cp_async_commit();
     };
     if (t0 < t1) load_tile(t0, 0);
@@ -195,9 +171,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
           const float p0 = fast_exp2(s[j][2 * h] * p.scale_log2 - base[h]);
           const float p1 = fast_exp2(s[j][2 * h + 1] * p.scale_log2 - base[h]);
           run_sum[h] += p0 + p1;
-          const int r = wm * 16 + g + 8 * h, col = tok_base + j * 8 + 2 * tq;
-          const u32 addr = sP + PRows::offset(r, col / 8) + (col % 8) * 2;
-          asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(T::pack(p0, p1)));
+          store_pair<T, BN / 8>(sP, wm * 16 + g + 8 * h, tok_base + j * 8 + 2 * tq, p0, p1);
         }
 #pragma unroll
       for (int j = 0; j < Tile::kPairsPerWarp; ++j)
@@ -284,7 +258,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
 // the softmax statistics of rows w and w + 8; thread i owns output columns
 // i, i + 256, ... of every row.
 template <class T, int D, int DV>
-__global__ void __launch_bounds__(256, 1) latent_attention_simt(const __grid_constant__ LatentParams p) {
+__global__ void __launch_bounds__(256, 1) latent_attention_simt(const __grid_constant__ AttnParams p) {
   constexpr int kRows = 16, kTok = 32, kThreads = 256, kSched = 64;  // schedule tiles are 64 tokens
   constexpr int kCols = (DV + kThreads - 1) / kThreads;
   constexpr int kPitch = D + 1;  // odd pitch: column walks hit distinct banks
@@ -328,16 +302,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_simt(const __grid_con
       __syncthreads();
       for (int i = tid; i < kTok * D; i += kThreads) {
         const int r = i / D, c = i % D, tok = t + r;
-        const S* row = nullptr;
-        if (tok < n) {
-          if (p.block_table != nullptr) {
-            const int blk = p.block_table[static_cast<size_t>(b) * p.max_blocks + tok / p.block_size];
-            if (blk >= 0 && blk < p.num_blocks)
-              row = cache + (static_cast<size_t>(blk) * p.block_size + tok % p.block_size) * D;
-          } else {
-            row = cache + (static_cast<size_t>(b) * p.capacity + tok) * D;
-          }
-        }
+        const S* row = cache_row(p, cache, b, n, tok, D);
         sKV[r * kPitch + c] = row != nullptr ? T::to_float(row[c]) : 0.f;
       }
       __syncthreads();

@@ -13,7 +13,7 @@ struct Schedule {
   const int* piece_base;  // (B + 1,)
 };
 
-struct LatentParams {
+struct AttnParams {
   const void* q;            // (B, M, D) absorbed queries, M = q_len * heads
   const void* cache;        // (B, capacity, D) or (num_blocks, block_size, D)
   const int* seqlens;       // (B,) or null: every request holds `capacity`
@@ -29,6 +29,7 @@ struct LatentParams {
   float scale_log2;         // scale * log2(e)
   int causal;
   int pad_;
+  const void* w;            // decompressed only: w_kv (L, H*(DN+DV))
 };
 
 // Sanitised length of request b: never outside [0, capacity].
@@ -41,4 +42,20 @@ __device__ __forceinline__ int request_length(const int* seqlens, int b, int cap
 // Visible-token bound of query row `row` (= i * heads + h): DESIGN's causal rule.
 __device__ __forceinline__ int visible_limit(int n, int row, int heads, int q_len, int causal) {
   return causal ? n - q_len + row / heads + 1 : n;
+}
+
+// Row of token t of request b (n tokens) in a contiguous or paged cache of
+// `width`-element rows; null past n or for an out-of-range block id.
+template <class S>
+__device__ __forceinline__ const S* cache_row(const AttnParams& p, const S* cache, int b, int n, int t, int width) {
+  if (t >= n) return nullptr;
+  size_t index;
+  if (p.block_table != nullptr) {
+    const int blk = p.block_table[static_cast<size_t>(b) * p.max_blocks + t / p.block_size];
+    if (blk < 0 || blk >= p.num_blocks) return nullptr;
+    index = static_cast<size_t>(blk) * p.block_size + t % p.block_size;
+  } else {
+    index = static_cast<size_t>(b) * p.capacity + t;
+  }
+  return cache + index * width;
 }

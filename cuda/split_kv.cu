@@ -91,7 +91,7 @@ extern "C" __global__ void __launch_bounds__(1024) make_schedule(
 
 // Grid (ceil(rows / 8), batch), 256 threads: one warp per query row.
 template <class T>
-__global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ LatentParams p, int dv) {
+__global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ AttnParams p, int dv) {
   const int b = blockIdx.y, r = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
   const int pieces = p.sched.piece_base[b + 1] - p.sched.piece_base[b];
   if (pieces == 1 || r >= p.rows) return;  // single pieces are written by the attention kernel

@@ -110,7 +110,7 @@ def decode(
     rope_dim : int, optional
         R, the decoupled-RoPE width at the end of q and of each cache row.
     scale : float, optional
-        Score scale; default ``1 / sqrt(Dn + R)``.
+        Positive score scale; default ``1 / sqrt(Dn + R)``.
     seqlens : ndarray of int32, shape (B,), optional
         Cached tokens per request; default S for a contiguous cache, required
         for a paged one. Values in [0, capacity].
@@ -120,7 +120,9 @@ def decode(
     causal : bool, optional
         With Sq > 1, query i of request b sees tokens t < seqlens[b] - Sq + i + 1.
     strategy : {"auto", "absorbed", "decompressed"}, optional
-        "auto" picks the one with fewer FLOPs by :func:`cumla.cost`.
+        "auto" picks the one with fewer FLOPs by :func:`cumla.cost` among
+        those the backend runs for the dtype (CuPy float32: absorbed only);
+        with a ``plan``, "absorbed" (plans schedule that strategy).
     return_lse : bool, optional
         Also return the natural-log sum-exp of the scaled scores.
     out : ndarray, optional
@@ -166,13 +168,19 @@ def decode(
     strategy = check_strategy(strategy)
     _check_common(xp, problem, seqlens, block_table, causal, return_lse, check, out, problem.dtype)
     _check_plan(plan, problem.as_latent(), xp)
+    if plan is not None:
+        if strategy == "decompressed":
+            raise ValueError("plan schedules the absorbed strategy; pass strategy='absorbed' or 'auto' with it")
+        strategy = "absorbed"
+    backend = _backend(xp)
     if strategy == "auto":
         strategy = cost(
             batch=problem.batch, seq_len=problem.capacity, heads=problem.heads, q_len=problem.q_len,
             latent_dim=problem.latent_dim, rope_dim=problem.rope_dim, nope_dim=problem.nope_dim,
             v_dim=problem.v_dim, itemsize=problem.dtype.itemsize,
         ).best
-    backend = _backend(xp)
+        if strategy not in backend.strategies(problem.dtype):
+            strategy = "absorbed"
     q4 = _as_4d(q)
     w3 = w_kv.reshape(problem.latent_dim, problem.heads, -1)
     if strategy == "absorbed":

@@ -8,13 +8,19 @@ import cupy as cp
 import numpy as np
 
 from ._kernels import (
-    SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, arch_for, latent_kernel, latent_module_names, options, source,
+    SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, arch_for, decompressed_kernel, latent_kernel, latent_module_names,
+    options, source,
 )
 from ._launch import latent_params
 from ._plan import INT_MAX, Plan
 from ._validate import Problem
 
 LOG2E = 1.4426950408889634
+
+
+def strategies(dtype) -> tuple[str, ...]:
+    """Strategies with a kernel for a dtype: float32 has no decompressed kernel."""
+    return ("absorbed",) if np.dtype(dtype) == np.float32 else ("absorbed", "decompressed")
 
 
 def device_arch() -> str:
@@ -95,4 +101,35 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
 
 def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: float, causal: bool,
                  plan: Plan | None = None, out=None):
-    raise NotImplementedError("the decompressed GPU kernel is not built yet")
+    """Tiled decompression on the GPU: (B, Sq, H, Dn+R) queries -> (B, Sq, H, Dv), lse.
+
+    Builds its own schedule (one CTA column per SM share of the H x query-tile
+    CTAs); split-KV plans are for the absorbed strategy.
+    """
+    batch, q_len, heads, _ = q.shape
+    rows, v_dim = q_len * heads, problem.v_dim
+    spec = decompressed_kernel(problem.dtype, problem.latent_dim, problem.rope_dim, problem.nope_dim, v_dim)
+    o = out if out is not None else cp.empty((batch, q_len, heads, v_dim), dtype=problem.dtype)
+    lse = cp.empty((batch, q_len, heads), dtype=np.float32)
+    if batch == 0:
+        return o, lse
+    if seqlens is None:
+        seqlens = cp.full(batch, problem.capacity, dtype=np.int32)
+    q_tiles = math.ceil(q_len / spec.queries)
+    parts = max(1, _sm_count(cp.cuda.Device().id) // (heads * q_tiles))
+    plan = Plan(cp, batch, rows, v_dim, parts).update(seqlens, problem.capacity)
+    params = attn_params(
+        q=cp.ascontiguousarray(q), cache=cache, seqlens=seqlens, block_table=block_table, out=o, lse=lse,
+        part_out=plan.part_out, part_lse=plan.part_lse, work=plan.work,
+        first_part=plan.first_part, piece_base=plan.piece_base,
+        batch=batch, rows=rows, q_len=q_len, heads=heads, capacity=problem.capacity,
+        block_size=problem.block_size, max_blocks=0 if block_table is None else block_table.shape[1],
+        num_blocks=problem.num_blocks, scale=scale, scale_log2=scale * LOG2E, causal=int(causal),
+        w=cp.ascontiguousarray(w),
+    )
+    arch = device_arch()
+    attend = kernel("decompressed.cu", (spec.name,), spec.name, arch, spec.smem)
+    attend((parts, q_tiles, heads), (THREADS,), (params,), shared_mem=spec.smem)
+    merge = kernel("split_kv.cu", SPLIT_KV_NAMES, spec.combine, arch)
+    merge((math.ceil(rows / 8), batch), (THREADS,), (params, np.int32(v_dim)))
+    return o, lse

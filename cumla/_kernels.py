@@ -96,6 +96,45 @@ def latent_module_names(dtype: np.dtype, dim: int, v_dim: int) -> tuple[str, ...
     return tuple(sorted(names))
 
 
+@dataclass(frozen=True)
+class DecompressedKernel:
+    """One specialisation of the tiled-decompression kernel (256 query tokens per CTA)."""
+
+    name: str
+    queries: int
+    smem: int
+    element: str
+
+    @property
+    def combine(self) -> str:
+        return f"combine_partials<{self.element}>"
+
+
+def _rows_bytes(rows: int, width: int) -> int:
+    """Bytes of a SwizzledRows tile of ``rows`` rows of ``width`` 16-bit elements."""
+    return rows * (-(-width // 64) * 64) * 2
+
+
+def decompressed_kernel(dtype: np.dtype, latent: int, rope: int, nope: int, v_dim: int) -> DecompressedKernel:
+    """The decompressed kernel for a 16-bit dtype and DeepSeek-style dims (multiples of 16)."""
+    element = _ELEMENT[np.dtype(dtype)]
+    if element == "f32_t":
+        raise NotImplementedError(
+            "the decompressed strategy has no float32 GPU kernel (tensor cores would round "
+            "float32 inputs); use strategy='absorbed' or 16-bit inputs"
+        )
+    if any(d % 16 for d in (latent, rope, nope, v_dim)):
+        raise ValueError(f"decompressed kernels need L, R, Dn, Dv multiples of 16, got {latent, rope, nope, v_dim}")
+    slice_ = 64 if latent % 64 == 0 else 32 if latent % 32 == 0 else 16
+    qk = nope + rope
+    smem = (_rows_bytes(256, qk) + _rows_bytes(64, qk) + _rows_bytes(64, v_dim)
+            + 2 * (_rows_bytes(64, slice_) + _rows_bytes(slice_, 64)))
+    if smem > SMEM_LIMIT:
+        raise ValueError(f"Dn+R = {qk}, Dv = {v_dim} need {smem} bytes of shared memory, over {SMEM_LIMIT}")
+    name = f"decompressed_attention<{element}, {latent}, {rope}, {nope}, {v_dim}, {slice_}>"
+    return DecompressedKernel(name, 256, smem, element)
+
+
 #: The split-KV module: the scheduler and the combine step for every element type.
 SPLIT_KV_NAMES = ("make_schedule",) + tuple(f"combine_partials<{e}>" for e in ("bf16_t", "f16_t", "f32_t"))
 
@@ -106,4 +145,7 @@ def check_matrix() -> list[tuple[str, tuple[str, ...]]]:
     for dtype in (BFLOAT16, np.dtype(np.float16), np.dtype(np.float32)):
         for dim, v_dim in ((576, 512), (48, 32)):
             out.append(("latent_attention.cu", latent_module_names(dtype, dim, v_dim)))
+    for dtype in (BFLOAT16, np.dtype(np.float16)):
+        for dims in ((512, 64, 128, 128), (48, 0, 32, 16)):
+            out.append(("decompressed.cu", (decompressed_kernel(dtype, *dims).name,)))
     return out

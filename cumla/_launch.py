@@ -4,15 +4,15 @@ from __future__ import annotations
 import numpy as np
 
 _POINTERS = ("q", "cache", "seqlens", "block_table", "out", "lse", "part_out", "part_lse",
-             "work", "first_part", "piece_base")
+             "work", "first_part", "piece_base", "w")
 _INTS = ("batch", "rows", "q_len", "heads", "capacity", "block_size", "max_blocks", "num_blocks")
 
-LATENT_PARAMS = np.dtype(
-    [(name, "<u8") for name in _POINTERS]
+ATTN_PARAMS = np.dtype(
+    [(name, "<u8") for name in _POINTERS[:-1]]
     + [(name, "<i4") for name in _INTS]
-    + [("scale", "<f4"), ("scale_log2", "<f4"), ("causal", "<i4"), ("pad_", "<i4")]
+    + [("scale", "<f4"), ("scale_log2", "<f4"), ("causal", "<i4"), ("pad_", "<i4"), ("w", "<u8")]
 )
-assert LATENT_PARAMS.itemsize == 136
+assert ATTN_PARAMS.itemsize == 144
 
 
 def pointer(array) -> int:
@@ -20,9 +20,9 @@ def pointer(array) -> int:
     return 0 if array is None else int(array.data.ptr)
 
 
-def latent_params(**fields) -> np.void:
-    """A LatentParams value; arrays become their device addresses."""
-    block = np.zeros((), dtype=LATENT_PARAMS)
+def attn_params(**fields) -> np.void:
+    """A AttnParams value; arrays become their device addresses."""
+    block = np.zeros((), dtype=ATTN_PARAMS)
     for name, value in fields.items():
         block[name] = pointer(value) if name in _POINTERS else value
     return block[()]

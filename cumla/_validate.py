@@ -77,8 +77,8 @@ def check_scale(scale: Any) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)):
         raise TypeError(f"scale must be a real number, got {type(scale).__name__}")
     value = float(scale)
-    if not math.isfinite(value):
-        raise ValueError(f"scale must be finite, got {value}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"scale must be finite and positive, got {value}")
     return value
 
 

@@ -57,9 +57,11 @@ CASES = [
     (good(w_kv=np.zeros((L,), np.float32)), ValueError, "w_kv must have shape"),
     (good(rope_dim=-1), ValueError, "rope_dim"),
     (good(rope_dim=1.5), TypeError, "rope_dim"),
-    (good(scale=float("nan")), ValueError, "scale must be finite"),
-    (good(scale=float("inf")), ValueError, "scale must be finite"),
+    (good(scale=float("nan")), ValueError, "scale must be finite and positive"),
+    (good(scale=float("inf")), ValueError, "scale must be finite and positive"),
     (good(scale="1"), TypeError, "scale must be a real number"),
+    (good(scale=-0.5), ValueError, "scale must be finite and positive"),
+    (good(scale=0.0), ValueError, "scale must be finite and positive"),
     (good(strategy="fast"), ValueError, "strategy must be one of"),
     (good(causal="yes"), TypeError, "causal must be a bool"),
     (good(return_lse=1), TypeError, "return_lse must be a bool"),
@@ -102,7 +104,7 @@ def test_unused_block_table_entries_are_ignored():
     (dict(v_dim=0), ValueError, "v_dim must be in"),
     (dict(v_dim=L + R + 1), ValueError, "v_dim must be in"),
     (dict(v_dim=2.0), TypeError, "v_dim must be an int"),
-    (dict(v_dim=L, scale=float("nan")), ValueError, "scale must be finite"),
+    (dict(v_dim=L, scale=float("nan")), ValueError, "scale must be finite and positive"),
 ])
 def test_latent_attention_bad_arguments(kwargs, error, words):
     q = np.zeros((B, H, L + R), np.float32)

@@ -1,0 +1,307 @@
+// Decompressed MLA decode (the design's original algorithm), tiled on chip.
+//
+// One CTA of 8 warps owns one head h, up to 256 query tokens of one request
+// and a range of 64-token cache tiles from the split-KV schedule. Per tile:
+//   1. decompress: K_nope = C W_uk_h (64 x DN) and V = C W_uv_h (64 x DV) on
+//      tensor cores, streaming C (the latent part of the tile) and W_h in
+//      KC-wide slices of L through shared memory; the RoPE part of the tile
+//      is copied next to K_nope. K and V exist only in shared memory.
+//   2. attend: warp w owns query rows [32w, 32w+32) and, for each half of the
+//      tile, computes its full score rows, the online softmax in registers
+//      and O += P V (P reused from the score registers as mma A fragments).
+// Outputs and partials use the same layout and combine step as the absorbed
+// kernel, with rows = Sq * H ordered (query, head).
+#include "common.cuh"
+#include "params.cuh"
+
+namespace {
+
+template <int L, int R, int DN, int DV, int KC>
+struct DecompTile {
+  static constexpr int BN = 64, BM = 256, kWarps = 8;
+  static constexpr int QK = DN + R;
+  using QRows = SwizzledRows<QK / 8>;   // queries and keys [K_nope | rope]
+  using VRows = SwizzledRows<DV / 8>;
+  using CRows = SwizzledRows<KC / 8>;   // one KC-wide slice of the latent tile
+  using WRows = SwizzledRows<8>;        // one KC-row slice of a 64-column block of W_h
+  static constexpr int kQBytes = QRows::bytes(BM);
+  static constexpr int kKBytes = QRows::bytes(BN);
+  static constexpr int kVBytes = VRows::bytes(BN);
+  static constexpr int kCBytes = CRows::bytes(BN);
+  static constexpr int kWBytes = WRows::bytes(KC);
+  static constexpr int kSmemBytes = kQBytes + kKBytes + kVBytes + 2 * (kCBytes + kWBytes);
+  static constexpr int kSlices = L / KC;
+  static_assert(L % KC == 0 && KC % 16 == 0 && R % 8 == 0, "latent slices");
+  static_assert(DN % 16 == 0 && DV % 16 == 0 && QK % 16 == 0, "head dims must be multiples of 16");
+  static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
+};
+
+// acc[16 tokens x 32 columns of this warp] += C slice @ W slice (shared memory).
+template <class T, int KC, class CRows, class WRows>
+__device__ __forceinline__ void decompress_slice(float (&acc)[2][2][4], u32 sC, u32 sW, int row0,
+                                                 int pair0, int pairs, int lane) {
+#pragma unroll
+  for (int k = 0; k < KC / 16; ++k) {
+    u32 a[4];
+    ldsm_x4(a, sC + CRows::offset(row0 + (lane & 15), 2 * k + (lane >> 4)));
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int pair = pair0 + j;
+      if (pair < pairs) {
+        u32 bfrag[4];
+        ldsm_x4_trans(bfrag, sW + WRows::offset(16 * k + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                                2 * pair + (lane >> 4)));
+        T::mma(acc[j][0], a, bfrag[0], bfrag[1]);
+        T::mma(acc[j][1], a, bfrag[2], bfrag[3]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <class T, int L, int R, int DN, int DV, int KC>
+__global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_constant__ AttnParams p) {
+  using Tile = DecompTile<L, R, DN, DV, KC>;
+  using QRows = typename Tile::QRows;
+  using VRows = typename Tile::VRows;
+  using CRows = typename Tile::CRows;
+  using WRows = typename Tile::WRows;
+  constexpr int BN = Tile::BN, BM = Tile::BM, QK = Tile::QK, D = L + R;
+  constexpr int kVPairs = DV / 16;
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  const u32 sQ = smem_addr(smem);
+  const u32 sK = sQ + Tile::kQBytes;
+  const u32 sV = sK + Tile::kKBytes;
+  const u32 sC = sV + Tile::kVBytes;           // 2 stages
+  const u32 sW = sC + 2 * Tile::kCBytes;        // 2 stages
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, tq = lane % 4;
+  const int part = blockIdx.x, m_tile = blockIdx.y, h = blockIdx.z;
+  const u16* q = static_cast<const u16*>(p.q);
+  const u16* cache = static_cast<const u16*>(p.cache);
+  const u16* w = static_cast<const u16*>(p.w);
+  const size_t w_ld = static_cast<size_t>(p.heads) * (DN + DV);
+
+  const int req_begin = p.sched.work[4 * part], tile_begin = p.sched.work[4 * part + 1];
+  const int req_end = p.sched.work[4 * part + 2], tile_end = p.sched.work[4 * part + 3];
+
+  for (int b = max(req_begin, 0); b <= req_end && b < p.batch; ++b) {
+    const int pieces = p.sched.piece_base[b + 1] - p.sched.piece_base[b];
+    const int piece = part - p.sched.first_part[b];
+    if (piece < 0 || piece >= pieces) continue;
+    const int n = request_length(p.seqlens, b, p.capacity);
+    const int tiles = (n + BN - 1) / BN;
+    const int t0 = b == req_begin ? tile_begin : 0;
+    const int t1 = b == req_end ? min(tile_end, tiles) : tiles;
+    const int i0 = m_tile * BM;                       // first query token of this CTA
+    const int live = min(BM, p.q_len - i0);
+
+    cp_async_wait<0>();
+    __syncthreads();
+    const u16* q_b = q + ((static_cast<size_t>(b) * p.q_len + i0) * p.heads + h) * QK;
+    load_rows<QK / 8>(sQ, BM, 0, q, [&](int r) {
+      return r < live ? q_b + static_cast<size_t>(r) * p.heads * QK : nullptr;
+    });
+    cp_async_commit();
+
+    float acc_o[2][2 * kVPairs][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int j = 0; j < 2 * kVPairs; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_o[mi][j][e] = 0.f;
+    float run_max[2][2], run_sum[2][2];
+    int limit[2][2];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        run_max[mi][hh] = CUMLA_NEG_INF;
+        run_sum[mi][hh] = 0.f;
+        const int i = i0 + 32 * warp + 16 * mi + g + 8 * hh;
+        limit[mi][hh] = p.causal ? n - p.q_len + i + 1 : n;
+      }
+    const bool warp_live = 32 * warp < live;
+
+    // Decompression passes: 64-column blocks of K_nope (W_uk_h), then of V (W_uv_h).
+    constexpr int kKeyPasses = (DN + 63) / 64, kPasses = kKeyPasses + (DV + 63) / 64;
+    constexpr int kSteps = kPasses * Tile::kSlices;
+    auto pass_cols = [](int pass) {
+      return pass < kKeyPasses ? min(64, DN - 64 * pass) : min(64, DV - 64 * (pass - kKeyPasses));
+    };
+    for (int t = t0; t < t1; ++t) {
+      // ---- 1. decompress the tile, one 64-column block per pass.
+      auto token = [&](int r) { return cache_row(p, cache, b, n, t * BN + r, D); };
+      auto load_slice = [&](int step, int stage) {
+        const int pass = step / Tile::kSlices, slice = step % Tile::kSlices;
+        load_rows<KC / 8>(sC + stage * Tile::kCBytes, BN, 0, cache, [&](int r) {
+          const u16* row = token(r);
+          return row != nullptr ? row + slice * KC : nullptr;
+        });
+        const int cols = pass_cols(pass);
+        const int col0 = pass < kKeyPasses ? 64 * pass : DN + 64 * (pass - kKeyPasses);
+        const u16* w_slice = w + static_cast<size_t>(slice) * KC * w_ld + h * (DN + DV) + col0;
+        const u32 dst = sW + stage * Tile::kWBytes;
+        for (int i = threadIdx.x; i < KC * (cols / 8); i += blockDim.x) {
+          const int r = i / (cols / 8), c = i % (cols / 8);
+          cp_async16(dst + WRows::offset(r, c), w_slice + r * w_ld + c * 8, true);
+        }
+        cp_async_commit();
+      };
+      __syncthreads();  // the previous tile's readers of sK/sV/sC/sW are done
+      if constexpr (R > 0) load_rows<QK / 8, R / 8>(sK, BN, DN / 8, cache, [&](int r) {
+        const u16* row = token(r);
+        return row != nullptr ? row + L : nullptr;
+      });
+      load_slice(0, 0);
+      float acc[2][2][4];
+      const int row0 = 16 * (warp % 4), pair0 = 2 * (warp / 4);
+#pragma unroll 1
+      for (int step = 0; step < kSteps; ++step) {
+        const int pass = step / Tile::kSlices, slice = step % Tile::kSlices;
+        if (slice == 0) {
+#pragma unroll
+          for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[j][0][e] = acc[j][1][e] = 0.f;
+        }
+        cp_async_wait<0>();
+        __syncthreads();
+        if (step + 1 < kSteps) load_slice(step + 1, (step + 1) & 1);
+        const int cols = pass_cols(pass);
+        decompress_slice<T, KC, CRows, WRows>(acc, sC + (step & 1) * Tile::kCBytes,
+                                              sW + (step & 1) * Tile::kWBytes, row0, pair0, cols / 16, lane);
+        if (slice == Tile::kSlices - 1) {  // this block of columns is complete: store it as T
+          const bool keys = pass < kKeyPasses;
+          const int col0 = 64 * (keys ? pass : pass - kKeyPasses);
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int pair = pair0 + j;
+            if (pair >= cols / 16) continue;
+#pragma unroll
+            for (int half = 0; half < 2; ++half)
+#pragma unroll
+              for (int hh = 0; hh < 2; ++hh) {
+                const int col = col0 + 16 * pair + 8 * half + 2 * tq, row = row0 + g + 8 * hh;
+                const float lo = acc[j][half][2 * hh], hi = acc[j][half][2 * hh + 1];
+                if (keys) store_pair<T, QK / 8>(sK, row, col, lo, hi);
+                else store_pair<T, DV / 8>(sV, row, col, lo, hi);
+              }
+          }
+        }
+      }
+      __syncthreads();  // K and V are complete
+
+      // ---- 2. attend: each warp its 32 query rows, the tile in two halves.
+      if (warp_live) {
+#pragma unroll 1
+        for (int quarter = 0; quarter < 4; ++quarter) {
+          const int tok0 = 16 * quarter;
+          float s[2][2][4];
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int j = 0; j < 2; ++j)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) s[mi][j][e] = 0.f;
+#pragma unroll 2
+          for (int k = 0; k < QK / 16; ++k) {
+            u32 bfrag[4];
+            ldsm_x4(bfrag, sK + QRows::offset(tok0 + (lane & 7) + ((lane >> 4) << 3), 2 * k + ((lane >> 3) & 1)));
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) {
+              u32 a[4];
+              ldsm_x4(a, sQ + QRows::offset(32 * warp + 16 * mi + (lane & 15), 2 * k + (lane >> 4)));
+              T::mma(s[mi][0], a, bfrag[0], bfrag[1]);
+              T::mma(s[mi][1], a, bfrag[2], bfrag[3]);
+            }
+          }
+          // Online softmax on the score registers.
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi) {
+            float base[2];
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              float m = run_max[mi][hh];
+#pragma unroll
+              for (int j = 0; j < 2; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                  const int tok = t * BN + tok0 + 8 * j + 2 * tq + e;
+                  float& v = s[mi][j][2 * hh + e];
+                  if (tok >= limit[mi][hh]) v = CUMLA_NEG_INF;
+                  m = fmaxf(m, v);
+                }
+              m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+              m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+              base[hh] = m == CUMLA_NEG_INF ? 0.f : m * p.scale_log2;
+              const float alpha = fast_exp2(run_max[mi][hh] * p.scale_log2 - base[hh]);
+              run_max[mi][hh] = m;
+              run_sum[mi][hh] *= alpha;
+#pragma unroll
+              for (int j = 0; j < 2 * kVPairs; ++j) {
+                acc_o[mi][j][2 * hh] *= alpha;
+                acc_o[mi][j][2 * hh + 1] *= alpha;
+              }
+            }
+#pragma unroll
+            for (int j = 0; j < 2; ++j)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                s[mi][j][e] = fast_exp2(s[mi][j][e] * p.scale_log2 - base[e / 2]);
+                run_sum[mi][e / 2] += s[mi][j][e];
+              }
+          }
+          // O += P V; P's accumulator layout is the A fragment layout of k16.
+          u32 a[2][4];
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi) {
+            a[mi][0] = T::pack(s[mi][0][0], s[mi][0][1]);
+            a[mi][1] = T::pack(s[mi][0][2], s[mi][0][3]);
+            a[mi][2] = T::pack(s[mi][1][0], s[mi][1][1]);
+            a[mi][3] = T::pack(s[mi][1][2], s[mi][1][3]);
+          }
+#pragma unroll
+          for (int pair = 0; pair < kVPairs; ++pair) {
+            u32 bfrag[4];
+            ldsm_x4_trans(bfrag, sV + VRows::offset(tok0 + (lane & 7) + ((lane >> 3) & 1) * 8, 2 * pair + (lane >> 4)));
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) {
+              T::mma(acc_o[mi][2 * pair], a[mi], bfrag[0], bfrag[1]);
+              T::mma(acc_o[mi][2 * pair + 1], a[mi], bfrag[2], bfrag[3]);
+            }
+          }
+        }
+      }
+    }
+
+    // ---- finalize: rows (query i, head h) -> output row i * H + h.
+    const size_t slot = static_cast<size_t>(p.sched.piece_base[b]) + piece;
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        float total = run_sum[mi][hh];
+        total += __shfl_xor_sync(0xffffffffu, total, 1);
+        total += __shfl_xor_sync(0xffffffffu, total, 2);
+        const int i = i0 + 32 * warp + 16 * mi + g + 8 * hh;
+        if (i >= p.q_len) continue;
+        const int row = i * p.heads + h;
+        const float lse = total > 0.f ? run_max[mi][hh] * p.scale + logf(total) : CUMLA_NEG_INF;
+        const float inv = total > 0.f ? 1.f / total : 0.f;
+        const size_t out_row = pieces == 1 ? static_cast<size_t>(b) * p.rows + row : slot * p.rows + row;
+        if (tq == 0) (pieces == 1 ? p.lse : p.part_lse)[out_row] = lse;
+#pragma unroll
+        for (int j = 0; j < 2 * kVPairs; ++j) {
+          const int col = 8 * j + 2 * tq;
+          const float v0 = acc_o[mi][j][2 * hh] * inv, v1 = acc_o[mi][j][2 * hh + 1] * inv;
+          if (pieces == 1) *reinterpret_cast<u32*>(static_cast<u16*>(p.out) + out_row * DV + col) = T::pack(v0, v1);
+          else *reinterpret_cast<float2*>(p.part_out + out_row * DV + col) = make_float2(v0, v1);
+        }
+      }
+  }
+}
