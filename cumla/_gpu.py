@@ -11,7 +11,7 @@ from ._kernels import (
     SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, arch_for, decompressed_kernel, latent_kernel, latent_module_names,
     options, source,
 )
-from ._launch import latent_params
+from ._launch import attn_params
 from ._plan import INT_MAX, Plan
 from ._validate import Problem
 
@@ -83,7 +83,7 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
         plan = Plan(cp, batch, rows, v_dim, default_parts(rows)).update(seqlens, problem.capacity)
     spec = latent_kernel(problem.dtype, dim, v_dim, rows)
     arch = device_arch()
-    params = latent_params(
+    params = attn_params(
         q=q, cache=cache, seqlens=seqlens, block_table=block_table, out=o, lse=lse,
         part_out=plan.part_out, part_lse=plan.part_lse, work=plan.work,
         first_part=plan.first_part, piece_base=plan.piece_base,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -24,10 +24,19 @@ _INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.M)
 _ELEMENT = {np.dtype(np.float16): "f16_t", BFLOAT16: "bf16_t", np.dtype(np.float32): "f32_t"}
 
 
+def source_dir() -> Path:
+    """The CUDA sources: inside the installed package, or cuda/ beside it in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "cuda", here.parent / "cuda"):
+        if (candidate / "common.cuh").is_file():
+            return candidate
+    raise FileNotFoundError(f"cumla's CUDA sources are missing (looked in {here / 'cuda'} and {here.parent / 'cuda'})")
+
+
 @lru_cache(maxsize=None)
 def source(name: str) -> str:
     """A .cu file with its local #includes inlined, so CuPy's cache keys on all of it."""
-    text = resources.files("cumla.cuda").joinpath(name).read_text()
+    folder = source_dir()
     seen: set[str] = set()
 
     def inline(match: re.Match) -> str:
@@ -35,9 +44,9 @@ def source(name: str) -> str:
         if header in seen:
             return ""
         seen.add(header)
-        return _INCLUDE.sub(inline, resources.files("cumla.cuda").joinpath(header).read_text())
+        return _INCLUDE.sub(inline, (folder / header).read_text())
 
-    return _INCLUDE.sub(inline, text)
+    return _INCLUDE.sub(inline, (folder / name).read_text())
 
 
 def arch_for(major: int, minor: int) -> str:

@@ -30,9 +30,7 @@ def test_kernel_compiles(file, names, arch):
 
 
 def test_every_cuda_source_is_checked():
-    from importlib import resources
-
-    sources = {p.name for p in resources.files("cumla.cuda").iterdir() if p.name.endswith(".cu")}
+    sources = {p.name for p in _kernels.source_dir().glob("*.cu")}
     assert sources == {f for f, _ in _kernels.check_matrix()}
 
 

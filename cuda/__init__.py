@@ -1,1 +1,0 @@
-"""CUDA C++ sources of cumla's kernels, shipped as package data."""
