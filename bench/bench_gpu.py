@@ -97,7 +97,7 @@ def cupy_baseline(q, cache, table, scale):
     s -= s.max(axis=-1, keepdims=True)
     p = cp.exp(s)
     p /= p.sum(axis=-1, keepdims=True)
-    return cp.matmul(p.astype(q.dtype), kv[..., :L])
+    return cp.matmul(p.astype(np.float16), kv[..., :L])
 
 
 def bench_config(name, cfg, copy_bw, mm_rate, rng, with_baseline=True):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a CUDA machine: GPU tests, compute-sanitizer on the small
 # every-kernel test, then the benchmark; logs and JSON to $OUT.
-#   OUT=/tmp/out bash bench/run_device.sh [pytest -k expression] [configs] [sanitize: 1|0]
+#   OUT=/tmp/out bash bench/run_device.sh [pytest -k expression | none] [configs] [sanitize: 1|0]
 # cumla is installed (without dependencies) into a scratch folder first, as a
 # user would have it, so the CUDA sources come from the installed package.
 set -u
@@ -12,7 +12,9 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-index --target "$s
   || { cat "$OUT/install.log"; exit 1; }
 export PYTHONUNBUFFERED=1 PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
-(cd tests && python3 -m pytest -q -p no:cacheprovider -m gpu gpu ${1:+-k "$1"} 2>&1) | tee "$OUT/gpu-tests.log"
+if [ "${1:-}" != none ]; then
+  (cd tests && python3 -m pytest -q -p no:cacheprovider -m gpu gpu ${1:+-k "$1"} 2>&1) | tee "$OUT/gpu-tests.log"
+fi
 if [ "${3:-1}" = 1 ]; then
   for tool in memcheck racecheck; do
     (cd tests && compute-sanitizer --tool $tool --error-exitcode 9 \
