@@ -112,15 +112,19 @@ struct SwizzledRows {
 
 // Copy COPY 16-byte chunks of each of `rows` rows, from `src_row(r)`, to
 // logical chunks dst_chunk.. of a SwizzledRows<ROW_CHUNKS> tile; rows for
-// which src_row gives null are zero-filled (and nothing is read).
+// which src_row gives null are zero-filled (and nothing is read). Warps take
+// rows, lanes take chunks: src_row (a block-table lookup) runs once per row
+// and each warp's copies cover contiguous bytes.
 template <int ROW_CHUNKS, int COPY = ROW_CHUNKS, class RowPtr>
 __device__ __forceinline__ void load_rows(u32 tile, int rows, int dst_chunk, const u16* any_mapped,
                                           RowPtr src_row) {
   using Rows = SwizzledRows<ROW_CHUNKS>;
-  for (int i = threadIdx.x; i < rows * COPY; i += blockDim.x) {
-    const int r = i / COPY, c = i % COPY;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  for (int r = warp; r < rows; r += warps) {
     const u16* row = src_row(r);
-    cp_async16(tile + Rows::offset(r, dst_chunk + c), row != nullptr ? row + c * 8 : any_mapped, row != nullptr);
+#pragma unroll
+    for (int c = lane; c < COPY; c += 32)
+      cp_async16(tile + Rows::offset(r, dst_chunk + c), row != nullptr ? row + c * 8 : any_mapped, row != nullptr);
   }
 }
 

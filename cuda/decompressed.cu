@@ -146,9 +146,9 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
         const int col0 = pass < kKeyPasses ? 64 * pass : DN + 64 * (pass - kKeyPasses);
         const u16* w_slice = w + static_cast<size_t>(slice) * KC * w_ld + h * (DN + DV) + col0;
         const u32 dst = sW + stage * Tile::kWBytes;
-        for (int i = threadIdx.x; i < KC * (cols / 8); i += blockDim.x) {
-          const int r = i / (cols / 8), c = i % (cols / 8);
-          cp_async16(dst + WRows::offset(r, c), w_slice + r * w_ld + c * 8, true);
+        for (int i = threadIdx.x; i < KC * 8; i += blockDim.x) {  // KC rows of up to 8 chunks
+          const int r = i / 8, c = i % 8;
+          if (c < cols / 8) cp_async16(dst + WRows::offset(r, c), w_slice + r * w_ld + c * 8, true);
         }
         cp_async_commit();
       };
