@@ -119,11 +119,13 @@ template <int ROW_CHUNKS, int COPY = ROW_CHUNKS, class RowPtr>
 __device__ __forceinline__ void load_rows(u32 tile, int rows, int dst_chunk, const u16* any_mapped,
                                           RowPtr src_row) {
   using Rows = SwizzledRows<ROW_CHUNKS>;
+  constexpr int kLanesPerRow = COPY >= 32 ? 32 : COPY >= 16 ? 16 : 8;
+  constexpr int kRowsPerWarp = 32 / kLanesPerRow;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  for (int r = warp; r < rows; r += warps) {
+  for (int r = warp * kRowsPerWarp + lane / kLanesPerRow; r < rows; r += warps * kRowsPerWarp) {
     const u16* row = src_row(r);
 #pragma unroll
-    for (int c = lane; c < COPY; c += 32)
+    for (int c = lane % kLanesPerRow; c < COPY; c += kLanesPerRow)
       cp_async16(tile + Rows::offset(r, dst_chunk + c), row != nullptr ? row + c * 8 : any_mapped, row != nullptr);
   }
 }
