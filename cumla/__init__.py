@@ -4,6 +4,7 @@ Entry point: :func:`decode`. NumPy inputs run on the CPU backend, CuPy inputs
 on the CUDA kernels; the float64 oracle is :mod:`cumla.reference`.
 """
 from ._absorb import absorb
+from ._arrays import BFLOAT16 as bfloat16
 from ._api import decode, latent_attention
 from ._combine import combine
 from ._cost import Cost, cost
@@ -17,6 +18,7 @@ __all__ = [
     "MemoryReport",
     "Plan",
     "absorb",
+    "bfloat16",
     "combine",
     "cost",
     "decode",

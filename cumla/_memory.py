@@ -37,15 +37,15 @@ class MemoryReport:
         def gib(n: int) -> str:
             return f"{n / 2**30:10.3f} GiB"
 
-        tokens = self.batch * self.seq_len
-        return "\n".join([
-            f"KV cache for {self.batch} x {self.seq_len} tokens, {self.layers} layers, {self.dtype}",
-            f"  MHA  (K+V, {self.heads} heads x {self.head_dim}) : {gib(self.mha_bytes)}"
-            f"  ({self.mha_bytes // max(tokens, 1)} B/token)",
-            f"  MLA  (latent {self.latent} + rope {self.rope})   : {gib(self.mla_bytes)}"
-            f"  ({self.mla_bytes // max(tokens, 1)} B/token)",
-            f"  ratio MHA / MLA             : {self.ratio:10.2f}x",
-        ])
+        tokens = max(self.batch * self.seq_len, 1)
+        rows = [
+            (f"MHA (K+V, {self.heads} heads x {self.head_dim})", f"{gib(self.mha_bytes)}  ({self.mha_bytes // tokens} B/token)"),
+            (f"MLA (latent {self.latent} + rope {self.rope})", f"{gib(self.mla_bytes)}  ({self.mla_bytes // tokens} B/token)"),
+            ("ratio MHA / MLA", f"{self.ratio:10.2f}x"),
+        ]
+        width = max(len(label) for label, _ in rows)
+        head = f"KV cache for {self.batch} x {self.seq_len} tokens, {self.layers} layers, {self.dtype}"
+        return "\n".join([head] + [f"  {label:<{width}} : {value}" for label, value in rows])
 
 
 def memory_report(

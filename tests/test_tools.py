@@ -1,0 +1,91 @@
+"""Cost model, memory report, CLI, plans on NumPy, combine, and the example script."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cumla
+from cumla.__main__ import main as cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_cost_matches_design_formulas_and_crossover():
+    c = cumla.cost(batch=2, seq_len=4096, heads=128, q_len=1)
+    L, R, Dn, Dv, S, H = 512, 64, 128, 128, 4096, 128
+    assert c.absorbed_flops == 2 * H * (2 * L * Dn + S * 2 * (L + R) + S * 2 * L + 2 * L * Dv)
+    assert c.decompressed_flops == 2 * (S * 2 * L * H * (Dn + Dv) + H * S * (2 * (Dn + R) + 2 * Dv))
+    assert c.bytes == 2 * (2 * (S * (L + R) + H * (Dn + R + Dv)) + L * H * (Dn + Dv))
+    # DESIGN: absorbed wins below about Sq ~ 170 for DeepSeek shapes, decompressed above.
+    assert cumla.cost(batch=1, seq_len=4096, heads=128, q_len=150).best == "absorbed"
+    assert cumla.cost(batch=1, seq_len=4096, heads=128, q_len=190).best == "decompressed"
+    with pytest.raises(ValueError, match="heads"):
+        cumla.cost(batch=1, seq_len=1, heads=-1)
+
+
+def test_memory_report_counts_k_and_v_for_mha():
+    r = cumla.memory_report(heads=4, head_dim=8, latent=16, rope=4, seq_len=10, batch=3, layers=2, dtype="float16")
+    assert r.mha_bytes == 2 * 4 * 8 * 10 * 3 * 2 * 2
+    assert r.mla_bytes == (16 + 4) * 10 * 3 * 2 * 2
+    assert r.ratio == pytest.approx(64 / 20)
+    with pytest.raises(ValueError, match="dtype"):
+        cumla.memory_report(dtype="int4")
+    with pytest.raises(ValueError, match="heads"):
+        cumla.memory_report(heads=-2)
+
+
+def test_cli_info(capsys):
+    assert cli(["info", "--heads", "128", "--head-dim", "128", "--seq-len", "4096", "--layers", "61"]) == 0
+    out = capsys.readouterr().out
+    assert "56.89x" in out and "MHA" in out and "MLA" in out
+    assert cli(["info", "--heads", "-3"]) == 2
+
+
+def test_cli_as_module():
+    done = subprocess.run([sys.executable, "-m", "cumla", "info", "--heads", "16"], capture_output=True, text=True)
+    assert done.returncode == 0 and "ratio" in done.stdout
+
+
+def test_plan_on_numpy_is_checked_then_ignored():
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 4, 24), dtype=np.float32)
+    cache = rng.standard_normal((2, 30, 24), dtype=np.float32)
+    lengths = np.array([30, 7], np.int32)
+    plan = cumla.plan(lengths, heads=4, v_dim=16)
+    a = cumla.latent_attention(q, cache, v_dim=16, scale=0.2, seqlens=lengths, plan=plan)
+    b = cumla.latent_attention(q, cache, v_dim=16, scale=0.2, seqlens=lengths)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="plan was made for"):
+        cumla.latent_attention(q, cache, v_dim=8, scale=0.2, seqlens=lengths, plan=plan)
+    with pytest.raises(TypeError, match="plan must come from cumla.plan"):
+        cumla.latent_attention(q, cache, v_dim=16, scale=0.2, seqlens=lengths, plan="fast")
+    with pytest.raises(TypeError, match="seqlens must have dtype int32"):
+        cumla.plan(lengths.astype(np.int64), heads=4)
+    with pytest.raises(ValueError, match="heads"):
+        cumla.plan(lengths, heads=0)
+
+
+def test_decode_plan_means_absorbed():
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((2, 3, 2, 24), dtype=np.float32)
+    cache = rng.standard_normal((2, 30, 24), dtype=np.float32)
+    w = rng.standard_normal((16, 2 * 24), dtype=np.float32)
+    plan = cumla.plan(np.array([30, 30], np.int32), heads=2, q_len=3, v_dim=16)
+    o = cumla.decode(q, cache, w, rope_dim=8, plan=plan)
+    np.testing.assert_allclose(o, cumla.decode(q, cache, w, rope_dim=8, strategy="absorbed"), rtol=1e-6)
+    with pytest.raises(ValueError, match="plan schedules the absorbed strategy"):
+        cumla.decode(q, cache, w, rope_dim=8, plan=plan, strategy="decompressed")
+
+
+def test_combine_of_empty_parts():
+    o, lse = cumla.combine([np.zeros((2, 3)), np.zeros((2, 3))], [np.full(2, -np.inf)] * 2)
+    assert np.all(o == 0) and np.isneginf(lse).all()
+
+
+def test_example_runs_on_the_cpu():
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "mla_decode.py"), "--cpu", "--seq-len", "200"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "-> OK" in done.stdout and "strategy='auto' picks: absorbed" in done.stdout
