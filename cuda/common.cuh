@@ -122,13 +122,39 @@ __device__ __forceinline__ void load_rows(u32 tile, int rows, int dst_chunk, con
   constexpr int kLanesPerRow = COPY >= 32 ? 32 : COPY >= 16 ? 16 : 8;
   constexpr int kRowsPerWarp = 32 / kLanesPerRow;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  for (int r = warp * kRowsPerWarp + lane / kLanesPerRow; r < rows; r += warps * kRowsPerWarp) {
-    const u16* row = src_row(r);
+  const int stride = warps * kRowsPerWarp;  // rows per pass of the whole block
+  // Lane l looks up the row this warp copies in pass l / kRowsPerWarp, so the
+  // lookups (block-table loads, divisions) run in parallel, once per row.
+  const int mine = warp * kRowsPerWarp + (lane / kRowsPerWarp) * stride + lane % kRowsPerWarp;
+  const u16* my_row = mine < rows ? src_row(mine) : nullptr;
+  const unsigned long long my_bits = reinterpret_cast<unsigned long long>(my_row);
+  const int passes = (rows + stride - 1) / stride;
+  for (int pass = 0; pass < passes; ++pass) {
+    const int sub = lane / kLanesPerRow;
+    const int r = warp * kRowsPerWarp + pass * stride + sub;
+    const u16* row = reinterpret_cast<const u16*>(__shfl_sync(0xffffffffu, my_bits, pass * kRowsPerWarp + sub));
+    if (r >= rows) continue;
 #pragma unroll
     for (int c = lane % kLanesPerRow; c < COPY; c += kLanesPerRow)
       cp_async16(tile + Rows::offset(r, dst_chunk + c), row != nullptr ? row + c * 8 : any_mapped, row != nullptr);
   }
 }
+
+// ldmatrix addresses along one row of a SwizzledRows tile, for chunks
+// 2k + hi, k = 4 * k4 + u: the swizzle of the four u is computed once, so an
+// unrolled k-loop pays one add per access.
+template <int ROW_CHUNKS>
+struct RowWalk {
+  u32 base;
+  u32 swz[4];
+  RowWalk() = default;
+  __device__ __forceinline__ RowWalk(u32 tile, int row, int hi) {
+    base = tile + static_cast<u32>(row * SwizzledRows<ROW_CHUNKS>::kStride * 16);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) swz[u] = static_cast<u32>(((2 * u + hi) ^ (row & 7)) * 16);
+  }
+  __device__ __forceinline__ u32 at(int k4, int u) const { return base + k4 * 128 + swz[u]; }
+};
 
 // Store two floats as one packed pair of T at element `col` of row `row`.
 template <class T, int ROW_CHUNKS>

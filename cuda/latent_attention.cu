@@ -113,22 +113,32 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
       const int tok_base = wn * Tile::kTokPerWarp;
-#pragma unroll 4
-      for (int k = 0; k < D / 16; ++k) {
-        u32 a[4];
-        ldsm_x4(a, sQ + Rows::offset(wm * 16 + (lane & 15), 2 * k + (lane >> 4)));
-        if constexpr (Tile::kScoreTiles == 1) {
-          u32 bfrag[2];
-          ldsm_x2(bfrag, sK + Rows::offset(tok_base + (lane & 7), 2 * k + ((lane >> 3) & 1)));
-          T::mma(s[0], a, bfrag[0], bfrag[1]);
-        } else {
+      {
+        const RowWalk<Tile::kChunks> qa(sQ, wm * 16 + (lane & 15), lane >> 4);
+        // Rows 16 apart share their swizzle: one walker serves every score tile pair.
+        const RowWalk<Tile::kChunks> kb(sK, tok_base + (lane & 7) + (Tile::kScoreTiles == 1 ? 0 : (lane >> 4) << 3),
+                                        (lane >> 3) & 1);
+        constexpr u32 kPairStep = 16 * Rows::kStride * 16;
+#pragma unroll 1
+        for (int k4 = 0; k4 < (D / 16 + 3) / 4; ++k4) {
 #pragma unroll
-          for (int j = 0; j < Tile::kScoreTiles; j += 2) {
-            u32 bfrag[4];
-            ldsm_x4(bfrag, sK + Rows::offset(tok_base + j * 8 + (lane & 7) + ((lane >> 4) << 3),
-                                             2 * k + ((lane >> 3) & 1)));
-            T::mma(s[j], a, bfrag[0], bfrag[1]);
-            T::mma(s[j + 1], a, bfrag[2], bfrag[3]);
+          for (int u = 0; u < 4; ++u) {
+            if ((D / 16) % 4 != 0 && 4 * k4 + u >= D / 16) break;
+            u32 a[4];
+            ldsm_x4(a, qa.at(k4, u));
+            if constexpr (Tile::kScoreTiles == 1) {
+              u32 bfrag[2];
+              ldsm_x2(bfrag, kb.at(k4, u));
+              T::mma(s[0], a, bfrag[0], bfrag[1]);
+            } else {
+#pragma unroll
+              for (int j = 0; j < Tile::kScoreTiles / 2; ++j) {
+                u32 bfrag[4];
+                ldsm_x4(bfrag, kb.at(k4, u) + j * kPairStep);
+                T::mma(s[2 * j], a, bfrag[0], bfrag[1]);
+                T::mma(s[2 * j + 1], a, bfrag[2], bfrag[3]);
+              }
+            }
           }
         }
       }

@@ -48,7 +48,8 @@ def test_paged_shuffled_equals_contiguous(case, block_size):
     paged = make_inputs(MLACase(**{**case.__dict__, "block_size": block_size}))
     a = cumla.decode(**contiguous)
     b = cumla.decode(**paged)
-    np.testing.assert_array_equal(a, b)
+    # Same values in the same order; BLAS may still round differently by buffer alignment.
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 @given(case=mla_cases(dtypes=("float32",)))
@@ -57,9 +58,9 @@ def test_garbage_past_seqlens_changes_nothing(case):
     big_args = make_inputs(case, garbage=1e30)
     a, lse_a = cumla.decode(**nan_args, return_lse=True)
     b, lse_b = cumla.decode(**big_args, return_lse=True)
-    np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(lse_a, lse_b)
-    assert not np.isnan(a).any()
+    assert not np.isnan(a).any() and not np.isnan(lse_a).any()
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(lse_a, lse_b, rtol=1e-6, atol=1e-7)
 
 
 @given(case=mla_cases(paged=False, dtypes=("float32",), max_seq=60), cut=st.floats(0, 1))
