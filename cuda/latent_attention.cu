@@ -26,11 +26,16 @@ struct LatentTile {
   static constexpr int kPairsPerWarp = (kColPairs + WN - 1) / WN;
   using Rows = SwizzledRows<kChunks>;
   using PRows = SwizzledRows<BN / 8>;
-  static constexpr int kQBytes = Rows::bytes(BM);
+  // With one row group (Sq*H <= 16, small TP slices) the query fragments fit
+  // in registers (4 per 16 columns): shared memory then holds a third cache
+  // stage instead, and the score loop reads only K from shared memory.
+  static constexpr bool kQInRegs = WM == 1 && D <= 576;
+  static constexpr int kStages = kQInRegs ? 3 : 2;
+  static constexpr int kQBytes = kQInRegs ? 0 : Rows::bytes(BM);
   static constexpr int kKVBytes = Rows::bytes(BN);
   static constexpr int kPBytes = PRows::bytes(BM);
   static constexpr int kRedBytes = WN * BM * 4;
-  static constexpr int kSmemBytes = kQBytes + 2 * kKVBytes + kPBytes + kRedBytes;
+  static constexpr int kSmemBytes = kQBytes + kStages * kKVBytes + kPBytes + kRedBytes;
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
   static_assert(D % 16 == 0 && DV % 16 == 0 && DV <= D, "dims must be multiples of 16");
   static_assert(kTokPerWarp % 8 == 0 && BN % 16 == 0, "tile shape");
@@ -48,8 +53,8 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
   extern __shared__ __align__(128) unsigned char smem[];
   const u32 sQ = smem_addr(smem);
   const u32 sKV = sQ + Tile::kQBytes;
-  const u32 sP = sKV + 2 * Tile::kKVBytes;
-  float* sRed = reinterpret_cast<float*>(smem + Tile::kQBytes + 2 * Tile::kKVBytes + Tile::kPBytes);
+  const u32 sP = sKV + Tile::kStages * Tile::kKVBytes;
+  float* sRed = reinterpret_cast<float*>(smem + Tile::kQBytes + Tile::kStages * Tile::kKVBytes + Tile::kPBytes);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int wm = warp % WM, wn = warp / WM;
@@ -77,13 +82,28 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
     __syncthreads();  // the previous request's readers are done with shared memory
     const u16* q_rows = q + (static_cast<size_t>(b) * p.rows + row0) * D;
     const int live_rows = min(BM, p.rows - row0);
-    load_rows<D / 8>(sQ, BM, 0, q, [&](int r) { return r < live_rows ? q_rows + static_cast<size_t>(r) * D : nullptr; });
-    auto load_tile = [&](int t, int stage) {
-      load_rows<D / 8>(sKV + stage * Tile::kKVBytes, BN, 0, cache,
-                       [&](int r) { return cache_row(p, cache, b, n, t * BN + r, D); });
+    u32 qf[Tile::kQInRegs ? D / 16 : 1][4];
+    if constexpr (Tile::kQInRegs) {  // A fragments of rows g, g+8 straight from global memory
+#pragma unroll
+      for (int k = 0; k < D / 16; ++k)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = g + 8 * (e & 1), c = 16 * k + 8 * (e >> 1) + 2 * tq;
+          qf[k][e] = r < live_rows ? *reinterpret_cast<const u32*>(q_rows + static_cast<size_t>(r) * D + c) : 0u;
+        }
+    } else {
+      load_rows<D / 8>(sQ, BM, 0, q, [&](int r) { return r < live_rows ? q_rows + static_cast<size_t>(r) * D : nullptr; });
+    }
+    // One cp.async group per tile, empty ones past t1, so that waiting for
+    // "all but the kStages - 2 newest groups" always means "tile t is in".
+    auto load_tile = [&](int t) {
+      if (t < t1)
+        load_rows<D / 8>(sKV + ((t - t0) % Tile::kStages) * Tile::kKVBytes, BN, 0, cache,
+                         [&](int r) { return cache_row(p, cache, b, n, t * BN + r, D); });
       cp_async_commit();
     };
-    if (t0 < t1) load_tile(t0, 0);
+#pragma unroll
+    for (int i = 0; i < Tile::kStages - 1; ++i) load_tile(t0 + i);
 
     // Per thread: rows g and g+8 of the warp's 16.
     float acc[Tile::kPairsPerWarp][2][4];
@@ -100,11 +120,10 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
     for (int h = 0; h < 2; ++h) limit[h] = visible_limit(n, my_row[h], p.heads, p.q_len, p.causal);
 
     for (int t = t0; t < t1; ++t) {
-      const int stage = (t - t0) & 1;
-      cp_async_wait<0>();
-      __syncthreads();  // tile t is in; everyone is done with tile t-1
-      if (t + 1 < t1) load_tile(t + 1, stage ^ 1);
-      const u32 sK = sKV + stage * Tile::kKVBytes;
+      cp_async_wait<Tile::kStages - 2>();
+      __syncthreads();  // tile t is in; everyone is done with tile t-1 and its stage
+      load_tile(t + Tile::kStages - 1);
+      const u32 sK = sKV + ((t - t0) % Tile::kStages) * Tile::kKVBytes;
 
       // S = Q K^T for this warp's 16 rows x kTokPerWarp tokens.
       float s[Tile::kScoreTiles][4];
@@ -114,30 +133,38 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
         for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
       const int tok_base = wn * Tile::kTokPerWarp;
       {
-        const RowWalk<Tile::kChunks> qa(sQ, wm * 16 + (lane & 15), lane >> 4);
         // Rows 16 apart share their swizzle: one walker serves every score tile pair.
         const RowWalk<Tile::kChunks> kb(sK, tok_base + (lane & 7) + (Tile::kScoreTiles == 1 ? 0 : (lane >> 4) << 3),
                                         (lane >> 3) & 1);
         constexpr u32 kPairStep = 16 * Rows::kStride * 16;
+        auto step = [&](const u32 (&a)[4], u32 b_addr) {
+          if constexpr (Tile::kScoreTiles == 1) {
+            u32 bfrag[2];
+            ldsm_x2(bfrag, b_addr);
+            T::mma(s[0], a, bfrag[0], bfrag[1]);
+          } else {
+#pragma unroll
+            for (int j = 0; j < Tile::kScoreTiles / 2; ++j) {
+              u32 bfrag[4];
+              ldsm_x4(bfrag, b_addr + j * kPairStep);
+              T::mma(s[2 * j], a, bfrag[0], bfrag[1]);
+              T::mma(s[2 * j + 1], a, bfrag[2], bfrag[3]);
+            }
+          }
+        };
+        if constexpr (Tile::kQInRegs) {
+#pragma unroll
+          for (int k = 0; k < D / 16; ++k) step(qf[k], kb.at(k / 4, k % 4));
+        } else {
+          const RowWalk<Tile::kChunks> qa(sQ, wm * 16 + (lane & 15), lane >> 4);
 #pragma unroll 1
-        for (int k4 = 0; k4 < (D / 16 + 3) / 4; ++k4) {
+          for (int k4 = 0; k4 < (D / 16 + 3) / 4; ++k4) {
 #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            if ((D / 16) % 4 != 0 && 4 * k4 + u >= D / 16) break;
-            u32 a[4];
-            ldsm_x4(a, qa.at(k4, u));
-            if constexpr (Tile::kScoreTiles == 1) {
-              u32 bfrag[2];
-              ldsm_x2(bfrag, kb.at(k4, u));
-              T::mma(s[0], a, bfrag[0], bfrag[1]);
-            } else {
-#pragma unroll
-              for (int j = 0; j < Tile::kScoreTiles / 2; ++j) {
-                u32 bfrag[4];
-                ldsm_x4(bfrag, kb.at(k4, u) + j * kPairStep);
-                T::mma(s[2 * j], a, bfrag[0], bfrag[1]);
-                T::mma(s[2 * j + 1], a, bfrag[2], bfrag[3]);
-              }
+            for (int u = 0; u < 4; ++u) {
+              if ((D / 16) % 4 != 0 && 4 * k4 + u >= D / 16) break;
+              u32 a[4];
+              ldsm_x4(a, qa.at(k4, u));
+              step(a, kb.at(k4, u));
             }
           }
         }

@@ -75,8 +75,11 @@ class LatentKernel:
 
 
 def _tc_smem(dim: int, rows: int, tile: int) -> int:
-    stride = -(-dim // 64) * 64  # elements per stored row (16-byte chunks padded to 8)
-    return (rows + 2 * tile) * stride * 2 + rows * tile * 2 + (8 // (rows // 16)) * rows * 4
+    """Mirror of LatentTile::kSmemBytes (cuda/latent_attention.cu)."""
+    q_in_regs = rows == 16 and dim <= 576
+    stages = 3 if q_in_regs else 2
+    q_rows = 0 if q_in_regs else rows
+    return (q_rows + stages * tile) * (-(-dim // 64) * 64) * 2 + rows * tile * 2 + (8 // (rows // 16)) * rows * 4
 
 
 def latent_kernel(dtype: np.dtype, dim: int, v_dim: int, rows: int) -> LatentKernel:
