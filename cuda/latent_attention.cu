@@ -125,19 +125,24 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
       load_tile(t + Tile::kStages - 1);
       const u32 sK = sKV + ((t - t0) % Tile::kStages) * Tile::kKVBytes;
 
-      // S = Q K^T for this warp's 16 rows x kTokPerWarp tokens.
-      float s[Tile::kScoreTiles][4];
+      // S = Q K^T for this warp's 16 rows x kTokPerWarp tokens, the k-steps
+      // spread over kChains accumulator sets so consecutive mma do not wait
+      // on each other (a single score tile would be one 36-long chain).
+      constexpr int kChains = Tile::kScoreTiles >= 4 ? 2 : 4;
+      float sc[kChains][Tile::kScoreTiles][4];
 #pragma unroll
-      for (int j = 0; j < Tile::kScoreTiles; ++j)
+      for (int c = 0; c < kChains; ++c)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
+        for (int j = 0; j < Tile::kScoreTiles; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) sc[c][j][e] = 0.f;
       const int tok_base = wn * Tile::kTokPerWarp;
       {
         // Rows 16 apart share their swizzle: one walker serves every score tile pair.
         const RowWalk<Tile::kChunks> kb(sK, tok_base + (lane & 7) + (Tile::kScoreTiles == 1 ? 0 : (lane >> 4) << 3),
                                         (lane >> 3) & 1);
         constexpr u32 kPairStep = 16 * Rows::kStride * 16;
-        auto step = [&](const u32 (&a)[4], u32 b_addr) {
+        auto step = [&](float (&s)[Tile::kScoreTiles][4], const u32 (&a)[4], u32 b_addr) {
           if constexpr (Tile::kScoreTiles == 1) {
             u32 bfrag[2];
             ldsm_x2(bfrag, b_addr);
@@ -154,7 +159,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
         };
         if constexpr (Tile::kQInRegs) {
 #pragma unroll
-          for (int k = 0; k < D / 16; ++k) step(qf[k], kb.at(k / 4, k % 4));
+          for (int k = 0; k < D / 16; ++k) step(sc[k % kChains], qf[k], kb.at(k / 4, k % 4));
         } else {
           const RowWalk<Tile::kChunks> qa(sQ, wm * 16 + (lane & 15), lane >> 4);
 #pragma unroll 1
@@ -164,11 +169,21 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
               if ((D / 16) % 4 != 0 && 4 * k4 + u >= D / 16) break;
               u32 a[4];
               ldsm_x4(a, qa.at(k4, u));
-              step(a, kb.at(k4, u));
+              step(sc[u % kChains], a, kb.at(k4, u));
             }
           }
         }
       }
+
+      float s[Tile::kScoreTiles][4];
+#pragma unroll
+      for (int j = 0; j < Tile::kScoreTiles; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[j][e] = sc[0][j][e];
+#pragma unroll
+          for (int c = 1; c < kChains; ++c) s[j][e] += sc[c][j][e];
+        }
 
       // Mask invisible tokens; row max over this warp's tokens, then across warps.
       float tile_max[2] = {CUMLA_NEG_INF, CUMLA_NEG_INF};
