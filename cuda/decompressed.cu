@@ -85,17 +85,12 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
   const u16* w = static_cast<const u16*>(p.w);
   const size_t w_ld = static_cast<size_t>(p.heads) * (DN + DV);
 
-  const int req_begin = p.sched.work[4 * part], tile_begin = p.sched.work[4 * part + 1];
-  const int req_end = p.sched.work[4 * part + 2], tile_end = p.sched.work[4 * part + 3];
+  const PartWork work(p.sched, part);
 
-  for (int b = max(req_begin, 0); b <= req_end && b < p.batch; ++b) {
-    const int pieces = p.sched.piece_base[b + 1] - p.sched.piece_base[b];
-    const int piece = part - p.sched.first_part[b];
-    if (piece < 0 || piece >= pieces) continue;
-    const int n = request_length(p.seqlens, b, p.capacity);
-    const int tiles = (n + BN - 1) / BN;
-    const int t0 = b == req_begin ? tile_begin : 0;
-    const int t1 = b == req_end ? min(tile_end, tiles) : tiles;
+  for (int b = work.first(); b <= work.last(p.batch); ++b) {
+    Segment seg;
+    if (!work.segment(p, b, BN, seg)) continue;
+    const int n = seg.n, t0 = seg.t0, t1 = seg.t1;
     const int i0 = m_tile * BM;                       // first query token of this CTA
     const int live = min(BM, p.q_len - i0);
 
@@ -280,7 +275,6 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
     }
 
     // ---- finalize: rows (query i, head h) -> output row i * H + h.
-    const size_t slot = static_cast<size_t>(p.sched.piece_base[b]) + piece;
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
@@ -293,13 +287,13 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
         const int row = i * p.heads + h;
         const float lse = total > 0.f ? run_max[mi][hh] * p.scale + logf(total) : CUMLA_NEG_INF;
         const float inv = total > 0.f ? 1.f / total : 0.f;
-        const size_t out_row = pieces == 1 ? static_cast<size_t>(b) * p.rows + row : slot * p.rows + row;
-        if (tq == 0) (pieces == 1 ? p.lse : p.part_lse)[out_row] = lse;
+        const size_t out_row = seg.out_row(p.rows, row);
+        if (tq == 0) (seg.final() ? p.lse : p.part_lse)[out_row] = lse;
 #pragma unroll
         for (int j = 0; j < 2 * kVPairs; ++j) {
           const int col = 8 * j + 2 * tq;
           const float v0 = acc_o[mi][j][2 * hh] * inv, v1 = acc_o[mi][j][2 * hh + 1] * inv;
-          if (pieces == 1) *reinterpret_cast<u32*>(static_cast<u16*>(p.out) + out_row * DV + col) = T::pack(v0, v1);
+          if (seg.final()) *reinterpret_cast<u32*>(static_cast<u16*>(p.out) + out_row * DV + col) = T::pack(v0, v1);
           else *reinterpret_cast<float2*>(p.part_out + out_row * DV + col) = make_float2(v0, v1);
         }
       }

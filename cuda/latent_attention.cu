@@ -64,19 +64,12 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
   const u16* q = static_cast<const u16*>(p.q);
   const u16* cache = static_cast<const u16*>(p.cache);
 
-  const int req_begin = p.sched.work[4 * part], tile_begin = p.sched.work[4 * part + 1];
-  const int req_end = p.sched.work[4 * part + 2], tile_end = p.sched.work[4 * part + 3];
+  const PartWork work(p.sched, part);
 
-  for (int b = max(req_begin, 0); b <= req_end && b < p.batch; ++b) {
-    // Only the parts the schedule gave a piece of b write for b; a range that
-    // the current lengths leave empty still writes the empty result.
-    const int pieces = p.sched.piece_base[b + 1] - p.sched.piece_base[b];
-    const int piece = part - p.sched.first_part[b];
-    if (piece < 0 || piece >= pieces) continue;
-    const int n = request_length(p.seqlens, b, p.capacity);
-    const int tiles = (n + BN - 1) / BN;
-    const int t0 = b == req_begin ? tile_begin : 0;
-    const int t1 = b == req_end ? min(tile_end, tiles) : tiles;
+  for (int b = work.first(); b <= work.last(p.batch); ++b) {
+    Segment seg;
+    if (!work.segment(p, b, BN, seg)) continue;
+    const int n = seg.n, t0 = seg.t0, t1 = seg.t1;
 
     cp_async_wait<0>();
     __syncthreads();  // the previous request's readers are done with shared memory
@@ -276,13 +269,12 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
       total[h] = total[h] > 0.f ? 1.f / total[h] : 0.f;
     }
 
-    const size_t slot = static_cast<size_t>(p.sched.piece_base[b]) + piece;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = my_row[h];
       if (r >= p.rows) continue;
-      const size_t out_row = pieces == 1 ? static_cast<size_t>(b) * p.rows + r : slot * p.rows + r;
-      if (wn == 0 && tq == 0) (pieces == 1 ? p.lse : p.part_lse)[out_row] = lse[h];
+      const size_t out_row = seg.out_row(p.rows, r);
+      if (wn == 0 && tq == 0) (seg.final() ? p.lse : p.part_lse)[out_row] = lse[h];
 #pragma unroll
       for (int j = 0; j < Tile::kPairsPerWarp; ++j) {
         const int pair = wn * Tile::kPairsPerWarp + j;
@@ -291,7 +283,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
         for (int half = 0; half < 2; ++half) {
           const int col = 16 * pair + 8 * half + 2 * tq;
           const float v0 = acc[j][half][2 * h] * total[h], v1 = acc[j][half][2 * h + 1] * total[h];
-          if (pieces == 1) {
+          if (seg.final()) {
             u32* dst = reinterpret_cast<u32*>(static_cast<u16*>(p.out) + out_row * DV + col);
             *dst = T::pack(v0, v1);
           } else {
@@ -326,17 +318,12 @@ __global__ void __launch_bounds__(256, 1) latent_attention_simt(const __grid_con
   const S* cache = static_cast<const S*>(p.cache);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int row0 = blockIdx.y * kRows, part = blockIdx.x;
-  const int req_begin = p.sched.work[4 * part], tile_begin = p.sched.work[4 * part + 1];
-  const int req_end = p.sched.work[4 * part + 2], tile_end = p.sched.work[4 * part + 3];
+  const PartWork work(p.sched, part);
 
-  for (int b = max(req_begin, 0); b <= req_end && b < p.batch; ++b) {
-    const int pieces = p.sched.piece_base[b + 1] - p.sched.piece_base[b];
-    const int piece = part - p.sched.first_part[b];
-    if (piece < 0 || piece >= pieces) continue;
-    const int n = request_length(p.seqlens, b, p.capacity);
-    const int tiles = (n + kSched - 1) / kSched;
-    const int t0 = (b == req_begin ? tile_begin : 0) * kSched;
-    const int t1 = min(n, (b == req_end ? min(tile_end, tiles) : tiles) * kSched);
+  for (int b = work.first(); b <= work.last(p.batch); ++b) {
+    Segment seg;
+    if (!work.segment(p, b, kSched, seg)) continue;
+    const int n = seg.n, t0 = seg.t0 * kSched, t1 = min(n, seg.t1 * kSched);
     __syncthreads();
     for (int i = tid; i < kRows * D; i += kThreads) {
       const int r = i / D, c = i % D;
@@ -398,21 +385,20 @@ __global__ void __launch_bounds__(256, 1) latent_attention_simt(const __grid_con
     }
     __syncthreads();
 
-    const size_t slot = static_cast<size_t>(p.sched.piece_base[b]) + piece;
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const int row = row0 + r;
       if (row >= p.rows) continue;
       const float total = sSum[r];
       const float inv = total > 0.f ? 1.f / total : 0.f;
-      const size_t out_row = pieces == 1 ? static_cast<size_t>(b) * p.rows + row : slot * p.rows + row;
+      const size_t out_row = seg.out_row(p.rows, row);
       if (tid == 0)
-        (pieces == 1 ? p.lse : p.part_lse)[out_row] = total > 0.f ? sMax[r] + logf(total) : CUMLA_NEG_INF;
+        (seg.final() ? p.lse : p.part_lse)[out_row] = total > 0.f ? sMax[r] + logf(total) : CUMLA_NEG_INF;
 #pragma unroll
       for (int j = 0; j < kCols; ++j) {
         const int c = tid + j * kThreads;
         if (c >= DV) continue;
-        if (pieces == 1) static_cast<S*>(p.out)[out_row * DV + c] = T::from_float(acc[r][j] * inv);
+        if (seg.final()) static_cast<S*>(p.out)[out_row * DV + c] = T::from_float(acc[r][j] * inv);
         else p.part_out[out_row * DV + c] = acc[r][j] * inv;
       }
     }

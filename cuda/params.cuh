@@ -39,6 +39,46 @@ __device__ __forceinline__ int request_length(const int* seqlens, int b, int cap
   return n < 0 ? 0 : (n > capacity ? capacity : n);
 }
 
+// One request's share of a part's work: tiles [t0, t1) of request b (n
+// tokens), written to the final output when the request has a single piece,
+// else to partial slot `slot`.
+struct Segment {
+  int b, n, t0, t1, pieces;
+  size_t slot;
+  __device__ __forceinline__ bool final() const { return pieces == 1; }
+  // Row r of this request in the final output or in the partial slot.
+  __device__ __forceinline__ size_t out_row(int rows, int r) const {
+    return final() ? static_cast<size_t>(b) * rows + r : slot * rows + r;
+  }
+};
+
+// The requests part `part` works on, in order (see Schedule).
+struct PartWork {
+  int part, req_begin, tile_begin, req_end, tile_end;
+  __device__ __forceinline__ PartWork(const Schedule& s, int part_)
+      : part(part_), req_begin(s.work[4 * part_]), tile_begin(s.work[4 * part_ + 1]),
+        req_end(s.work[4 * part_ + 2]), tile_end(s.work[4 * part_ + 3]) {}
+  __device__ __forceinline__ int first() const { return req_begin < 0 ? 0 : req_begin; }
+  __device__ __forceinline__ int last(int batch) const { return req_end < batch ? req_end : batch - 1; }
+  // Segment of request b in tiles of `tile` tokens; false when the schedule
+  // gave this part no piece of b. A range the current lengths leave empty is
+  // still a segment: it writes the empty result.
+  template <class P>
+  __device__ __forceinline__ bool segment(const P& p, int b, int tile, Segment& seg) const {
+    const int pieces = p.sched.piece_base[b + 1] - p.sched.piece_base[b];
+    const int piece = part - p.sched.first_part[b];
+    if (piece < 0 || piece >= pieces) return false;
+    seg.b = b;
+    seg.pieces = pieces;
+    seg.slot = static_cast<size_t>(p.sched.piece_base[b]) + piece;
+    seg.n = request_length(p.seqlens, b, p.capacity);
+    const int tiles = (seg.n + tile - 1) / tile;
+    seg.t0 = b == req_begin ? tile_begin : 0;
+    seg.t1 = b == req_end ? (tile_end < tiles ? tile_end : tiles) : tiles;
+    return true;
+  }
+};
+
 // Visible-token bound of query row `row` (= i * heads + h): DESIGN's causal rule.
 __device__ __forceinline__ int visible_limit(int n, int row, int heads, int q_len, int causal) {
   return causal ? n - q_len + row / heads + 1 : n;
