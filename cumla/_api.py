@@ -7,7 +7,7 @@ from typing import Any
 
 from . import _cpu
 from ._absorb import absorb, absorb_query, unabsorb
-from ._arrays import array_module
+from ._arrays import ingest
 from ._cost import cost
 from ._plan import Plan
 from ._validate import (
@@ -101,6 +101,9 @@ def decode(
     q : ndarray, shape (B, H, Dn+R) or (B, Sq, H, Dn+R)
         Queries; head h is ``[q_nope (Dn) | q_rope (R)]``. float32, float16 or
         bfloat16 (``ml_dtypes.bfloat16``); ``cache`` and ``w_kv`` share its dtype.
+        Every array argument may be a NumPy or CuPy array or any DLPack
+        producer (PyTorch, JAX, ...), taken without a copy; the results are
+        NumPy (host inputs) or CuPy (CUDA inputs) arrays.
     cache : ndarray
         Latent rows ``[c (L) | r (R)]``: contiguous, shape (B, S, L+R), or
         paged, shape (num_blocks, block_size, L+R), with ``block_table``.
@@ -162,7 +165,8 @@ def decode(
     >>> cumla.decode(q, cache, w_kv, rope_dim=R).shape
     (2, 4, 16)
     """
-    xp = array_module(q=q, cache=cache, w_kv=w_kv, seqlens=seqlens, block_table=block_table, out=out)
+    xp, a = ingest(q=q, cache=cache, w_kv=w_kv, seqlens=seqlens, block_table=block_table, out=out)
+    q, cache, w_kv, seqlens, block_table, out = (a[k] for k in ("q", "cache", "w_kv", "seqlens", "block_table", "out"))
     problem = check_decode(q, cache, w_kv, rope_dim, seqlens, block_table)
     scale = 1.0 / math.sqrt(problem.qk_dim) if scale is None else check_scale(scale)
     strategy = check_strategy(strategy)
@@ -248,7 +252,8 @@ def latent_attention(
     >>> cumla.latent_attention(q, cache, v_dim=32, scale=0.1).shape
     (2, 8, 32)
     """
-    xp = array_module(q_latent=q_latent, cache=cache, seqlens=seqlens, block_table=block_table, out=out)
+    xp, a = ingest(q_latent=q_latent, cache=cache, seqlens=seqlens, block_table=block_table, out=out)
+    q_latent, cache, seqlens, block_table, out = (a[k] for k in ("q_latent", "cache", "seqlens", "block_table", "out"))
     problem = check_latent(q_latent, cache, v_dim, seqlens, block_table)
     scale = check_scale(scale)
     _check_common(xp, problem, seqlens, block_table, causal, return_lse, check, out, problem.dtype)

@@ -43,7 +43,8 @@ def array_module(**arrays: Any) -> ModuleType:
         kind = module_of(value)
         if kind == "other":
             raise TypeError(
-                f"{name} must be a numpy.ndarray or cupy.ndarray, got {type(value).__name__}"
+                f"{name} must be a numpy.ndarray, a cupy.ndarray or a DLPack-capable array, "
+                f"got {type(value).__name__}"
             )
         seen[name] = kind
     kinds = set(seen.values())
@@ -53,6 +54,35 @@ def array_module(**arrays: Any) -> ModuleType:
     if kinds == {"cupy"}:
         return _cupy()
     return np
+
+
+_DLPACK_CPU, _DLPACK_CUDA = 1, 2
+
+
+def from_dlpack(name: str, x: Any) -> Any:
+    """``x`` itself if it is a NumPy/CuPy array (or None), else a zero-copy view of a
+    DLPack producer (PyTorch, JAX, ...): NumPy for host memory, CuPy for CUDA memory."""
+    if x is None or module_of(x) != "other" or not hasattr(x, "__dlpack__"):
+        return x
+    device_type = x.__dlpack_device__()[0] if hasattr(x, "__dlpack_device__") else _DLPACK_CPU
+    try:
+        if device_type == _DLPACK_CUDA:
+            cp = _cupy()
+            if cp is None:
+                raise TypeError("it lives on a CUDA device and CuPy is not installed")
+            return cp.from_dlpack(x)
+        if device_type == _DLPACK_CPU:
+            return np.from_dlpack(x)
+        raise TypeError(f"its DLPack device type {device_type} is neither CPU (1) nor CUDA (2)")
+    except (TypeError, BufferError, RuntimeError, ValueError) as err:
+        raise TypeError(f"{name} could not be taken through DLPack: {err}") from err
+
+
+def ingest(**arrays: Any) -> tuple[ModuleType, dict[str, Any]]:
+    """The arguments as NumPy or CuPy arrays (DLPack producers converted without a
+    copy) and their one array module; see :func:`array_module` for the errors."""
+    taken = {name: from_dlpack(name, value) for name, value in arrays.items()}
+    return array_module(**taken), taken
 
 
 def dtype_name(dtype: Any) -> str:

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import array_module
+from ._arrays import ingest
 from ._validate import check_index_array
 
 INT_MAX = 2**31 - 1
@@ -82,7 +82,8 @@ def plan(seqlens: Any, *, heads: int, q_len: int = 1, v_dim: int = 512, num_part
     >>> cumla.plan(np.array([5, 900], np.int32), heads=16)
     Plan(batch=2, rows=16, v_dim=512, num_parts=1, on=numpy)
     """
-    xp = array_module(seqlens=seqlens)
+    xp, taken = ingest(seqlens=seqlens)
+    seqlens = taken["seqlens"]
     check_index_array("seqlens", seqlens, 1)
     for name, value in (("heads", heads), ("q_len", q_len), ("v_dim", v_dim)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -35,7 +35,7 @@ def test_good_arguments_pass():
 
 CASES = [
     # (arguments, exception, words the message must contain)
-    (good(q=[[1.0]]), TypeError, "q must be a numpy.ndarray"),
+    (good(q=[[1.0]]), TypeError, "q must be a numpy.ndarray, a cupy.ndarray or a DLPack"),
     (good(cache=np.zeros((B, S, L + R)).tolist()), TypeError, "cache"),
     (good(q=np.zeros((B, H, Dn + R), np.int32)), TypeError, "q must have dtype"),
     (good(q=np.zeros((B, H, Dn + R), np.float64)), TypeError, "float64"),

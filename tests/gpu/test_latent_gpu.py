@@ -199,3 +199,27 @@ def test_device_validation_errors():
     with pytest.raises(TypeError, match="plan was made for numpy"):
         cumla.latent_attention(q, cache, v_dim=32, scale=0.1, block_table=good_table, seqlens=lengths,
                                plan=cumla.plan(np.array([8, 1], np.int32), heads=4, v_dim=32))
+
+
+def test_dlpack_producers_on_the_device():
+    """CUDA memory from a DLPack-only producer is taken without a copy; out is written in place."""
+    cp = cupy()
+
+    class Producer:
+        def __init__(self, array):
+            self._array = array
+
+        def __dlpack__(self, **kwargs):
+            return self._array.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self):
+            return self._array.__dlpack_device__()
+
+    case = MLACase(2, 1, 16, seqlens=(300, 65), capacity=300, block_size=64, causal=True,
+                   dtype="bfloat16", scale=None, squeeze=True, seed=12, **DEEPSEEK)
+    args = make_latent_inputs(case, cp)
+    wrapped = {k: Producer(v) if isinstance(v, cp.ndarray) else v for k, v in args.items()}
+    target = poisoned((2, 16, 512), case.np_dtype)
+    o = cumla.latent_attention(**wrapped, out=Producer(target))
+    assert isinstance(o, cp.ndarray) and o.data.ptr == target.data.ptr
+    assert_close(target, reference.latent_attention(**on_host(args))[0], "bfloat16")
