@@ -7,15 +7,20 @@ from ._absorb import absorb
 from ._arrays import BFLOAT16 as bfloat16
 from ._api import decode, latent_attention
 from ._combine import combine
+from ._cache import PagedLatentCache
 from ._cost import Cost, cost
+from ._layer import LatentAttention
 from ._memory import MemoryReport, memory_report
 from ._plan import Plan, plan
+from ._rope import rope
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Cost",
+    "LatentAttention",
     "MemoryReport",
+    "PagedLatentCache",
     "Plan",
     "absorb",
     "bfloat16",
@@ -25,4 +30,5 @@ __all__ = [
     "latent_attention",
     "memory_report",
     "plan",
+    "rope",
 ]

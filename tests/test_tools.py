@@ -89,3 +89,11 @@ def test_example_runs_on_the_cpu():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "-> OK" in done.stdout and "strategy='auto' picks: absorbed" in done.stdout
+
+
+def test_serve_loop_runs_on_the_cpu():
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "serve_loop.py"), "--cpu", "--steps", "20",
+                           "--batch", "3", "--heads", "4", "--max-prompt", "70"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "tokens/s" in done.stdout and "latent cache pool" in done.stdout

@@ -1,0 +1,54 @@
+"""The paged cache and the LatentAttention layer on CuPy arrays."""
+import numpy as np
+import pytest
+
+import cumla
+from cumla import reference
+from cumla.testing import assert_close, to_numpy
+
+pytestmark = pytest.mark.gpu
+
+
+def test_cache_append_on_the_device_equals_numpy():
+    import cupy as cp
+
+    rng = np.random.default_rng(0)
+    caches = [cumla.PagedLatentCache(40, 16, latent_dim=512, rope_dim=64, max_seqs=3, max_blocks_per_seq=12,
+                                     dtype=cumla.bfloat16, xp=xp) for xp in (np, cp)]
+    for step in range(6):
+        ids = [0, 1, 1, 2][: 1 + step % 4]
+        c = rng.standard_normal((len(ids) * 7, 512), dtype=np.float32).astype(cumla.bfloat16)
+        r = rng.standard_normal((len(ids) * 7, 64), dtype=np.float32).astype(cumla.bfloat16)
+        for cache, xp in zip(caches, (np, cp)):
+            if step == 0:
+                for _ in range(3):
+                    cache.add_sequence()
+            cache.append(np.repeat(ids, 7), xp.asarray(c), xp.asarray(r))
+    host, dev = caches
+    np.testing.assert_array_equal(to_numpy(dev.block_table), host.block_table)
+    np.testing.assert_array_equal(to_numpy(dev.seqlens), host.seqlens)
+    np.testing.assert_array_equal(to_numpy(dev.pool).view(np.uint16), host.pool.view(np.uint16))
+
+
+def test_layer_decode_on_the_device_matches_reference():
+    import cupy as cp
+
+    rng = np.random.default_rng(1)
+    H, L, R, Dn, Dv = 16, 512, 64, 128, 128
+    w_dkv = (rng.standard_normal((256, L + R), dtype=np.float32) / 16).astype(cumla.bfloat16)
+    w_kv = (rng.standard_normal((L, H * (Dn + Dv)), dtype=np.float32) / np.sqrt(L)).astype(cumla.bfloat16)
+    layer = cumla.LatentAttention(cp.asarray(w_dkv), cp.asarray(w_kv), heads=H, rope_dim=R, v_dim=Dv)
+    cache = cumla.PagedLatentCache(20, 64, latent_dim=L, rope_dim=R, max_seqs=2, max_blocks_per_seq=10,
+                                   dtype=cumla.bfloat16, xp=cp)
+    seqs = [cache.add_sequence(), cache.add_sequence()]
+    for s, n in zip(seqs, (300, 70)):
+        x = cp.asarray(rng.standard_normal((n, 256), dtype=np.float32).astype(cumla.bfloat16))
+        rows = layer.encode(x, cp.arange(n))
+        cache.append([s] * n, rows[:, :L], rows[:, L:])
+    q = cp.asarray(rng.standard_normal((2, H, Dn + R), dtype=np.float32).astype(cumla.bfloat16))
+    q = layer.rotate_queries(q, cp.asarray(np.array([299, 69])))
+    o, lse = layer.decode(q, cache, seq_ids=seqs, return_lse=True)
+    view = cache.batch(seqs)
+    ref_o, ref_lse = reference.decode(to_numpy(q), to_numpy(view["cache"]), w_kv, rope_dim=R,
+                                      seqlens=to_numpy(view["seqlens"]), block_table=to_numpy(view["block_table"]))
+    assert_close(o, ref_o, "bfloat16", lse, ref_lse)
