@@ -23,3 +23,5 @@ if [ "${3:-1}" = 1 ]; then
   done
 fi
 python3 bench/bench_gpu.py --out "$OUT" --configs "${2:-ABCDEF}" 2>&1 | tee "$OUT/bench.log"
+(python3 examples/mla_decode.py --batch 8 --seq-len 4096 --heads 128 && python3 examples/serve_loop.py --steps 100) \
+  2>&1 | tr '\r' '\n' | grep -v "steps$" | tee "$OUT/examples.log"
