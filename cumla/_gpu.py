@@ -67,6 +67,15 @@ def run_schedule(plan: Plan, seqlens, capacity: int = INT_MAX) -> None:
                        plan.piece_base, plan.prefix))
 
 
+def _index_arrays(problem: Problem, seqlens, block_table):
+    """Lengths and block table as the kernels read them: contiguous int32 (strided
+    views are copied; contiguous ones pass through), full lengths when omitted."""
+    if seqlens is None:
+        seqlens = cp.full(problem.batch, problem.capacity, dtype=np.int32)
+    seqlens = cp.ascontiguousarray(seqlens)
+    return seqlens, None if block_table is None else cp.ascontiguousarray(block_table)
+
+
 def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale: float, causal: bool,
                      plan: Plan | None = None, out=None):
     """Absorbed core on the GPU: (B, Sq, H, D) queries -> (B, Sq, H, v_dim) in the input dtype, lse."""
@@ -77,8 +86,7 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     if batch == 0:
         return o, lse
     q = cp.ascontiguousarray(q_lat.astype(problem.dtype, copy=False))
-    if seqlens is None:
-        seqlens = cp.full(batch, problem.capacity, dtype=np.int32)
+    seqlens, block_table = _index_arrays(problem, seqlens, block_table)
     if plan is None:
         plan = Plan(cp, batch, rows, v_dim, default_parts(rows)).update(seqlens, problem.capacity)
     spec = latent_kernel(problem.dtype, dim, v_dim, rows)
@@ -113,8 +121,7 @@ def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: flo
     lse = cp.empty((batch, q_len, heads), dtype=np.float32)
     if batch == 0:
         return o, lse
-    if seqlens is None:
-        seqlens = cp.full(batch, problem.capacity, dtype=np.int32)
+    seqlens, block_table = _index_arrays(problem, seqlens, block_table)
     q_tiles = math.ceil(q_len / spec.queries)
     parts = max(1, _sm_count(cp.cuda.Device().id) // (heads * q_tiles))
     plan = Plan(cp, batch, rows, v_dim, parts).update(seqlens, problem.capacity)

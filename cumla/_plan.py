@@ -37,11 +37,18 @@ class Plan:
         self.lse = xp.empty((batch, rows), dtype=np.float32)
 
     def update(self, seqlens: Any, capacity: int = INT_MAX) -> "Plan":
-        """Recompute the schedule for new lengths, on the current stream."""
+        """Recompute the schedule for new lengths (B,) int32, on the current stream."""
+        xp, taken = ingest(seqlens=seqlens)
+        seqlens = taken["seqlens"]
+        if xp is not self.xp:
+            raise TypeError(f"seqlens must be a {self.xp.__name__} array like the plan's, got {xp.__name__}")
+        check_index_array("seqlens", seqlens, 1)
+        if seqlens.shape[0] != self.batch:
+            raise ValueError(f"seqlens must have shape (B={self.batch},), got {tuple(seqlens.shape)}")
         if self.xp is not np and self.batch:
             from ._gpu import run_schedule
 
-            run_schedule(self, seqlens, capacity)
+            run_schedule(self, self.xp.ascontiguousarray(seqlens), capacity)
         return self
 
     def matches(self, batch: int, rows: int, v_dim: int) -> bool:
@@ -97,4 +104,4 @@ def plan(seqlens: Any, *, heads: int, q_len: int = 1, v_dim: int = 512, num_part
         num_parts = default_parts(rows)
     elif isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
         raise ValueError(f"num_parts must be a positive int, got {num_parts!r}")
-    return Plan(xp, seqlens.shape[0], rows, v_dim, num_parts).update(seqlens)
+    return Plan(xp, seqlens.shape[0], rows, v_dim, num_parts).update(xp.ascontiguousarray(seqlens))

@@ -133,12 +133,12 @@ def make_inputs(case: MLACase, xp: Any = np, garbage: float = np.nan) -> dict[st
     return dict(
         q=put(q.astype(dt)), cache=put(cache.astype(dt)), w_kv=put(w_kv.astype(dt)),
         rope_dim=R, scale=case.scale, causal=case.causal,
-        seqlens=put(lengths) if case.block_size is not None or draw_lengths(case) else None,
+        seqlens=put(lengths) if case.block_size is not None or _passes_lengths(case) else None,
         block_table=put(table),
     )
 
 
-def draw_lengths(case: MLACase) -> bool:
+def _passes_lengths(case: MLACase) -> bool:
     """Whether a contiguous case passes seqlens (False when all are full)."""
     return any(n != case.capacity for n in case.seqlens) or case.batch == 0
 

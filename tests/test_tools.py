@@ -97,3 +97,12 @@ def test_serve_loop_runs_on_the_cpu():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "tokens/s" in done.stdout and "latent cache pool" in done.stdout
+
+
+def test_plan_update_checks_lengths():
+    plan = cumla.plan(np.array([3, 4], np.int32), heads=2, v_dim=8)
+    assert plan.update(np.array([5, 6], np.int32)) is plan
+    with pytest.raises(ValueError, match=r"shape \(B=2,\)"):
+        plan.update(np.array([1, 2, 3], np.int32))
+    with pytest.raises(TypeError, match="int32"):
+        plan.update(np.array([1, 2], np.int64))

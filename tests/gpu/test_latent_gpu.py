@@ -223,3 +223,22 @@ def test_dlpack_producers_on_the_device():
     o = cumla.latent_attention(**wrapped, out=Producer(target))
     assert isinstance(o, cp.ndarray) and o.data.ptr == target.data.ptr
     assert_close(target, reference.latent_attention(**on_host(args))[0], "bfloat16")
+
+
+def test_strided_index_arrays():
+    """Lengths and block tables given as strided views are read correctly."""
+    cp = cupy()
+    case = MLACase(3, 1, 16, seqlens=(200, 64, 129), capacity=200, block_size=64, causal=True,
+                   dtype="bfloat16", scale=None, squeeze=True, seed=21, **DEEPSEEK)
+    args = make_latent_inputs(case, cp)
+    wide_lengths = cp.zeros(6, dtype=np.int32)
+    wide_lengths[::2] = args["seqlens"]
+    wide_table = cp.full((3, 2 * args["block_table"].shape[1]), -1, dtype=np.int32)
+    wide_table[:, ::2] = args["block_table"]
+    strided = dict(args, seqlens=wide_lengths[::2], block_table=wide_table[:, ::2])
+    o = cumla.latent_attention(**strided)
+    plan = cumla.plan(wide_lengths[::2], heads=16, v_dim=512, num_parts=4)
+    o_planned = cumla.latent_attention(**strided, plan=plan)
+    ref_o, _ = reference.latent_attention(**on_host(args))
+    assert_close(o, ref_o, "bfloat16")
+    assert_close(o_planned, ref_o, "bfloat16")
