@@ -207,6 +207,8 @@ def check_out(name: str, out: Any, xp: ModuleType, shape: tuple[int, ...], dtype
         )
     if not out.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
+    if not getattr(out.flags, "writeable", True):
+        raise ValueError(f"{name} must be writeable")
 
 
 def check_decode(

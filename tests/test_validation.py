@@ -81,14 +81,26 @@ CASES = [
     (good(out=np.zeros((B, H, Dv), np.float16)), ValueError, "dtype float32"),
     (good(out=np.zeros((B, H, 2 * Dv), np.float32)[..., ::2]), ValueError, "out must be C-contiguous"),
     (good(out=[0.0]), TypeError, "out must be a numpy.ndarray"),
+    (good(out=np.broadcast_to(np.zeros(Dv, np.float32), (B, H, Dv))), ValueError, "out must be C-contiguous"),
+    (good(out=np.zeros((B, H, Dv), np.float32).view()), None, None),
 ]
 
 
-@pytest.mark.parametrize("args,error,words", CASES, ids=[c[2] for c in CASES])
+@pytest.mark.parametrize("args,error,words", CASES, ids=[c[2] or "valid view" for c in CASES])
 def test_bad_arguments_raise(args, error, words):
+    if error is None:  # a control case: valid arguments pass
+        cumla.decode(**args)
+        return
     with pytest.raises(error) as info:
         cumla.decode(**args)
     assert words in str(info.value)
+
+
+def test_read_only_out_is_refused():
+    out = np.zeros((B, H, Dv), np.float32)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writeable"):
+        cumla.decode(**good(out=out))
 
 
 def test_unused_block_table_entries_are_ignored():
