@@ -157,6 +157,19 @@ def make_latent_inputs(case: MLACase, xp: Any = np, garbage: float = np.nan) -> 
                 seqlens=args["seqlens"], block_table=args["block_table"], causal=case.causal)
 
 
+class DLPackProducer:
+    """Wraps an array so that it speaks only DLPack, as PyTorch or JAX arrays do."""
+
+    def __init__(self, array: Any):
+        self._array = array
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        return self._array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self._array.__dlpack_device__()
+
+
 def to_numpy(x: Any) -> np.ndarray:
     """A NumPy copy of a NumPy or CuPy array."""
     return x.get() if hasattr(x, "get") else np.asarray(x)

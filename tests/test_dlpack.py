@@ -4,20 +4,7 @@ import pytest
 
 import cumla
 from cumla import reference
-from cumla.testing import MLACase, assert_close, make_inputs
-
-
-class Producer:
-    """A foreign array type that only speaks DLPack (as PyTorch or JAX arrays do)."""
-
-    def __init__(self, array):
-        self._array = array
-
-    def __dlpack__(self, **kwargs):
-        return self._array.__dlpack__(**kwargs)
-
-    def __dlpack_device__(self):
-        return self._array.__dlpack_device__()
+from cumla.testing import DLPackProducer as Producer, MLACase, assert_close, make_inputs
 
 
 def test_decode_takes_dlpack_producers_and_writes_out_in_place():

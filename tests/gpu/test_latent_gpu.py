@@ -203,18 +203,9 @@ def test_device_validation_errors():
 
 def test_dlpack_producers_on_the_device():
     """CUDA memory from a DLPack-only producer is taken without a copy; out is written in place."""
+    from cumla.testing import DLPackProducer as Producer
+
     cp = cupy()
-
-    class Producer:
-        def __init__(self, array):
-            self._array = array
-
-        def __dlpack__(self, **kwargs):
-            return self._array.__dlpack__(**kwargs)
-
-        def __dlpack_device__(self):
-            return self._array.__dlpack_device__()
-
     case = MLACase(2, 1, 16, seqlens=(300, 65), capacity=300, block_size=64, causal=True,
                    dtype="bfloat16", scale=None, squeeze=True, seed=12, **DEEPSEEK)
     args = make_latent_inputs(case, cp)
