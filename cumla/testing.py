@@ -2,8 +2,8 @@
 
 Users testing their own kernels or engines against :mod:`cumla.reference`
 can draw problems with :func:`mla_cases`, build inputs with
-:func:`make_inputs` and compare with :func:`assert_close`. Needs the
-``hypothesis`` package (``pip install cumla[test]``).
+:func:`make_inputs` and compare with :func:`assert_close`. Only
+:func:`mla_cases` needs the ``hypothesis`` package (``pip install cumla[test]``).
 """
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from hypothesis import strategies as st
+
+try:
+    from hypothesis import strategies as st
+except ImportError:  # only mla_cases needs it
+    st = None
 
 from ._arrays import BFLOAT16
 
@@ -44,8 +48,14 @@ class MLACase:
         return BFLOAT16 if self.dtype == "bfloat16" else np.dtype(self.dtype)
 
 
-@st.composite
-def mla_cases(
+def mla_cases(**options: Any):
+    """A Hypothesis strategy of :class:`MLACase`; see :func:`_draw_case` for the options."""
+    if st is None:
+        raise ImportError("cumla.testing.mla_cases needs hypothesis: pip install 'cumla[test]'")
+    return st.composite(_draw_case)(**options)
+
+
+def _draw_case(
     draw,
     *,
     max_batch: int = 3,

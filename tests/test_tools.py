@@ -106,3 +106,12 @@ def test_plan_update_checks_lengths():
         plan.update(np.array([1, 2, 3], np.int32))
     with pytest.raises(TypeError, match="int32"):
         plan.update(np.array([1, 2], np.int64))
+
+
+def test_example_needs_no_test_dependencies():
+    """`pip install .` has no hypothesis: the example (and cumla.testing's checks) must not need it."""
+    code = ("import sys, runpy; sys.modules['hypothesis'] = None; "
+            f"sys.argv = ['mla_decode.py', '--cpu', '--seq-len', '64']; "
+            f"runpy.run_path({str(ROOT / 'examples' / 'mla_decode.py')!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "-> OK" in done.stdout, done.stderr
