@@ -9,6 +9,7 @@ from ._api import decode, latent_attention
 from ._combine import combine
 from ._cache import PagedLatentCache
 from ._cost import Cost, cost
+from ._fp8 import Fp8Format, fp8_format
 from ._layer import LatentAttention
 from ._memory import MemoryReport, memory_report
 from ._plan import Plan, plan
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Cost",
+    "Fp8Format",
     "LatentAttention",
     "MemoryReport",
     "PagedLatentCache",
@@ -27,6 +29,7 @@ __all__ = [
     "combine",
     "cost",
     "decode",
+    "fp8_format",
     "latent_attention",
     "memory_report",
     "plan",

@@ -93,6 +93,7 @@ def decode(
     out: Any = None,
     plan: Plan | None = None,
     check: bool = True,
+    cache_format: Any = None,
 ):
     """Multi-head Latent Attention decode over a latent KV cache.
 
@@ -138,6 +139,9 @@ def decode(
         Check ``seqlens``/``block_table`` contents (one small reduction; on
         CuPy the call's only host synchronisation). With ``check=False`` bad
         indices give unspecified values but never out-of-bounds accesses.
+    cache_format : Fp8Format, optional
+        From :func:`cumla.fp8_format`: ``cache`` is then uint8 FP8 rows of
+        ``cache_format.row_bytes`` bytes (NumPy backend only so far).
 
     Returns
     -------
@@ -167,7 +171,7 @@ def decode(
     """
     xp, a = ingest(q=q, cache=cache, w_kv=w_kv, seqlens=seqlens, block_table=block_table, out=out)
     q, cache, w_kv, seqlens, block_table, out = (a[k] for k in ("q", "cache", "w_kv", "seqlens", "block_table", "out"))
-    problem = check_decode(q, cache, w_kv, rope_dim, seqlens, block_table)
+    problem = check_decode(q, cache, w_kv, rope_dim, seqlens, block_table, cache_format)
     scale = 1.0 / math.sqrt(problem.qk_dim) if scale is None else check_scale(scale)
     strategy = check_strategy(strategy)
     _check_common(xp, problem, seqlens, block_table, causal, return_lse, check, out, problem.dtype)
@@ -212,6 +216,7 @@ def latent_attention(
     out: Any = None,
     plan: Plan | None = None,
     check: bool = True,
+    cache_format: Any = None,
 ):
     """Attention of already-absorbed queries over the latent cache (one shared KV head).
 
@@ -229,7 +234,7 @@ def latent_attention(
         Values are the first ``v_dim`` columns of each cache row (L).
     scale : float
         Score scale (MLA: ``1 / sqrt(Dn + R)`` of the original heads).
-    seqlens, block_table, causal, return_lse, out, plan, check
+    seqlens, block_table, causal, return_lse, out, plan, check, cache_format
         As in :func:`cumla.decode` (``plan`` made with ``v_dim`` = this v_dim).
 
     Returns
@@ -254,7 +259,7 @@ def latent_attention(
     """
     xp, a = ingest(q_latent=q_latent, cache=cache, seqlens=seqlens, block_table=block_table, out=out)
     q_latent, cache, seqlens, block_table, out = (a[k] for k in ("q_latent", "cache", "seqlens", "block_table", "out"))
-    problem = check_latent(q_latent, cache, v_dim, seqlens, block_table)
+    problem = check_latent(q_latent, cache, v_dim, seqlens, block_table, cache_format)
     scale = check_scale(scale)
     _check_common(xp, problem, seqlens, block_table, causal, return_lse, check, out, problem.dtype)
     _check_plan(plan, problem, xp)

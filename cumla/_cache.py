@@ -6,7 +6,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._arrays import FLOAT_DTYPES, dtype_name, ingest
-from ._validate import check_float_dtype
+from ._validate import check_cache_format, check_float_dtype
 
 
 class PagedLatentCache:
@@ -34,6 +34,10 @@ class PagedLatentCache:
         float32, float16 or ``cumla.bfloat16``.
     xp : module, optional
         ``numpy`` (default) or ``cupy``.
+    fp8 : Fp8Format, optional
+        Store rows as FP8 (:func:`cumla.fp8_format`, uint8 pool of
+        ``fp8.row_bytes`` per token), quantised by :meth:`append`; ``dtype``
+        is then the type of the rows given to :meth:`append`. NumPy only so far.
 
     Examples
     --------
@@ -46,7 +50,7 @@ class PagedLatentCache:
     """
 
     def __init__(self, num_blocks: int, block_size: int, *, latent_dim: int, rope_dim: int, max_seqs: int,
-                 max_blocks_per_seq: int, dtype: Any = np.float32, xp: Any = np):
+                 max_blocks_per_seq: int, dtype: Any = np.float32, xp: Any = np, fp8: Any = None):
         for name, value in (("num_blocks", num_blocks), ("latent_dim", latent_dim), ("max_seqs", max_seqs),
                             ("max_blocks_per_seq", max_blocks_per_seq)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -57,10 +61,18 @@ class PagedLatentCache:
             raise ValueError(f"block_size must be a power of two from 1 to 256, got {block_size!r}")
         if np.dtype(dtype) not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype_name(dtype)}")
-        self.xp = xp
+        if fp8 is not None:
+            check_cache_format(fp8)
+            if (fp8.latent_dim, fp8.rope_dim) != (latent_dim, rope_dim):
+                raise ValueError(f"fp8 describes L={fp8.latent_dim}, R={fp8.rope_dim}; the cache has "
+                                 f"L={latent_dim}, R={rope_dim}")
+            if xp is not np:
+                raise NotImplementedError("FP8 caches are NumPy-only so far")
+        self.xp, self.dtype, self.fp8 = xp, np.dtype(dtype), fp8
         self.block_size, self.latent_dim, self.rope_dim = block_size, latent_dim, rope_dim
         self.max_blocks_per_seq = max_blocks_per_seq
-        self.pool = xp.zeros((num_blocks, block_size, latent_dim + rope_dim), dtype=dtype)
+        width, storage = (latent_dim + rope_dim, dtype) if fp8 is None else (fp8.row_bytes, np.uint8)
+        self.pool = xp.zeros((num_blocks, block_size, width), dtype=storage)
         self.block_table = xp.full((max_seqs, max_blocks_per_seq), -1, dtype=np.int32)
         self.seqlens = xp.zeros(max_seqs, dtype=np.int32)
         # Host mirrors: the allocator never reads device memory.
@@ -136,8 +148,8 @@ class PagedLatentCache:
         if tuple(c_kv.shape) != (n, self.latent_dim) or tuple(k_rope.shape) != (n, self.rope_dim):
             raise ValueError(f"c_kv and k_rope must have shapes ({n}, {self.latent_dim}) and ({n}, {self.rope_dim}), "
                              f"got {tuple(c_kv.shape)} and {tuple(k_rope.shape)}")
-        check_float_dtype("c_kv", c_kv, self.pool.dtype)
-        check_float_dtype("k_rope", k_rope, self.pool.dtype)
+        check_float_dtype("c_kv", c_kv, self.dtype)
+        check_float_dtype("k_rope", k_rope, self.dtype)
         touched, counts = np.unique(ids, return_counts=True)
         for seq_id in touched:
             self._check_live(int(seq_id))
@@ -167,16 +179,20 @@ class PagedLatentCache:
         positions = self._lengths[ids] + rank
         blk = xp.asarray(self._table[ids, positions // self.block_size].astype(np.int64))
         off = xp.asarray(positions % self.block_size)
-        self.pool[blk, off] = xp.concatenate([c_kv, k_rope], axis=1)  # one scatter of whole rows
+        new_rows = xp.concatenate([c_kv, k_rope], axis=1)
+        if self.fp8 is not None:
+            new_rows = self.fp8.quantize(new_rows)
+        self.pool[blk, off] = new_rows  # one scatter of whole rows
         self._lengths[touched] = new_lengths
         self.seqlens[xp.asarray(touched)] = xp.asarray(new_lengths.astype(np.int32))
 
     # -- reading ----------------------------------------------------------------
     def batch(self, seq_ids: Sequence[int]) -> dict[str, Any]:
-        """``cache``, ``block_table`` and ``seqlens`` keyword arguments of
-        :func:`cumla.decode` for these sequences, in this order."""
+        """``cache``, ``block_table``, ``seqlens`` and ``cache_format`` keyword
+        arguments of :func:`cumla.decode` for these sequences, in this order."""
         ids = np.asarray(seq_ids, dtype=np.int64).reshape(-1)
         for seq_id in ids:
             self._check_live(int(seq_id))
         index = self.xp.asarray(ids)
-        return dict(cache=self.pool, block_table=self.block_table[index], seqlens=self.seqlens[index])
+        return dict(cache=self.pool, block_table=self.block_table[index], seqlens=self.seqlens[index],
+                    cache_format=self.fp8)

@@ -46,15 +46,18 @@ class _OnlineSoftmax:
         return o.astype(np.float32), lse.astype(np.float32)
 
 
-def _chunks(cache, request: int, seqlen: int, block_table):
-    """(start, rows as float32) for consecutive chunks of one request's tokens."""
+def _chunks(cache, request: int, seqlen: int, block_table, cache_format=None):
+    """(token indices, rows as float32) for consecutive chunks of one request's tokens.
+
+    FP8 rows (``cache_format`` given) are dequantised chunk by chunk.
+    """
     for start in range(0, seqlen, CHUNK_TOKENS):
         t = np.arange(start, min(seqlen, start + CHUNK_TOKENS))
         if block_table is None:
             rows = cache[request, t[0] : t[-1] + 1]
         else:
             rows = cache[block_table[request, t // cache.shape[1]], t % cache.shape[1]]
-        yield t, rows.astype(np.float32)
+        yield t, rows.astype(np.float32) if cache_format is None else cache_format.dequantize(rows)
 
 
 def _limits(seqlen: int, q_len: int, causal: bool) -> np.ndarray:
@@ -94,7 +97,7 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
         rows = (q_lat[b] * np.float32(scale)).reshape(q_len * heads, dim)
         limits = _limits(int(seqlen), q_len, causal)
         state = _OnlineSoftmax((q_len, heads), problem.v_dim)
-        for t, kv in _chunks(cache, b, int(seqlen), block_table):
+        for t, kv in _chunks(cache, b, int(seqlen), block_table, problem.cache_format):
             scores = (rows @ kv.T).reshape(q_len, heads, len(t))
             scores = _mask(scores, t, limits, query_axis=0)
             state.update(scores, lambda p: p @ kv[:, : problem.v_dim])
@@ -120,7 +123,7 @@ def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: flo
         qh = (q[b] * np.float32(scale)).transpose(1, 0, 2)  # (H, Sq, Dn+R)
         limits = _limits(int(seqlen), q_len, causal)
         state = _OnlineSoftmax((heads, q_len), problem.v_dim)
-        for t, kv in _chunks(cache, b, int(seqlen), block_table):
+        for t, kv in _chunks(cache, b, int(seqlen), block_table, problem.cache_format):
             c, r = kv[:, :latent], kv[:, latent:]
             k_nope = (c @ w_uk).reshape(len(t), heads, nope).transpose(1, 2, 0)  # (H, Dn, C)
             v = (c @ w_uv).reshape(len(t), heads, problem.v_dim).transpose(1, 0, 2)  # (H, C, Dv)

@@ -67,6 +67,11 @@ def run_schedule(plan: Plan, seqlens, capacity: int = INT_MAX) -> None:
                        plan.piece_base, plan.prefix))
 
 
+def _no_fp8(problem: Problem) -> None:
+    if problem.cache_format is not None:
+        raise NotImplementedError("FP8 caches are decoded by the NumPy backend only so far")
+
+
 def _index_arrays(problem: Problem, seqlens, block_table):
     """Lengths and block table as the kernels read them: contiguous int32 (strided
     views are copied; contiguous ones pass through), full lengths when omitted."""
@@ -79,6 +84,7 @@ def _index_arrays(problem: Problem, seqlens, block_table):
 def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale: float, causal: bool,
                      plan: Plan | None = None, out=None):
     """Absorbed core on the GPU: (B, Sq, H, D) queries -> (B, Sq, H, v_dim) in the input dtype, lse."""
+    _no_fp8(problem)
     batch, q_len, heads, dim = q_lat.shape
     rows, v_dim = q_len * heads, problem.v_dim
     o = out if out is not None else cp.empty((batch, q_len, heads, v_dim), dtype=problem.dtype)
@@ -114,6 +120,7 @@ def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: flo
     Builds its own schedule (one CTA column per SM share of the H x query-tile
     CTAs); split-KV plans are for the absorbed strategy.
     """
+    _no_fp8(problem)
     batch, q_len, heads, _ = q.shape
     rows, v_dim = q_len * heads, problem.v_dim
     spec = decompressed_kernel(problem.dtype, problem.latent_dim, problem.rope_dim, problem.nope_dim, v_dim)

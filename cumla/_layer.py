@@ -120,11 +120,13 @@ class LatentAttention:
         Runs the absorbed strategy with the precomputed factors. Returns o
         (B, [Sq,] H, Dv) in q's dtype (and lse with ``return_lse``).
         """
+        cache_format = None
         if isinstance(cache, PagedLatentCache):
             if seq_ids is None:
                 raise ValueError("seq_ids is required with a PagedLatentCache")
             index = cache.batch(seq_ids)
             cache, seqlens, block_table = index["cache"], index["seqlens"], index["block_table"]
+            cache_format = index["cache_format"]
         xp, a = ingest(q=q)
         q = a["q"]
         if q.ndim not in (3, 4) or q.shape[-2:] != (self.heads, self.nope_dim + self.rope_dim):
@@ -134,7 +136,7 @@ class LatentAttention:
         q_lat = absorb_query(q4, self.w_uk, self.rope_dim, xp).astype(self.dtype)
         o_lat, lse = latent_attention(q_lat, cache, v_dim=self.latent_dim, scale=self.scale, seqlens=seqlens,
                                       block_table=block_table, causal=causal, return_lse=True, plan=plan,
-                                      check=check)
+                                      check=check, cache_format=cache_format)
         o = unabsorb(o_lat, self.w_uv, xp).astype(q.dtype)
         if q.ndim == 3:
             o, lse = o[:, 0], lse[:, 0]

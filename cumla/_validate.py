@@ -39,6 +39,7 @@ class Problem:
     capacity: int
     squeeze_q_len: bool
     dtype: np.dtype
+    cache_format: Any = None  # Fp8Format of a uint8 cache, None for a float cache
 
     @property
     def qk_dim(self) -> int:
@@ -126,16 +127,37 @@ def check_rope_dim(rope_dim: Any) -> int:
     return int(rope_dim)
 
 
+def check_cache_format(cache_format: Any) -> None:
+    from ._fp8 import Fp8Format
+
+    if cache_format is not None and not isinstance(cache_format, Fp8Format):
+        raise TypeError(f"cache_format must come from cumla.fp8_format, got {type(cache_format).__name__}")
+
+
 def check_cache(
-    cache: Any, batch: int, row_dim: int, dtype: np.dtype, seqlens: Any, block_table: Any
+    cache: Any, batch: int, row_dim: int, dtype: np.dtype, seqlens: Any, block_table: Any,
+    cache_format: Any = None,
 ) -> tuple[bool, int, int, int]:
-    """(paged, num_blocks, block_size, capacity) of a contiguous or paged cache."""
-    check_float_dtype("cache", cache, dtype)
+    """(paged, num_blocks, block_size, capacity) of a contiguous or paged cache.
+
+    A float cache has q's dtype and rows of ``row_dim`` = L+R values; an FP8
+    cache (``cache_format`` given) is uint8 with ``cache_format.row_bytes`` bytes a row.
+    """
+    if cache_format is None:
+        if cache.dtype == np.uint8:
+            raise TypeError("cache is uint8: an FP8 cache needs cache_format=cumla.fp8_format(L, R, group); "
+                            f"a float cache must have q's dtype ({dtype_name(dtype)})")
+        check_float_dtype("cache", cache, dtype)
+        width, what = row_dim, "L+R"
+    else:
+        if cache.dtype != np.uint8:
+            raise TypeError(f"an FP8 cache (cache_format given) must be uint8, got {dtype_name(cache.dtype)}")
+        width, what = cache_format.row_bytes, "row_bytes"
     paged = block_table is not None
-    layout = "(num_blocks, block_size, L+R)" if paged else "(B, S, L+R)"
+    layout = f"(num_blocks, block_size, {what})" if paged else f"(B, S, {what})"
     _check_rank("cache", cache, (3,), layout)
-    if cache.shape[-1] != row_dim:
-        raise ValueError(f"cache must have shape {layout} with L+R = {row_dim}, got {_shape(cache)}")
+    if cache.shape[-1] != width:
+        raise ValueError(f"cache must have shape {layout} with {what} = {width}, got {_shape(cache)}")
     if not cache.flags.c_contiguous:
         raise ValueError(f"cache must be C-contiguous, got strides {cache.strides}")
     if paged:
@@ -212,43 +234,53 @@ def check_out(name: str, out: Any, xp: ModuleType, shape: tuple[int, ...], dtype
 
 
 def check_decode(
-    q: Any, cache: Any, w_kv: Any, rope_dim: Any, seqlens: Any, block_table: Any
+    q: Any, cache: Any, w_kv: Any, rope_dim: Any, seqlens: Any, block_table: Any, cache_format: Any = None
 ) -> Problem:
     """Problem sizes of a ``decode`` call; raises on any inconsistent argument."""
     rope_dim = check_rope_dim(rope_dim)
+    check_cache_format(cache_format)
     batch, q_len, heads, squeeze = check_query(q, rope_dim)
     nope_dim = q.shape[-1] - rope_dim
     _check_rank("cache", cache, (3,), "(B, S, L+R) or (num_blocks, block_size, L+R)")
-    latent_dim = cache.shape[-1] - rope_dim
+    if cache_format is not None:
+        if cache_format.rope_dim != rope_dim:
+            raise ValueError(f"rope_dim ({rope_dim}) must equal cache_format.rope_dim ({cache_format.rope_dim})")
+        latent_dim = cache_format.latent_dim
+    else:
+        latent_dim = cache.shape[-1] - rope_dim
     if latent_dim < 1:
         raise ValueError(
             f"cache's last dimension ({cache.shape[-1]}) must exceed rope_dim ({rope_dim})"
         )
     paged, num_blocks, block_size, capacity = check_cache(
-        cache, batch, latent_dim + rope_dim, q.dtype, seqlens, block_table
+        cache, batch, latent_dim + rope_dim, q.dtype, seqlens, block_table, cache_format
     )
     v_dim = check_weights(w_kv, heads, latent_dim, nope_dim, q.dtype)
     return Problem(batch, q_len, heads, latent_dim, rope_dim, nope_dim, v_dim,
-                   paged, num_blocks, block_size, capacity, squeeze, q.dtype)
+                   paged, num_blocks, block_size, capacity, squeeze, q.dtype, cache_format)
 
 
-def check_latent(q: Any, cache: Any, v_dim: Any, seqlens: Any, block_table: Any) -> Problem:
+def check_latent(q: Any, cache: Any, v_dim: Any, seqlens: Any, block_table: Any,
+                 cache_format: Any = None) -> Problem:
     """Problem sizes of a ``latent_attention`` call (queries already absorbed).
 
-    The latent query has dim D = cache.shape[-1]; it is described as
-    nope_dim = D, rope_dim = 0, latent_dim = v_dim.
+    The latent query has dim D = L+R; it is described as nope_dim = D,
+    rope_dim = 0, latent_dim = v_dim.
     """
+    check_cache_format(cache_format)
     batch, q_len, heads, squeeze = check_query(q, 0)
     dim = q.shape[-1]
+    if cache_format is not None and dim != cache_format.width:
+        raise ValueError(f"q_latent's last dimension ({dim}) must be the FP8 rows' L+R = {cache_format.width}")
     if isinstance(v_dim, bool) or not isinstance(v_dim, (int, np.integer)):
         raise TypeError(f"v_dim must be an int, got {type(v_dim).__name__}")
     if not 1 <= v_dim <= dim:
         raise ValueError(f"v_dim must be in [1, {dim}] (q's last dimension), got {v_dim}")
     paged, num_blocks, block_size, capacity = check_cache(
-        cache, batch, dim, q.dtype, seqlens, block_table
+        cache, batch, dim, q.dtype, seqlens, block_table, cache_format
     )
     return Problem(batch, q_len, heads, int(v_dim), 0, dim, int(v_dim),
-                   paged, num_blocks, block_size, capacity, squeeze, q.dtype)
+                   paged, num_blocks, block_size, capacity, squeeze, q.dtype, cache_format)
 
 
 def check_indices(problem: Problem, seqlens: Any, block_table: Any, xp: ModuleType) -> None:
