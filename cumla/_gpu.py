@@ -23,15 +23,11 @@ def strategies(dtype) -> tuple[str, ...]:
     return ("absorbed",) if np.dtype(dtype) == np.float32 else ("absorbed", "decompressed")
 
 
-def device_arch() -> str:
-    """NVRTC -arch of the current device (sm_90a on Hopper); raises below sm_80."""
-    return _arch_of(cp.cuda.Device().id)
-
-
 @lru_cache(maxsize=None)
 def _arch_of(device_id: int) -> str:
-    major, minor = cp.cuda.Device(device_id).compute_capability[:-1], cp.cuda.Device(device_id).compute_capability[-1]
-    return arch_for(int(major), int(minor))
+    """NVRTC -arch of a device (sm_90a on Hopper); raises below sm_80."""
+    capability = cp.cuda.Device(device_id).compute_capability  # e.g. "90"
+    return arch_for(int(capability[:-1]), int(capability[-1]))
 
 
 @lru_cache(maxsize=None)
@@ -40,10 +36,15 @@ def _module(file: str, names: tuple[str, ...], arch: str) -> cp.RawModule:
     return cp.RawModule(code=source(file), options=options(arch), name_expressions=names)
 
 
+def kernel(file: str, names: tuple[str, ...], name: str, smem: int = 0) -> cp.RawKernel:
+    """Kernel ``name`` of the module compiled for ``names`` for the current device,
+    with its shared-memory limit raised (an attribute of the device's function)."""
+    return _kernel_on(file, names, name, cp.cuda.Device().id, smem)
+
+
 @lru_cache(maxsize=None)
-def kernel(file: str, names: tuple[str, ...], name: str, arch: str, smem: int = 0) -> cp.RawKernel:
-    """Kernel ``name`` of the module compiled for ``names``, with its shared-memory limit raised."""
-    fn = _module(file, names, arch).get_function(name)
+def _kernel_on(file: str, names: tuple[str, ...], name: str, device_id: int, smem: int) -> cp.RawKernel:
+    fn = _module(file, names, _arch_of(device_id)).get_function(name)
     if smem > 48 * 1024:
         fn.max_dynamic_shared_size_bytes = smem
     return fn
@@ -61,7 +62,7 @@ def default_parts(rows: int) -> int:
 
 
 def run_schedule(plan: Plan, seqlens, capacity: int = INT_MAX) -> None:
-    fn = kernel("split_kv.cu", SPLIT_KV_NAMES, "make_schedule", device_arch())
+    fn = kernel("split_kv.cu", SPLIT_KV_NAMES, "make_schedule")
     fn((1,), (1024,), (seqlens, np.int32(plan.batch), np.int32(min(capacity, INT_MAX)),
                        np.int32(SCHEDULE_TILE), np.int32(plan.num_parts), plan.work, plan.first_part,
                        plan.piece_base, plan.prefix))
@@ -96,7 +97,6 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     if plan is None:
         plan = Plan(cp, batch, rows, v_dim, default_parts(rows)).update(seqlens, problem.capacity)
     spec = latent_kernel(problem.dtype, dim, v_dim, rows)
-    arch = device_arch()
     params = attn_params(
         q=q, cache=cache, seqlens=seqlens, block_table=block_table, out=o, lse=lse,
         part_out=plan.part_out, part_lse=plan.part_lse, work=plan.work,
@@ -106,9 +106,9 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
         num_blocks=problem.num_blocks, scale=scale, scale_log2=scale * LOG2E, causal=int(causal),
     )
     names = latent_module_names(problem.dtype, dim, v_dim)
-    attend = kernel("latent_attention.cu", names, spec.name, arch, spec.smem)
+    attend = kernel("latent_attention.cu", names, spec.name, spec.smem)
     attend((plan.num_parts, math.ceil(rows / spec.rows)), (THREADS,), (params,), shared_mem=spec.smem)
-    merge = kernel("split_kv.cu", SPLIT_KV_NAMES, spec.combine, arch)
+    merge = kernel("split_kv.cu", SPLIT_KV_NAMES, spec.combine)
     merge((math.ceil(rows / 8), batch), (THREADS,), (params, np.int32(v_dim)))
     return o, lse
 
@@ -141,9 +141,8 @@ def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: flo
         num_blocks=problem.num_blocks, scale=scale, scale_log2=scale * LOG2E, causal=int(causal),
         w=cp.ascontiguousarray(w),
     )
-    arch = device_arch()
-    attend = kernel("decompressed.cu", (spec.name,), spec.name, arch, spec.smem)
+    attend = kernel("decompressed.cu", (spec.name,), spec.name, spec.smem)
     attend((parts, q_tiles, heads), (THREADS,), (params,), shared_mem=spec.smem)
-    merge = kernel("split_kv.cu", SPLIT_KV_NAMES, spec.combine, arch)
+    merge = kernel("split_kv.cu", SPLIT_KV_NAMES, spec.combine)
     merge((math.ceil(rows / 8), batch), (THREADS,), (params, np.int32(v_dim)))
     return o, lse
