@@ -129,17 +129,18 @@ def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: flo
     if batch == 0:
         return o, lse
     seqlens, block_table = _index_arrays(problem, seqlens, block_table)
+    q, w = cp.ascontiguousarray(q), cp.ascontiguousarray(w)  # kept alive past the launches
     q_tiles = math.ceil(q_len / spec.queries)
     parts = max(1, _sm_count(cp.cuda.Device().id) // (heads * q_tiles))
     plan = Plan(cp, batch, rows, v_dim, parts).update(seqlens, problem.capacity)
     params = attn_params(
-        q=cp.ascontiguousarray(q), cache=cache, seqlens=seqlens, block_table=block_table, out=o, lse=lse,
+        q=q, cache=cache, seqlens=seqlens, block_table=block_table, out=o, lse=lse,
         part_out=plan.part_out, part_lse=plan.part_lse, work=plan.work,
         first_part=plan.first_part, piece_base=plan.piece_base,
         batch=batch, rows=rows, q_len=q_len, heads=heads, capacity=problem.capacity,
         block_size=problem.block_size, max_blocks=0 if block_table is None else block_table.shape[1],
         num_blocks=problem.num_blocks, scale=scale, scale_log2=scale * LOG2E, causal=int(causal),
-        w=cp.ascontiguousarray(w),
+        w=w,
     )
     attend = kernel("decompressed.cu", (spec.name,), spec.name, spec.smem)
     attend((parts, q_tiles, heads), (THREADS,), (params,), shared_mem=spec.smem)
