@@ -31,6 +31,7 @@ struct AttnParams {
   int pad_;
   const void* w;            // decompressed only: w_kv (L, H*(DN+DV))
 };
+static_assert(sizeof(AttnParams) == 144, "AttnParams is mirrored by ATTN_PARAMS in cumla/_launch.py");
 
 // Sanitised length of request b: never outside [0, capacity].
 __device__ __forceinline__ int request_length(const int* seqlens, int b, int capacity) {

@@ -82,6 +82,25 @@ def _index_arrays(problem: Problem, seqlens, block_table):
     return seqlens, None if block_table is None else cp.ascontiguousarray(block_table)
 
 
+def _params(problem: Problem, plan: Plan, q, cache, seqlens, block_table, o, lse, scale: float, causal: bool,
+            w=None):
+    """The kernels' AttnParams block for outputs o (B, Sq, H, V) and lse (B, Sq, H)."""
+    batch, q_len, heads = o.shape[:3]
+    return attn_params(
+        q=q, cache=cache, seqlens=seqlens, block_table=block_table, out=o, lse=lse,
+        part_out=plan.part_out, part_lse=plan.part_lse, work=plan.work,
+        first_part=plan.first_part, piece_base=plan.piece_base,
+        batch=batch, rows=q_len * heads, q_len=q_len, heads=heads, capacity=problem.capacity,
+        block_size=problem.block_size, max_blocks=0 if block_table is None else block_table.shape[1],
+        num_blocks=problem.num_blocks, scale=scale, scale_log2=scale * LOG2E, causal=int(causal), w=w,
+    )
+
+
+def _combine(name: str, params, rows: int, batch: int, v_dim: int) -> None:
+    """Merge split requests' partials (and write empty requests): one warp per query row."""
+    kernel("split_kv.cu", SPLIT_KV_NAMES, name)((math.ceil(rows / 8), batch), (THREADS,), (params, np.int32(v_dim)))
+
+
 def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale: float, causal: bool,
                      plan: Plan | None = None, out=None):
     """Absorbed core on the GPU: (B, Sq, H, D) queries -> (B, Sq, H, v_dim) in the input dtype, lse."""
@@ -97,19 +116,11 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     if plan is None:
         plan = Plan(cp, batch, rows, v_dim, default_parts(rows)).update(seqlens, problem.capacity)
     spec = latent_kernel(problem.dtype, dim, v_dim, rows)
-    params = attn_params(
-        q=q, cache=cache, seqlens=seqlens, block_table=block_table, out=o, lse=lse,
-        part_out=plan.part_out, part_lse=plan.part_lse, work=plan.work,
-        first_part=plan.first_part, piece_base=plan.piece_base,
-        batch=batch, rows=rows, q_len=q_len, heads=heads, capacity=problem.capacity,
-        block_size=problem.block_size, max_blocks=0 if block_table is None else block_table.shape[1],
-        num_blocks=problem.num_blocks, scale=scale, scale_log2=scale * LOG2E, causal=int(causal),
-    )
+    params = _params(problem, plan, q, cache, seqlens, block_table, o, lse, scale, causal)
     names = latent_module_names(problem.dtype, dim, v_dim)
     attend = kernel("latent_attention.cu", names, spec.name, spec.smem)
     attend((plan.num_parts, math.ceil(rows / spec.rows)), (THREADS,), (params,), shared_mem=spec.smem)
-    merge = kernel("split_kv.cu", SPLIT_KV_NAMES, spec.combine)
-    merge((math.ceil(rows / 8), batch), (THREADS,), (params, np.int32(v_dim)))
+    _combine(spec.combine, params, rows, batch, v_dim)
     return o, lse
 
 
@@ -133,17 +144,8 @@ def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: flo
     q_tiles = math.ceil(q_len / spec.queries)
     parts = max(1, _sm_count(cp.cuda.Device().id) // (heads * q_tiles))
     plan = Plan(cp, batch, rows, v_dim, parts).update(seqlens, problem.capacity)
-    params = attn_params(
-        q=q, cache=cache, seqlens=seqlens, block_table=block_table, out=o, lse=lse,
-        part_out=plan.part_out, part_lse=plan.part_lse, work=plan.work,
-        first_part=plan.first_part, piece_base=plan.piece_base,
-        batch=batch, rows=rows, q_len=q_len, heads=heads, capacity=problem.capacity,
-        block_size=problem.block_size, max_blocks=0 if block_table is None else block_table.shape[1],
-        num_blocks=problem.num_blocks, scale=scale, scale_log2=scale * LOG2E, causal=int(causal),
-        w=w,
-    )
+    params = _params(problem, plan, q, cache, seqlens, block_table, o, lse, scale, causal, w)
     attend = kernel("decompressed.cu", (spec.name,), spec.name, spec.smem)
     attend((parts, q_tiles, heads), (THREADS,), (params,), shared_mem=spec.smem)
-    merge = kernel("split_kv.cu", SPLIT_KV_NAMES, spec.combine)
-    merge((math.ceil(rows / 8), batch), (THREADS,), (params, np.int32(v_dim)))
+    _combine(spec.combine, params, rows, batch, v_dim)
     return o, lse
