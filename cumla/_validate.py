@@ -291,23 +291,24 @@ def check_indices(problem: Problem, seqlens: Any, block_table: Any, xp: ModuleTy
     """
     if seqlens is None:
         return
+
+    def host(x: Any) -> np.ndarray:
+        return x if xp is np else xp.asnumpy(x)
+
     bad_len = xp.logical_or(seqlens < 0, seqlens > problem.capacity)
     if block_table is None:
         if bool(bad_len.any()):
-            raise ValueError(_bad_seqlens_message(problem, xp.asnumpy(seqlens) if xp is not np else seqlens))
+            raise ValueError(_bad_seqlens_message(problem, host(seqlens)))
         return
     num_blocks = problem.num_blocks
     used = xp.arange(block_table.shape[1], dtype=np.int32)[None, :] * problem.block_size < seqlens[:, None]
     bad_block = used & ((block_table < 0) | (block_table >= num_blocks))
-    flags = xp.stack([bad_len.any(), bad_block.any()])
-    flags = flags.get() if xp is not np else flags
+    flags = host(xp.stack([bad_len.any(), bad_block.any()]))  # the one synchronisation
     if flags[0]:
-        host = xp.asnumpy(seqlens) if xp is not np else seqlens
-        raise ValueError(_bad_seqlens_message(problem, host))
+        raise ValueError(_bad_seqlens_message(problem, host(seqlens)))
     if flags[1]:
-        table = xp.asnumpy(block_table) if xp is not np else block_table
-        mask = xp.asnumpy(bad_block) if xp is not np else bad_block
-        b, j = (int(i) for i in np.argwhere(mask)[0])
+        table = host(block_table)
+        b, j = (int(i) for i in np.argwhere(host(bad_block))[0])
         raise ValueError(
             f"block_table[{b}, {j}] = {table[b, j]} is out of range [0, {num_blocks}) "
             f"for a block in use (seqlens[{b}] covers {j + 1}+ blocks of {problem.block_size})"
