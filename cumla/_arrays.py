@@ -22,11 +22,12 @@ def _cupy() -> ModuleType | None:
 
 def module_of(x: Any) -> str:
     """'numpy', 'cupy' or 'other' for one argument."""
+    if type(x).__module__.startswith("cupy"):
+        cp = _cupy()
+        if cp is not None and isinstance(x, cp.ndarray):
+            return "cupy"
     if isinstance(x, np.ndarray):
         return "numpy"
-    cp = _cupy() if type(x).__module__.startswith("cupy") else None
-    if cp is not None and isinstance(x, cp.ndarray):
-        return "cupy"
     return "other"
 
 

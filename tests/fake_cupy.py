@@ -1,0 +1,79 @@
+"""A stand-in for CuPy built on NumPy, to exercise the GPU backend's host code
+(validation, planning, parameter blocks, launch shapes) on machines without a
+GPU. Kernels are not run: launches are recorded."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+
+
+class ndarray(np.ndarray):  # noqa: N801 - mirrors cupy.ndarray
+    """NumPy memory that looks like a CuPy array to cumla."""
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
+    def get(self):
+        return np.asarray(self).copy()
+
+
+ndarray.__module__ = "cupy"
+
+
+def _wrap(value):
+    if isinstance(value, np.ndarray) and not isinstance(value, ndarray):
+        return value.view(ndarray)
+    if isinstance(value, tuple):
+        return tuple(_wrap(v) for v in value)
+    return value
+
+
+class Launch(types.SimpleNamespace):
+    pass
+
+
+class Kernel:
+    def __init__(self, name: str, log: list):
+        self.name, self.log = name, log
+        self.max_dynamic_shared_size_bytes = 0
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        self.log.append(Launch(name=self.name, grid=tuple(grid), block=tuple(block), args=args,
+                               shared_mem=shared_mem, limit=self.max_dynamic_shared_size_bytes))
+
+
+def make(sm_count: int = 132, capability: str = "90") -> types.ModuleType:
+    """A fresh fake ``cupy`` module; ``module.launches`` lists the recorded launches."""
+    fake = types.ModuleType("cupy")
+    fake.ndarray = ndarray
+    fake.launches = []
+    fake.compiled = []
+
+    class RawModule:
+        def __init__(self, code, options, name_expressions):
+            fake.compiled.append((options, tuple(name_expressions)))
+            self.names = set(name_expressions)
+
+        def get_function(self, name):
+            assert name in self.names, f"{name} was not compiled"
+            return Kernel(name, fake.launches)
+
+    class Device:
+        def __init__(self, device_id=0):
+            self.id = device_id
+            self.compute_capability = capability
+            self.attributes = {"MultiProcessorCount": sm_count}
+
+    fake.RawModule = RawModule
+    fake.cuda = types.SimpleNamespace(Device=Device)
+    fake.asnumpy = lambda x: np.asarray(x).copy()
+    fake.empty = lambda *a, **k: _wrap(np.zeros(*a, **k))  # defined values: nothing runs the kernels
+
+    def numpy_function(name):
+        fn = getattr(np, name)
+        return lambda *a, **k: _wrap(fn(*a, **k))
+
+    fake.__getattr__ = numpy_function  # everything else: NumPy's, returning fake arrays
+    return fake

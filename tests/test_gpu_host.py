@@ -1,0 +1,120 @@
+"""The CuPy backend's host side (validation, plans, parameter blocks, launch
+shapes) against a NumPy-backed stand-in for CuPy: runs without a GPU.
+Numerical results of the kernels are checked by the GPU tests."""
+import math
+import sys
+
+import numpy as np
+import pytest
+
+import cumla
+import fake_cupy
+from cumla import _kernels
+
+L, R, DN, DV = 512, 64, 128, 128
+
+
+@pytest.fixture()
+def cp(monkeypatch):
+    fake = fake_cupy.make()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.delitem(sys.modules, "cumla._gpu", raising=False)
+    monkeypatch.delattr(cumla, "_gpu", raising=False)
+    return fake
+
+
+def device(cp, a):
+    return np.ascontiguousarray(a).view(cp.ndarray)
+
+
+def inputs(cp, batch=3, q_len=1, heads=16, seq=300, dtype=cumla.bfloat16, block=64):
+    rng = np.random.default_rng(0)
+    blocks = batch * -(-seq // block)
+    return dict(
+        q=device(cp, rng.standard_normal((batch, q_len, heads, DN + R), dtype=np.float32).astype(dtype)),
+        cache=device(cp, rng.standard_normal((blocks, block, L + R), dtype=np.float32).astype(dtype)),
+        w_kv=device(cp, rng.standard_normal((L, heads * (DN + DV)), dtype=np.float32).astype(dtype)),
+        seqlens=device(cp, np.array([seq, 1, 0][:batch], np.int32)),
+        block_table=device(cp, rng.permutation(blocks).astype(np.int32).reshape(batch, -1)),
+        rope_dim=R,
+    )
+
+
+def field(launch, name):
+    return launch.args[0][name]
+
+
+def test_absorbed_decode_launches(cp):
+    args = inputs(cp)
+    o = cumla.decode(**args, strategy="absorbed")
+    assert isinstance(o, cp.ndarray) and o.shape == (3, 1, 16, DV) and o.dtype == cumla.bfloat16
+    names = [launch.name for launch in cp.launches]
+    assert names == ["make_schedule", "latent_attention<bf16_t, 576, 512, 1, 64>", "combine_partials<bf16_t>"]
+    schedule, attend, combine = cp.launches
+    spec = _kernels.latent_kernel(cumla.bfloat16, 576, 512, 16)
+    parts = 132  # 16 rows: one CTA row per part
+    assert schedule.grid == (1,) and schedule.block == (1024,)
+    assert attend.grid == (parts, 1) and attend.block == (256,)
+    assert attend.shared_mem == spec.smem == attend.limit
+    assert combine.grid == (2, 3)
+    assert field(attend, "rows") == 16 and field(attend, "heads") == 16 and field(attend, "q_len") == 1
+    assert field(attend, "capacity") == 5 * 64 and field(attend, "block_size") == 64
+    assert field(attend, "max_blocks") == 5 and field(attend, "num_blocks") == 15
+    assert field(attend, "cache") == args["cache"].data.ptr and field(attend, "w") == 0
+    assert field(attend, "scale") == np.float32(1 / math.sqrt(DN + R))
+    options = {opts for opts, _ in cp.compiled}
+    assert ("-std=c++17", "-arch=sm_90a") in options
+
+
+def test_plan_and_out_are_used_as_given(cp):
+    args = inputs(cp, heads=128, q_len=2)
+    plan = cumla.plan(args["seqlens"], heads=128, q_len=2, v_dim=L, num_parts=7)
+    cp.launches.clear()
+    q_lat = device(cp, np.zeros((3, 2, 128, L + R), cumla.bfloat16))
+    out = device(cp, np.zeros((3, 2, 128, L), cumla.bfloat16))
+    res = cumla.latent_attention(q_lat, args["cache"], v_dim=L, scale=0.1, seqlens=args["seqlens"],
+                                 block_table=args["block_table"], plan=plan, out=out, check=False)
+    assert res is out
+    attend, combine = cp.launches  # no schedule launch: the plan's is reused
+    assert attend.grid == (7, 4)  # 256 rows in tiles of 64
+    assert field(attend, "out") == out.data.ptr and field(attend, "work") == plan.work.data.ptr
+    assert field(attend, "causal") == 1 and combine.grid == (32, 3)
+
+
+def test_decompressed_launches_and_dtype_fallbacks(cp):
+    args = inputs(cp, q_len=300, heads=4)
+    cumla.decode(**args, strategy="decompressed")
+    names = [launch.name for launch in cp.launches]
+    spec = _kernels.decompressed_kernel(cumla.bfloat16, L, R, DN, DV)
+    assert names == ["make_schedule", spec.name, "combine_partials<bf16_t>"]
+    attend = cp.launches[1]
+    assert attend.grid == (132 // (4 * 2), 2, 4) and attend.shared_mem == spec.smem == attend.limit
+    assert field(attend, "w") == args["w_kv"].data.ptr
+    f32 = inputs(cp, q_len=300, heads=4, dtype=np.float32)
+    with pytest.raises(NotImplementedError, match="no float32 GPU kernel"):
+        cumla.decode(**f32, strategy="decompressed")
+    cp.launches.clear()
+    cumla.decode(**f32)  # auto: the cost model says decompressed, float32 runs absorbed
+    assert cp.launches[1].name == "latent_attention_simt<f32_t, 576, 512>"
+
+
+def test_device_validation_without_a_device(cp):
+    args = inputs(cp)
+    bad = dict(args, seqlens=device(cp, np.array([300, 1, 400], np.int32)))
+    with pytest.raises(ValueError, match=r"seqlens\[2\] = 400"):
+        cumla.decode(**bad)
+    with pytest.raises(TypeError, match="all be NumPy or all CuPy"):
+        cumla.decode(**dict(args, w_kv=np.asarray(args["w_kv"])))
+    fmt = cumla.fp8_format(L, R, 128)
+    fp8 = dict(args, cache=device(cp, np.zeros((15, 64, fmt.row_bytes), np.uint8)))
+    with pytest.raises(NotImplementedError, match="FP8"):
+        cumla.decode(**fp8, cache_format=fmt)
+
+
+def test_strided_index_arrays_reach_the_kernel_contiguous(cp):
+    args = inputs(cp)
+    wide = device(cp, np.zeros(6, np.int32))
+    wide[::2] = args["seqlens"]
+    cumla.decode(**dict(args, seqlens=wide[::2]), strategy="absorbed")
+    passed = cp.launches[1].args[0]["seqlens"]
+    assert passed != wide.data.ptr  # a contiguous copy, not the strided view's base
