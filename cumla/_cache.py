@@ -148,8 +148,8 @@ class PagedLatentCache:
         if tuple(c_kv.shape) != (n, self.latent_dim) or tuple(k_rope.shape) != (n, self.rope_dim):
             raise ValueError(f"c_kv and k_rope must have shapes ({n}, {self.latent_dim}) and ({n}, {self.rope_dim}), "
                              f"got {tuple(c_kv.shape)} and {tuple(k_rope.shape)}")
-        check_float_dtype("c_kv", c_kv, self.dtype)
-        check_float_dtype("k_rope", k_rope, self.dtype)
+        check_float_dtype("c_kv", c_kv, self.dtype, like="the cache")
+        check_float_dtype("k_rope", k_rope, self.dtype, like="the cache")
         touched, counts = np.unique(ids, return_counts=True)
         for seq_id in touched:
             self._check_live(int(seq_id))

@@ -51,7 +51,7 @@ class LatentAttention:
         xp, a = ingest(w_dkv=w_dkv, w_kv=w_kv)
         w_dkv, w_kv = a["w_dkv"], a["w_kv"]
         check_float_dtype("w_dkv", w_dkv)
-        check_float_dtype("w_kv", w_kv, w_dkv.dtype)
+        check_float_dtype("w_kv", w_kv, w_dkv.dtype, like="w_dkv")
         if w_dkv.ndim != 2:
             raise ValueError(f"w_dkv must have shape (hidden, L+R), got {tuple(w_dkv.shape)}")
         w_uk, w_uv = absorb(w_kv, heads, v_dim)

@@ -104,4 +104,4 @@ def plan(seqlens: Any, *, heads: int, q_len: int = 1, v_dim: int = 512, num_part
         num_parts = default_parts(rows)
     elif isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
         raise ValueError(f"num_parts must be a positive int, got {num_parts!r}")
-    return Plan(xp, seqlens.shape[0], rows, v_dim, num_parts).update(xp.ascontiguousarray(seqlens))
+    return Plan(xp, seqlens.shape[0], rows, v_dim, num_parts).update(seqlens)

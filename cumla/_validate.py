@@ -64,10 +64,11 @@ def _shape(x: Any) -> str:
     return "(" + ", ".join(str(d) for d in x.shape) + ")"
 
 
-def check_float_dtype(name: str, x: Any, expected: np.dtype | None = None) -> None:
+def check_float_dtype(name: str, x: Any, expected: np.dtype | None = None, like: str = "q") -> None:
+    """x must be float32/float16/bfloat16, and of ``expected`` dtype (that of ``like``) when given."""
     if expected is not None and x.dtype != expected:
         raise TypeError(
-            f"{name} must have the same dtype as q ({dtype_name(expected)}), got {dtype_name(x.dtype)}"
+            f"{name} must have the same dtype as {like} ({dtype_name(expected)}), got {dtype_name(x.dtype)}"
         )
     if x.dtype not in FLOAT_DTYPES:
         names = ", ".join(dtype_name(d) for d in FLOAT_DTYPES)

@@ -117,7 +117,7 @@ def test_cache_argument_errors():
     s = cache.add_sequence()
     with pytest.raises(ValueError, match=r"shapes \(2, 8\) and \(2, 4\)"):
         cache.append([s, s], np.zeros((2, 7), np.float32), np.zeros((2, 4), np.float32))
-    with pytest.raises(TypeError, match="same dtype"):
+    with pytest.raises(TypeError, match="c_kv must have the same dtype as the cache"):
         cache.append([s], np.zeros((1, 8), np.float16), np.zeros((1, 4), np.float16))
     with pytest.raises(ValueError, match="not in the cache"):
         cache.append([s + 1], np.zeros((1, 8), np.float32), np.zeros((1, 4), np.float32))
@@ -183,7 +183,7 @@ def test_layer_errors():
     w_dkv, w_kv = make_layer(rng)
     with pytest.raises(ValueError, match="L\\+R = 44"):
         cumla.LatentAttention(w_dkv, w_kv, heads=3, rope_dim=12, v_dim=8)
-    with pytest.raises(TypeError, match="same dtype"):
+    with pytest.raises(TypeError, match="w_kv must have the same dtype as w_dkv"):
         cumla.LatentAttention(w_dkv, w_kv.astype(np.float16), heads=3, rope_dim=8, v_dim=8)
     layer = cumla.LatentAttention(w_dkv, w_kv, heads=3, rope_dim=8, v_dim=8)
     with pytest.raises(ValueError, match="x must have shape"):
