@@ -48,8 +48,10 @@ def test_paged_shuffled_equals_contiguous(case, block_size):
     paged = make_inputs(MLACase(**{**case.__dict__, "block_size": block_size}))
     a = cumla.decode(**contiguous)
     b = cumla.decode(**paged)
-    # Same values in the same order; BLAS may still round differently by buffer alignment.
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # Same values in the same order; BLAS may still round differently by buffer
+    # alignment (float32 rounding, amplified by exp for large scores): far
+    # below DESIGN's float32 tolerance, far above a wrong row's effect.
+    assert relative_error(b, a.astype(np.float64)) <= 1e-5
 
 
 @given(case=mla_cases(dtypes=("float32",)))
@@ -59,8 +61,8 @@ def test_garbage_past_seqlens_changes_nothing(case):
     a, lse_a = cumla.decode(**nan_args, return_lse=True)
     b, lse_b = cumla.decode(**big_args, return_lse=True)
     assert not np.isnan(a).any() and not np.isnan(lse_a).any()
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(lse_a, lse_b, rtol=1e-6, atol=1e-7)
+    assert relative_error(b, a.astype(np.float64)) <= 1e-5  # rounding by alignment only
+    np.testing.assert_allclose(lse_a, lse_b, rtol=1e-5, atol=1e-5)
 
 
 @given(case=mla_cases(paged=False, dtypes=("float32",), max_seq=60), cut=st.floats(0, 1))
@@ -79,8 +81,8 @@ def test_split_cache_merged_by_lse_equals_whole(case, cut):
                                     return_lse=True, **args)
     o, lse = cumla.combine([o1, o2], [l1, l2])
     whole, whole_lse = cumla.latent_attention(cache=cache, seqlens=lengths, return_lse=True, **args)
-    np.testing.assert_allclose(o, whole, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(lse, whole_lse, rtol=1e-5, atol=1e-6)
+    assert relative_error(o, whole.astype(np.float64)) <= 1e-5  # float32 rounding of the merge only
+    np.testing.assert_allclose(lse, whole_lse, rtol=1e-5, atol=1e-5)
 
 
 def test_out_is_written_and_returned():
