@@ -19,6 +19,7 @@ import numpy as np
 
 import cupy as cp
 import cumla
+from cumla import _gpu, _kernels
 from cumla._arrays import BFLOAT16
 
 L, R, DN, DV, BLOCK = 512, 64, 128, 128, 64
@@ -111,11 +112,20 @@ def bench_config(name, cfg, copy_bw, mm_rate, rng, with_baseline=True):
         cumla.latent_attention(q, cache, v_dim=L, scale=scale, seqlens=seqlens, block_table=table,
                                plan=plan, out=out, check=False)
 
+    arch = _gpu._arch_of(cp.cuda.Device().id)
+    kernel = _kernels.latent_kernel(BFLOAT16, D, L, q_len * heads, arch).name
     us = time_us(core)
+    portable_us = None
+    if kernel != _kernels.latent_kernel(BFLOAT16, D, L, q_len * heads, "sm_80").name:
+        _kernels.USE_HOPPER_KERNEL = False  # the portable kernel on the same GPU, for comparison
+        try:
+            portable_us = time_us(core)
+        finally:
+            _kernels.USE_HOPPER_KERNEL = True
     flops = batch * q_len * heads * seq * 2 * (D + L)
     moved = batch * seq * D * 2 + q.nbytes + out.nbytes
     roof_us = max(moved / copy_bw, flops / mm_rate) * 1e6
-    row = dict(config=name, **cfg, time_us=us, tb_s=moved / us / 1e6, tflop_s=flops / us / 1e6,
+    row = dict(config=name, **cfg, kernel=kernel, portable_us=portable_us, time_us=us, tb_s=moved / us / 1e6, tflop_s=flops / us / 1e6,
                roofline_us=roof_us, pct_roofline=100 * roof_us / us, bytes=moved, flops=flops)
     if with_baseline:
         try:
@@ -182,17 +192,21 @@ def markdown(result) -> str:
         f"Ceilings measured in this run: copy {result['copy_tb_s']:.2f} TB/s (read+write), "
         f"bf16 matmul {result['matmul_tflop_s']:.0f} TFLOP/s ({result['matmul_via']}).",
         "",
-        "| config | B | Sq | H | S | time µs | TB/s | TFLOP/s | roofline µs | % roofline | CuPy baseline µs | speed-up | decode µs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| config | B | Sq | H | S | time µs | TB/s | TFLOP/s | roofline µs | % roofline | portable kernel µs "
+        "| CuPy baseline µs | speed-up | decode µs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    kernels = sorted({r["kernel"] for r in result["configs"]})
+    lines[4:4] = [f"Kernel: {', '.join(kernels)}; the portable kernel's time on the same GPU beside it.", ""]
     for r in result["configs"]:
         base = r.get("cupy_baseline_us")
         speed = f"{base / r['time_us']:.1f}x" if base else "n/a"
         base_s = f"{base:.1f}" if base else "OOM"
+        portable = f"{r['portable_us']:.1f}" if r.get("portable_us") else "(same kernel)"
         lines.append(
             f"| {r['config']} | {r['batch']} | {r['q_len']} | {r['heads']} | {r['seq']} | {r['time_us']:.1f} | "
             f"{r['tb_s']:.2f} | {r['tflop_s']:.0f} | {r['roofline_us']:.0f} | {r['pct_roofline']:.1f}% | "
-            f"{base_s} | {speed} | {r['decode_us']:.1f} |"
+            f"{portable} | {base_s} | {speed} | {r['decode_us']:.1f} |"
         )
     d = result.get("decompressed")
     if d:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# One call on a CUDA machine: GPU tests, compute-sanitizer on the small
-# every-kernel test, then the benchmark; logs and JSON to $OUT.
+# One call on a CUDA machine: GPU tests, the benchmark, then compute-sanitizer
+# on the small every-kernel test and the examples; logs and JSON to $OUT.
 #   OUT=/tmp/out bash bench/run_device.sh [pytest -k expression | none] [configs] [sanitize: 1|0]
 # cumla is installed (without dependencies) into a scratch folder first, as a
 # user would have it, so the CUDA sources come from the installed package.
+# Each stage has a time limit so one hung stage cannot eat the others' time.
 set -u
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
@@ -13,15 +14,16 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-index --target "$s
 export PYTHONUNBUFFERED=1 PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
 if [ "${1:-}" != none ]; then
-  (cd tests && python3 -m pytest -q -p no:cacheprovider -m gpu gpu ${1:+-k "$1"} 2>&1) | tee "$OUT/gpu-tests.log"
+  (cd tests && timeout 330 python3 -m pytest -q -p no:cacheprovider -m gpu gpu ${1:+-k "$1"} 2>&1 &&
+   python3 -m pytest -q -p no:cacheprovider test_kernels_compile.py -k warpgroup 2>&1) | tee "$OUT/gpu-tests.log"
 fi
+timeout 240 python3 bench/bench_gpu.py --out "$OUT" --configs "${2:-ABCDEF}" 2>&1 | tee "$OUT/bench.log"
 if [ "${3:-1}" = 1 ]; then
   for tool in memcheck racecheck; do
-    (cd tests && compute-sanitizer --tool $tool --error-exitcode 9 \
+    (cd tests && timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 \
        python3 -m pytest -q -p no:cacheprovider -m gpu gpu -k test_every_kernel_small 2>&1) \
        | tail -n 5 | tee "$OUT/sanitizer-$tool.log"
   done
 fi
-python3 bench/bench_gpu.py --out "$OUT" --configs "${2:-ABCDEF}" 2>&1 | tee "$OUT/bench.log"
 (python3 examples/mla_decode.py --batch 8 --seq-len 4096 --heads 128 && python3 examples/serve_loop.py --steps 100) \
   2>&1 | tr '\r' '\n' | grep -v "steps$" | tee "$OUT/examples.log"

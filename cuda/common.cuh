@@ -13,6 +13,7 @@ typedef unsigned long long u64;
 // Element types: tags with conversions and the matching mma instruction.
 struct bf16_t {
   using storage = u16;
+  static constexpr bool kBf16 = true;
   static __device__ __forceinline__ float to_float(u16 x) { return __uint_as_float(u32(x) << 16); }
   static __device__ __forceinline__ u16 from_float(float x) {
     u16 r;
@@ -36,6 +37,7 @@ struct bf16_t {
 
 struct f16_t {
   using storage = u16;
+  static constexpr bool kBf16 = false;
   static __device__ __forceinline__ float to_float(u16 x) {
     float r;
     asm("cvt.f32.f16 %0, %1;" : "=f"(r) : "h"(x));
@@ -111,14 +113,13 @@ struct SwizzledRows {
 };
 
 // Copy COPY 16-byte chunks of each of `rows` rows, from `src_row(r)`, to
-// logical chunks dst_chunk.. of a SwizzledRows<ROW_CHUNKS> tile; rows for
+// logical chunks dst_chunk.. of a tile laid out by Rows::offset(row, chunk); rows for
 // which src_row gives null are zero-filled (and nothing is read). Warps take
 // rows, lanes take chunks: src_row (a block-table lookup) runs once per row
 // and each warp's copies cover contiguous bytes.
-template <int ROW_CHUNKS, int COPY = ROW_CHUNKS, class RowPtr>
+template <int ROW_CHUNKS, int COPY = ROW_CHUNKS, class Rows = SwizzledRows<ROW_CHUNKS>, class RowPtr>
 __device__ __forceinline__ void load_rows(u32 tile, int rows, int dst_chunk, const u16* any_mapped,
                                           RowPtr src_row) {
-  using Rows = SwizzledRows<ROW_CHUNKS>;
   constexpr int kLanesPerRow = COPY >= 32 ? 32 : COPY >= 16 ? 16 : 8;
   constexpr int kRowsPerWarp = 32 / kLanesPerRow;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;

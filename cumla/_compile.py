@@ -41,7 +41,11 @@ def load_nvrtc() -> ctypes.CDLL | None:
 class CompileResult:
     ok: bool
     log: str
-    cubin_size: int
+    cubin: bytes  # the compiled code, empty on failure
+
+    @property
+    def cubin_size(self) -> int:
+        return len(self.cubin)
 
 
 def compile_source(lib: ctypes.CDLL, code: str, options: tuple[str, ...], names: tuple[str, ...],
@@ -61,9 +65,38 @@ def compile_source(lib: ctypes.CDLL, code: str, options: tuple[str, ...], names:
         lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
         buf = ctypes.create_string_buffer(size.value)
         lib.nvrtcGetProgramLog(prog, buf)
-        cubin = ctypes.c_size_t(0)
+        cubin = b""
         if rc == 0:
-            lib.nvrtcGetCUBINSize(prog, ctypes.byref(cubin))
-        return CompileResult(rc == 0, buf.value.decode(errors="replace"), cubin.value)
+            cubin_size = ctypes.c_size_t(0)
+            lib.nvrtcGetCUBINSize(prog, ctypes.byref(cubin_size))
+            data = ctypes.create_string_buffer(cubin_size.value)
+            lib.nvrtcGetCUBIN(prog, data)
+            cubin = data.raw
+        return CompileResult(rc == 0, buf.value.decode(errors="replace"), cubin)
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+def find_tool(name: str) -> str | None:
+    """A CUDA binary utility (e.g. cuobjdump) from pip's nvidia packages, CUDA_HOME or PATH."""
+    import shutil
+
+    for base in sys.path:
+        found = sorted(glob.glob(os.path.join(base, "nvidia", "cu*", "bin", name)))
+        if found:
+            return found[-1]
+    for home in (os.environ.get("CUDA_HOME", ""), os.environ.get("CUDA_PATH", ""), "/usr/local/cuda"):
+        if home and os.path.isfile(os.path.join(home, "bin", name)):
+            return os.path.join(home, "bin", name)
+    return shutil.which(name)
+
+
+def sass(cubin: bytes, cuobjdump: str) -> str:
+    """The SASS listing of a cubin."""
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([cuobjdump, "-sass", f.name], check=True, capture_output=True, text=True).stdout

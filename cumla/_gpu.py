@@ -8,8 +8,7 @@ import cupy as cp
 import numpy as np
 
 from ._kernels import (
-    SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, arch_for, decompressed_kernel, latent_kernel, latent_module_names,
-    options, source,
+    SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, arch_for, decompressed_kernel, latent_kernel, options, source,
 )
 from ._launch import attn_params
 from ._plan import INT_MAX, Plan
@@ -56,8 +55,9 @@ def _sm_count(device_id: int) -> int:
 
 
 def default_parts(rows: int) -> int:
-    """CTA columns that give every SM one CTA, with ceil(rows / BM) CTAs per column."""
-    block_rows = latent_kernel(np.float16, 16, 16, rows).rows
+    """CTA columns that give every SM one CTA, with ceil(rows / BM) CTAs per column
+    (BM = 64 rows once M > 64, for every 16-bit kernel)."""
+    block_rows = latent_kernel(np.float16, 64, 128, rows, "sm_80").rows
     return max(1, _sm_count(cp.cuda.Device().id) // math.ceil(rows / block_rows))
 
 
@@ -115,10 +115,9 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     seqlens, block_table = _index_arrays(problem, seqlens, block_table)
     if plan is None:
         plan = Plan(cp, batch, rows, v_dim, default_parts(rows)).update(seqlens, problem.capacity)
-    spec = latent_kernel(problem.dtype, dim, v_dim, rows)
+    spec = latent_kernel(problem.dtype, dim, v_dim, rows, _arch_of(cp.cuda.Device().id))
     params = _params(problem, plan, q, cache, seqlens, block_table, o, lse, scale, causal)
-    names = latent_module_names(problem.dtype, dim, v_dim)
-    attend = kernel("latent_attention.cu", names, spec.name, spec.smem)
+    attend = kernel(spec.file, spec.module, spec.name, spec.smem)
     attend((plan.num_parts, math.ceil(rows / spec.rows)), (THREADS,), (params,), shared_mem=spec.smem)
     _combine(spec.combine, params, rows, batch, v_dim)
     return o, lse

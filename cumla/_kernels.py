@@ -60,10 +60,17 @@ def options(arch: str) -> tuple[str, ...]:
     return ("-std=c++17", f"-arch={arch}")
 
 
+#: Hopper GPUs run the wgmma kernel wherever its dims allow. Tests switch this
+#: off to run the portable kernel on the same GPU.
+USE_HOPPER_KERNEL = True
+
+
 @dataclass(frozen=True)
 class LatentKernel:
     """One specialisation of the latent-attention kernel."""
 
+    file: str          # CUDA source
+    module: tuple[str, ...]  # every name expression the module is built with
     name: str          # C++ name expression
     rows: int          # query rows per CTA
     smem: int          # dynamic shared memory bytes
@@ -82,30 +89,51 @@ def _tc_smem(dim: int, rows: int, tile: int) -> int:
     return (q_rows + stages * tile) * (-(-dim // 64) * 64) * 2 + rows * tile * 2 + (8 // (rows // 16)) * rows * 4
 
 
-def latent_kernel(dtype: np.dtype, dim: int, v_dim: int, rows: int) -> LatentKernel:
-    """The kernel for a dtype, query/cache width ``dim``, ``v_dim`` and M = Sq*H rows.
+def _hopper_smem(dim: int) -> int:
+    """Mirror of HopperTile::kSmemBytes (cuda/latent_attention_sm90.cu)."""
+    return 1024 + 3 * 64 * dim * 2 + 64 * 64 * 2 + 4 * 64 * 4
 
-    16-bit types run on tensor cores with 16, 32 or 64 rows per CTA (the
-    fewest that hold M); float32 runs on CUDA cores.
-    """
+
+def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int) -> LatentKernel | None:
+    """The sm_90a wgmma kernel for these dims, or None where it does not apply
+    (float32; L+R not a multiple of 64; L not a multiple of 128 or above 512)."""
     element = _ELEMENT[np.dtype(dtype)]
-    if element == "f32_t":
-        smem = (16 * (dim + 1) + 32 * (dim + 1) + 16 * 32 + 3 * 16) * 4
-        return LatentKernel(f"latent_attention_simt<f32_t, {dim}, {v_dim}>", 16, smem, element)
-    if dim % 16 or v_dim % 16:
-        raise ValueError(f"16-bit kernels need L+R and L multiples of 16, got {dim} and {v_dim}")
+    if element == "f32_t" or dim % 64 or v_dim % 128 or v_dim > min(dim, 512) or _hopper_smem(dim) > SMEM_LIMIT:
+        return None
+    name = f"latent_attention_sm90<{element}, {dim}, {v_dim}>"
+    return LatentKernel("latent_attention_sm90.cu", (name,), name, 64, _hopper_smem(dim), element)
+
+
+def _portable(element: str, dim: int, v_dim: int, rows: int) -> tuple[str, int, int]:
+    """(name, rows per CTA, shared memory) of the portable tensor-core kernel."""
     warps_m = 1 if rows <= 16 else 2 if rows <= 32 else 4
     smem = _tc_smem(dim, 16 * warps_m, SCHEDULE_TILE)
     if smem > SMEM_LIMIT:
         raise ValueError(f"L+R = {dim} needs {smem} bytes of shared memory per CTA, over {SMEM_LIMIT}")
-    name = f"latent_attention<{element}, {dim}, {v_dim}, {warps_m}, {SCHEDULE_TILE}>"
-    return LatentKernel(name, 16 * warps_m, smem, element)
+    return f"latent_attention<{element}, {dim}, {v_dim}, {warps_m}, {SCHEDULE_TILE}>", 16 * warps_m, smem
 
 
-def latent_module_names(dtype: np.dtype, dim: int, v_dim: int) -> tuple[str, ...]:
-    """Every name expression of the latent module for one dtype and dims."""
-    names = {latent_kernel(dtype, dim, v_dim, rows).name for rows in (16, 32, 64)}
-    return tuple(sorted(names))
+def latent_kernel(dtype: np.dtype, dim: int, v_dim: int, rows: int, arch: str) -> LatentKernel:
+    """The kernel for a dtype, query/cache width ``dim``, ``v_dim``, M = Sq*H rows and an arch.
+
+    On sm_90a the wgmma kernel (64 rows per CTA) where its dims allow;
+    otherwise 16-bit types run on mma.sync tensor cores with 16, 32 or 64
+    rows per CTA (the fewest that hold M), and float32 on CUDA cores.
+    """
+    if arch == "sm_90a" and USE_HOPPER_KERNEL:
+        spec = hopper_kernel(dtype, dim, v_dim)
+        if spec is not None:
+            return spec
+    element = _ELEMENT[np.dtype(dtype)]
+    if element == "f32_t":
+        smem = (16 * (dim + 1) + 32 * (dim + 1) + 16 * 32 + 3 * 16) * 4
+        name = f"latent_attention_simt<f32_t, {dim}, {v_dim}>"
+        return LatentKernel("latent_attention.cu", (name,), name, 16, smem, element)
+    if dim % 16 or v_dim % 16:
+        raise ValueError(f"16-bit kernels need L+R and L multiples of 16, got {dim} and {v_dim}")
+    name, block_rows, smem = _portable(element, dim, v_dim, rows)
+    module = tuple(sorted({_portable(element, dim, v_dim, r)[0] for r in (16, 32, 64)}))
+    return LatentKernel("latent_attention.cu", module, name, block_rows, smem, element)
 
 
 @dataclass(frozen=True)
@@ -151,13 +179,15 @@ def decompressed_kernel(dtype: np.dtype, latent: int, rope: int, nope: int, v_di
 SPLIT_KV_NAMES = ("make_schedule",) + tuple(f"combine_partials<{e}>" for e in ("bf16_t", "f16_t", "f32_t"))
 
 
-def check_matrix() -> list[tuple[str, tuple[str, ...]]]:
-    """What the compile check builds: (file, name expressions), DeepSeek dims and a generic one."""
-    out = [("split_kv.cu", SPLIT_KV_NAMES)]
+def check_matrix() -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """What the compile check builds: (file, name expressions, archs), DeepSeek dims and a generic one."""
+    out = [("split_kv.cu", SPLIT_KV_NAMES, CHECK_ARCHS)]
     for dtype in (BFLOAT16, np.dtype(np.float16), np.dtype(np.float32)):
         for dim, v_dim in ((576, 512), (48, 32)):
-            out.append(("latent_attention.cu", latent_module_names(dtype, dim, v_dim)))
+            out.append(("latent_attention.cu", latent_kernel(dtype, dim, v_dim, 16, "sm_80").module, CHECK_ARCHS))
     for dtype in (BFLOAT16, np.dtype(np.float16)):
+        for dim, v_dim in ((576, 512), (256, 128)):
+            out.append(("latent_attention_sm90.cu", hopper_kernel(dtype, dim, v_dim).module, ("sm_90a",)))
         for dims in ((512, 64, 128, 128), (48, 0, 32, 16)):
-            out.append(("decompressed.cu", (decompressed_kernel(dtype, *dims).name,)))
+            out.append(("decompressed.cu", (decompressed_kernel(dtype, *dims).name,), CHECK_ARCHS))
     return out

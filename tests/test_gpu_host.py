@@ -49,9 +49,9 @@ def test_absorbed_decode_launches(cp):
     o = cumla.decode(**args, strategy="absorbed")
     assert isinstance(o, cp.ndarray) and o.shape == (3, 1, 16, DV) and o.dtype == cumla.bfloat16
     names = [launch.name for launch in cp.launches]
-    assert names == ["make_schedule", "latent_attention<bf16_t, 576, 512, 1, 64>", "combine_partials<bf16_t>"]
+    assert names == ["make_schedule", "latent_attention_sm90<bf16_t, 576, 512>", "combine_partials<bf16_t>"]
     schedule, attend, combine = cp.launches
-    spec = _kernels.latent_kernel(cumla.bfloat16, 576, 512, 16)
+    spec = _kernels.latent_kernel(cumla.bfloat16, 576, 512, 16, "sm_90a")
     parts = 132  # 16 rows: one CTA row per part
     assert schedule.grid == (1,) and schedule.block == (1024,)
     assert attend.grid == (parts, 1) and attend.block == (256,)
@@ -64,6 +64,34 @@ def test_absorbed_decode_launches(cp):
     assert field(attend, "scale") == np.float32(1 / math.sqrt(DN + R))
     options = {opts for opts, _ in cp.compiled}
     assert ("-std=c++17", "-arch=sm_90a") in options
+
+
+@pytest.mark.parametrize("capability,hopper,expected", [
+    ("90", True, "latent_attention_sm90<f16_t, 576, 512>"),
+    ("90", False, "latent_attention<f16_t, 576, 512, 4, 64>"),
+    ("80", True, "latent_attention<f16_t, 576, 512, 4, 64>"),
+    ("89", True, "latent_attention<f16_t, 576, 512, 4, 64>"),
+])
+def test_kernel_selection_by_arch(monkeypatch, capability, hopper, expected):
+    fake = fake_cupy.make(capability=capability)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.delitem(sys.modules, "cumla._gpu", raising=False)
+    monkeypatch.delattr(cumla, "_gpu", raising=False)
+    monkeypatch.setattr(_kernels, "USE_HOPPER_KERNEL", hopper)
+    args = inputs(fake, heads=64, dtype=np.float16)
+    cumla.decode(**args, strategy="absorbed")
+    assert fake.launches[1].name == expected
+    options = {opts for opts, _ in fake.compiled}
+    assert ("-std=c++17", f"-arch=sm_{capability}{'a' if capability == '90' else ''}") in options
+
+
+def test_hopper_kernel_covers_only_its_dims():
+    assert _kernels.hopper_kernel(cumla.bfloat16, 576, 512).rows == 64
+    assert _kernels.hopper_kernel(np.float32, 576, 512) is None
+    assert _kernels.hopper_kernel(cumla.bfloat16, 48, 32) is None  # L+R not a multiple of 64
+    assert _kernels.hopper_kernel(cumla.bfloat16, 640, 576) is None  # L above 512
+    generic = _kernels.latent_kernel(cumla.bfloat16, 48, 32, 16, "sm_90a")
+    assert generic.file == "latent_attention.cu"
 
 
 def test_plan_and_out_are_used_as_given(cp):

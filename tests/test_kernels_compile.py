@@ -13,7 +13,7 @@ from cumla import _compile, _kernels
 NVRTC = _compile.load_nvrtc()
 pytestmark = pytest.mark.skipif(NVRTC is None, reason="NVRTC not installed (pip install nvidia-cuda-nvrtc)")
 
-CASES = [(f, names, arch) for f, names in _kernels.check_matrix() for arch in _kernels.CHECK_ARCHS]
+CASES = [(f, names, arch) for f, names, archs in _kernels.check_matrix() for arch in archs]
 
 
 @pytest.mark.parametrize("file,names,arch", CASES, ids=[f"{f}:{n[0]}:{a}" for f, n, a in CASES])
@@ -31,7 +31,7 @@ def test_kernel_compiles(file, names, arch):
 
 def test_every_cuda_source_is_checked():
     sources = {p.name for p in _kernels.source_dir().glob("*.cu")}
-    assert sources == {f for f, _ in _kernels.check_matrix()}
+    assert sources == {f for f, _, _ in _kernels.check_matrix()}
 
 
 def test_arch_selection():
@@ -39,3 +39,20 @@ def test_arch_selection():
     assert _kernels.arch_for(8, 9) == "sm_89"
     with pytest.raises(RuntimeError, match="8.0 or newer"):
         _kernels.arch_for(7, 5)
+
+
+CUOBJDUMP = _compile.find_tool("cuobjdump")
+
+
+def test_hopper_kernel_runs_on_warpgroup_mma():
+    """The sm_90a kernel, compiled with the run-time options, really uses wgmma
+    (HGMMA in its SASS); the portable kernel uses mma.sync (HMMA) only."""
+    assert CUOBJDUMP is not None, "cuobjdump missing: pip install nvidia-cuda-cuobjdump (a test dependency)"
+    hopper = _kernels.latent_kernel(_kernels.BFLOAT16, 576, 512, 128, "sm_90a")
+    built = _compile.compile_source(NVRTC, _kernels.source(hopper.file), _kernels.options("sm_90a"), hopper.module)
+    listing = _compile.sass(built.cubin, CUOBJDUMP)
+    assert "HGMMA.64x32x16.F32.BF16" in listing and "HGMMA.64x256x16.F32.BF16" in listing
+    portable = _kernels.latent_kernel(_kernels.BFLOAT16, 576, 512, 128, "sm_80")
+    built = _compile.compile_source(NVRTC, _kernels.source(portable.file), _kernels.options("sm_90a"), portable.module)
+    listing = _compile.sass(built.cubin, CUOBJDUMP)
+    assert "HMMA.16816.F32.BF16" in listing and "HGMMA" not in listing

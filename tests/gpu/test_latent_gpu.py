@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import cumla
-from cumla import reference
+from cumla import _kernels, reference
 from cumla.testing import MLACase, assert_close, make_inputs, make_latent_inputs, mla_cases, to_numpy
 
 pytestmark = pytest.mark.gpu
@@ -16,6 +16,13 @@ def cupy():
     import cupy as cp
 
     return cp
+
+
+@pytest.fixture(params=["hopper", "portable"])
+def kernel_family(request, monkeypatch):
+    """Both kernel families on a Hopper GPU (elsewhere both runs take the portable one)."""
+    monkeypatch.setattr(_kernels, "USE_HOPPER_KERNEL", request.param == "hopper")
+    return request.param
 
 
 def poisoned(shape, dtype):
@@ -60,6 +67,26 @@ def test_decode_matches_reference(case, strategy):
     assert_close(o, ref_o, case.dtype, lse, ref_lse)
 
 
+@settings(max_examples=60, deadline=None)
+@given(case=mla_cases(dims=(128, 256), rope_dims=(0, 64), dtypes=("bfloat16", "float16"), max_heads=80,
+                      max_seq=300, max_batch=3))
+def test_hopper_dims_match_reference(case):
+    """Dims the sm_90a kernel covers (L+R multiple of 64, L multiple of 128), up to
+    two CTA row tiles; on Hopper GPUs this is the wgmma kernel."""
+    args = make_latent_inputs(case, cupy())
+    o, lse = run_latent(args, case)
+    ref_o, ref_lse = reference.latent_attention(**on_host(args))
+    assert_close(o, ref_o, case.dtype, lse, ref_lse)
+
+
+def test_hopper_gpus_get_the_wgmma_kernel():
+    from cumla import _gpu
+
+    arch = _gpu._arch_of(cupy().cuda.Device().id)
+    spec = _kernels.latent_kernel(cumla.bfloat16, 576, 512, 128, arch)
+    assert spec.file == ("latent_attention_sm90.cu" if arch == "sm_90a" else "latent_attention.cu")
+
+
 DEEPSEEK = dict(latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128)
 
 
@@ -72,7 +99,7 @@ DEEPSEEK = dict(latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128)
     (8, 1, (513,), 1),
 ])
 @pytest.mark.parametrize("parts", [None, 1, 7, 200])
-def test_deepseek_dims_with_every_split(dtype, heads, q_len, seqlens, block, parts):
+def test_deepseek_dims_with_every_split(dtype, heads, q_len, seqlens, block, parts, kernel_family):
     """DeepSeek's 576/512 specialisation; plans from 1 part (no split) to many."""
     case = MLACase(len(seqlens), q_len, heads, seqlens=tuple(seqlens), capacity=max(seqlens),
                    block_size=block, causal=True, dtype=dtype, scale=None, squeeze=False, seed=5, **DEEPSEEK)
@@ -119,6 +146,17 @@ def test_every_kernel_small():
                 dargs = make_inputs(case, cp)
                 o = cumla.decode(**dargs, strategy="decompressed")
                 assert_close(o, reference.decode(**on_host(dargs))[0], dtype)
+    # The sm_90a kernel's dims (run by the wgmma kernel on Hopper): 80 rows = two CTA row tiles.
+    for block, parts in ((None, 1), (16, 5)):
+        case = MLACase(2, 2, 40, latent_dim=128, rope_dim=64, nope_dim=32, v_dim=32, seqlens=(150, 40),
+                       capacity=150, block_size=block, causal=True, dtype="bfloat16", scale=None, squeeze=False,
+                       seed=1)
+        args = make_latent_inputs(case, cp)
+        lengths = args["seqlens"] if args["seqlens"] is not None else cp.full(2, 150, dtype=np.int32)
+        plan = cumla.plan(lengths, heads=40, q_len=2, v_dim=128, num_parts=parts)
+        o, lse = cumla.latent_attention(**args, plan=plan, return_lse=True)
+        ref_o, ref_lse = reference.latent_attention(**on_host(args))
+        assert_close(o, ref_o, "bfloat16", lse, ref_lse)
 
 
 def test_two_runs_are_bit_identical():

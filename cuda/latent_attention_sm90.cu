@@ -1,0 +1,195 @@
+// Absorbed MLA decode core for Hopper (sm_90a): the schedule, inputs and
+// outputs of latent_attention.cu, with the products on warpgroup MMAs
+// (wgmma) reading both operands from shared memory.
+//
+// A CTA of two warpgroups owns 64 query rows of one request (all heads and
+// query tokens when Sq*H <= 64) and walks its range of 64-token cache tiles.
+// Q and each tile sit in shared memory in the 128-byte-swizzled layout wgmma
+// reads; tiles are copied once per CTA (cp.async, double-buffered) and serve
+// every row. Per tile, warpgroup w computes the scores of the tile's tokens
+// [32w, 32w+32) (S = Q K^T, 36 k-steps of m64n32k16), the two warpgroups
+// exchange row maxima, each writes its probabilities P to shared memory, and
+// then warpgroup w accumulates its half of the output columns,
+// O[:, w*DV/2 ...] += P V, V being the first DV columns of the same tile read
+// as an N-major operand (no transposed copy).
+#include "common.cuh"
+#include "params.cuh"
+#include "wgmma.cuh"
+
+namespace {
+
+template <int D, int DV>
+struct HopperTile {
+  static constexpr int BM = 64, BN = 64;      // query rows, tokens per tile
+  static constexpr int kBlocks = D / 64;       // 128-byte column blocks per row
+  static constexpr int kHalf = DV / 2;         // output columns per warpgroup
+  static constexpr int kChunks = D / 8;        // 16-byte chunks per row
+  using Rows = Swizzle128<64>;
+  static constexpr int kTileBytes = Rows::bytes(kBlocks);  // Q, or one cache stage
+  static constexpr int kPBytes = Rows::bytes(1);            // P: 64 x 64 16-bit values
+  static constexpr int kRedBytes = 4 * BM * 4;              // row maxima and sums of both warpgroups
+  static constexpr int kSmemBytes = 1024 + 3 * kTileBytes + kPBytes + kRedBytes;  // 1024: alignment slack
+  static_assert(D % 64 == 0 && DV % 128 == 0 && DV <= D && kHalf <= 256, "dims outside the Hopper kernel's range");
+  static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
+};
+
+}  // namespace
+
+template <class T, int D, int DV>
+__global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_constant__ AttnParams p) {
+  using Tile = HopperTile<D, DV>;
+  using Rows = typename Tile::Rows;
+  constexpr int kHalf = Tile::kHalf, kBlock = Rows::kBlockBytes;
+
+  // wgmma's swizzle is anchored at 1024-byte boundaries.
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const u32 raw = smem_addr(smem);
+  const u32 sQ = (raw + 1023u) & ~1023u;
+  const u32 sKV = sQ + Tile::kTileBytes;
+  const u32 sP = sKV + 2 * Tile::kTileBytes;
+  float* sMax = reinterpret_cast<float*>(smem + (sP + Tile::kPBytes - raw));  // [2][BM]
+  float* sSum = sMax + 2 * Tile::BM;                                             // [2][BM]
+
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  // Accumulator fragments: this thread holds rows r_lo and r_lo + 8, columns
+  // 8j + cq and 8j + cq + 1 of every 8-column group j.
+  const int r_lo = 16 * warp + lane / 4, cq = 2 * (lane % 4);
+  const int row0 = blockIdx.y * Tile::BM;
+  const u16* q = static_cast<const u16*>(p.q);
+  const u16* cache = static_cast<const u16*>(p.cache);
+  const PartWork work(p.sched, blockIdx.x);
+
+  for (int b = work.first(); b <= work.last(p.batch); ++b) {
+    Segment seg;
+    if (!work.segment(p, b, Tile::BN, seg)) continue;
+    const int n = seg.n, t0 = seg.t0, t1 = seg.t1;
+
+    __syncthreads();  // the previous request is done with shared memory
+    const u16* q_rows = q + (static_cast<size_t>(b) * p.rows + row0) * D;
+    const int live_rows = min(Tile::BM, p.rows - row0);
+    load_rows<Tile::kChunks, Tile::kChunks, Rows>(
+        sQ, Tile::BM, 0, q, [&](int r) { return r < live_rows ? q_rows + static_cast<size_t>(r) * D : nullptr; });
+    auto load_tile = [&](int t) {
+      if (t < t1)
+        load_rows<Tile::kChunks, Tile::kChunks, Rows>(
+            sKV + ((t - t0) & 1) * Tile::kTileBytes, Tile::BN, 0, cache,
+            [&](int r) { return cache_row(p, cache, b, n, t * Tile::BN + r, D); });
+      cp_async_commit();
+    };
+    load_tile(t0);
+
+    float o[kHalf / 2];
+#pragma unroll
+    for (int i = 0; i < kHalf / 2; ++i) o[i] = 0.f;
+    float run_max[2] = {CUMLA_NEG_INF, CUMLA_NEG_INF}, run_sum[2] = {0.f, 0.f};
+    int limit[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) limit[h] = visible_limit(n, row0 + r_lo + 8 * h, p.heads, p.q_len, p.causal);
+
+    for (int t = t0; t < t1; ++t) {
+      cp_async_wait<0>();
+      fence_async_shared();
+      __syncthreads();  // tile t is in for everyone; tile t-1's products are complete
+      load_tile(t + 1);
+      const u32 sK = sKV + ((t - t0) & 1) * Tile::kTileBytes;
+
+      // S = Q K^T over this warpgroup's 32 tokens.
+      // Descriptors advance by adding the byte offset / 16 to their address field.
+      const u64 q_desc = wgmma_desc(sQ, 16, 1024), k_desc = wgmma_desc(sK + wg * 32 * 128, 16, 1024);
+      float s[16];
+      wgmma_fence();
+#pragma unroll
+      for (int kb = 0; kb < Tile::kBlocks; ++kb)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          const u32 step = (kb * kBlock + kk * 32) >> 4;
+          Wgmma<32>::run<T, 0>(s, q_desc + step, k_desc + step, kb | kk);
+        }
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_registers(s);
+
+      // Mask invisible tokens; row maxima over the quad, then both warpgroups.
+      float tile_max[2] = {CUMLA_NEG_INF, CUMLA_NEG_INF};
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {
+        const int h = (i / 2) & 1;
+        const int tok = t * Tile::BN + wg * 32 + (i / 4) * 8 + cq + (i & 1);
+        if (tok >= limit[h]) s[i] = CUMLA_NEG_INF;
+        tile_max[h] = fmaxf(tile_max[h], s[i]);
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+        if (lane % 4 == 0) sMax[wg * Tile::BM + r_lo + 8 * h] = tile_max[h];
+      }
+      __syncthreads();
+      float alpha[2], base[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = r_lo + 8 * h;
+        const float m = fmaxf(run_max[h], fmaxf(sMax[r], sMax[Tile::BM + r]));
+        // Rows that have seen nothing keep max -inf: scale by 1, exponentiate to 0.
+        base[h] = m == CUMLA_NEG_INF ? 0.f : m * p.scale_log2;
+        alpha[h] = fast_exp2(run_max[h] * p.scale_log2 - base[h]);
+        run_max[h] = m;
+        run_sum[h] *= alpha[h];
+      }
+#pragma unroll
+      for (int i = 0; i < 16; i += 2) {
+        const int h = (i / 2) & 1;
+        const float p0 = fast_exp2(s[i] * p.scale_log2 - base[h]);
+        const float p1 = fast_exp2(s[i + 1] * p.scale_log2 - base[h]);
+        run_sum[h] += p0 + p1;
+        const int row = r_lo + 8 * h, col = wg * 32 + (i / 4) * 8 + cq;
+        asm volatile("st.shared.b32 [%0], %1;" ::"r"(sP + Rows::offset(row, col / 8) + (col % 8) * 2),
+                     "r"(T::pack(p0, p1)));
+      }
+#pragma unroll
+      for (int i = 0; i < kHalf / 2; ++i) o[i] *= alpha[(i / 2) & 1];
+      fence_async_shared();
+      __syncthreads();  // P complete
+
+      // O[:, this warpgroup's half] += P V.
+      wgmma_fence();
+      const u64 p_desc = wgmma_desc(sP, 16, 1024), v_desc = wgmma_desc(sK + wg * (kHalf / 64) * kBlock, kBlock, 1024);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)  // k-step kk: P columns 16kk.., V rows (tokens) 16kk..
+        Wgmma<kHalf>::template run<T, 1>(o, p_desc + ((kk * 32) >> 4), v_desc + ((kk * 16 * 128) >> 4), 1);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_registers(o);
+    }
+
+    // Row sums: over the quad, then over both warpgroups.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      run_sum[h] += __shfl_xor_sync(0xffffffffu, run_sum[h], 1);
+      run_sum[h] += __shfl_xor_sync(0xffffffffu, run_sum[h], 2);
+      if (lane % 4 == 0) sSum[wg * Tile::BM + r_lo + 8 * h] = run_sum[h];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = r_lo + 8 * h;
+      if (row0 + r >= p.rows) continue;
+      const float total = sSum[r] + sSum[Tile::BM + r];
+      const float inv = total > 0.f ? 1.f / total : 0.f;
+      const size_t out_row = seg.out_row(p.rows, row0 + r);
+      if (wg == 0 && lane % 4 == 0)
+        (seg.final() ? p.lse : p.part_lse)[out_row] = total > 0.f ? run_max[h] * p.scale + logf(total) : CUMLA_NEG_INF;
+#pragma unroll
+      for (int j = 0; j < kHalf / 8; ++j) {
+        const int i = 4 * j + 2 * h;  // registers 4j + 2h, 4j + 2h + 1 hold row h
+        const int col = wg * kHalf + 8 * j + cq;
+        const float v0 = o[i] * inv, v1 = o[i + 1] * inv;
+        if (seg.final()) {
+          *reinterpret_cast<u32*>(static_cast<u16*>(p.out) + out_row * DV + col) = T::pack(v0, v1);
+        } else {
+          *reinterpret_cast<float2*>(p.part_out + out_row * DV + col) = make_float2(v0, v1);
+        }
+      }
+    }
+  }
+}
