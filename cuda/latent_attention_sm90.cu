@@ -5,8 +5,9 @@
 // A CTA of two warpgroups owns 64 query rows of one request (all heads and
 // query tokens when Sq*H <= 64) and walks its range of 64-token cache tiles.
 // Q and each tile sit in shared memory in the 128-byte-swizzled layout wgmma
-// reads; tiles are copied once per CTA (cp.async, double-buffered) and serve
-// every row. Per tile, warpgroup w computes the scores of the tile's tokens
+// reads. Tiles are copied once per CTA by TMA (double-buffered, one mbarrier
+// per stage; warp 0 issues a copy per 64 columns and per page of the tile)
+// and serve every row; Q comes in by cp.async once per request. Per tile, warpgroup w computes the scores of the tile's tokens
 // [32w, 32w+32) (S = Q K^T, 36 k-steps of m64n32k16), the two warpgroups
 // exchange row maxima, each writes its probabilities P to shared memory, and
 // then warpgroup w accumulates its half of the output columns,
@@ -14,7 +15,7 @@
 // as an N-major operand (no transposed copy).
 #include "common.cuh"
 #include "params.cuh"
-#include "wgmma.cuh"
+#include "hopper.cuh"
 
 namespace {
 
@@ -28,15 +29,19 @@ struct HopperTile {
   static constexpr int kTileBytes = Rows::bytes(kBlocks);  // Q, or one cache stage
   static constexpr int kPBytes = Rows::bytes(1);            // P: 64 x 64 16-bit values
   static constexpr int kRedBytes = 4 * BM * 4;              // row maxima and sums of both warpgroups
-  static constexpr int kSmemBytes = 1024 + 3 * kTileBytes + kPBytes + kRedBytes;  // 1024: alignment slack
+  static constexpr int kBarBytes = 2 * 8;                   // one mbarrier per stage
+  static constexpr int kSmemBytes = 1024 + 3 * kTileBytes + kPBytes + kRedBytes + kBarBytes;  // 1024: alignment
   static_assert(D % 64 == 0 && DV % 128 == 0 && DV <= D && kHalf <= 256, "dims outside the Hopper kernel's range");
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
 };
 
 }  // namespace
 
+// `cache_map`: the cache as a 2-D tensor (rows, D) with boxes of 64 columns
+// by min(64, block_size) rows (64 for a contiguous cache), 128-byte swizzle.
 template <class T, int D, int DV>
-__global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_constant__ AttnParams p) {
+__global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_constant__ AttnParams p,
+                                                                const __grid_constant__ TmaMap cache_map) {
   using Tile = HopperTile<D, DV>;
   using Rows = typename Tile::Rows;
   constexpr int kHalf = Tile::kHalf, kBlock = Rows::kBlockBytes;
@@ -49,6 +54,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
   const u32 sP = sKV + 2 * Tile::kTileBytes;
   float* sMax = reinterpret_cast<float*>(smem + (sP + Tile::kPBytes - raw));  // [2][BM]
   float* sSum = sMax + 2 * Tile::BM;                                             // [2][BM]
+  const u32 sBar = sP + Tile::kPBytes + Tile::kRedBytes;                         // [2] mbarriers
 
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   // Accumulator fragments: this thread holds rows r_lo and r_lo + 8, columns
@@ -56,8 +62,16 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
   const int r_lo = 16 * warp + lane / 4, cq = 2 * (lane % 4);
   const int row0 = blockIdx.y * Tile::BM;
   const u16* q = static_cast<const u16*>(p.q);
-  const u16* cache = static_cast<const u16*>(p.cache);
   const PartWork work(p.sched, blockIdx.x);
+  const int box_rows = p.block_table == nullptr || p.block_size > Tile::BN ? Tile::BN : p.block_size;
+  if (threadIdx.x == 0) {
+    mbar_init(sBar, 1);
+    mbar_init(sBar + 8, 1);
+    mbar_init_fence();
+  }
+  // Tiles issued and consumed so far: the n-th tile uses stage n % 2 and
+  // completes phase n / 2 of that stage's barrier.
+  u32 issued = 0, consumed = 0;
 
   for (int b = work.first(); b <= work.last(p.batch); ++b) {
     Segment seg;
@@ -69,14 +83,32 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
     const int live_rows = min(Tile::BM, p.rows - row0);
     load_rows<Tile::kChunks, Tile::kChunks, Rows>(
         sQ, Tile::BM, 0, q, [&](int r) { return r < live_rows ? q_rows + static_cast<size_t>(r) * D : nullptr; });
-    auto load_tile = [&](int t) {
-      if (t < t1)
-        load_rows<Tile::kChunks, Tile::kChunks, Rows>(
-            sKV + ((t - t0) & 1) * Tile::kTileBytes, Tile::BN, 0, cache,
-            [&](int r) { return cache_row(p, cache, b, n, t * Tile::BN + r, D); });
-      cp_async_commit();
+    cp_async_commit();
+    // Warp 0 issues tile t: one TMA box per 64 columns and per page of
+    // box_rows rows. Tokens past the length and pages with an out-of-range
+    // block id get a box at y < 0, which TMA fills with zeros.
+    auto issue_tile = [&](int t) {
+      const u32 stage = sKV + (issued & 1) * Tile::kTileBytes, bar = sBar + (issued & 1) * 8;
+      if (threadIdx.x < 32) {
+        if (threadIdx.x == 0) mbar_expect_bytes(bar, Tile::kTileBytes);
+        __syncwarp();
+        const int pages = Tile::BN / box_rows;
+        for (int k = threadIdx.x; k < Tile::kBlocks * pages; k += 32) {
+          const int page = k / Tile::kBlocks, col_block = k % Tile::kBlocks;
+          const int tok = t * Tile::BN + page * box_rows;
+          int y = -box_rows;
+          if (p.block_table == nullptr) {
+            y = b * p.capacity + tok;
+          } else if (tok < n) {
+            const int blk = p.block_table[static_cast<size_t>(b) * p.max_blocks + tok / p.block_size];
+            if (blk >= 0 && blk < p.num_blocks) y = blk * p.block_size + tok % p.block_size;
+          }
+          tma_load_2d(stage + col_block * kBlock + page * box_rows * 128, cache_map, col_block * 64, y, bar);
+        }
+      }
+      ++issued;
     };
-    load_tile(t0);
+    if (t0 < t1) issue_tile(t0);
 
     float o[kHalf / 2];
 #pragma unroll
@@ -86,12 +118,25 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
 #pragma unroll
     for (int h = 0; h < 2; ++h) limit[h] = visible_limit(n, row0 + r_lo + 8 * h, p.heads, p.q_len, p.causal);
 
+    cp_async_wait<0>();
+    fence_async_shared();  // Q, written through the generic proxy, is read by wgmma
     for (int t = t0; t < t1; ++t) {
-      cp_async_wait<0>();
-      fence_async_shared();
+      const u32 sK = sKV + (consumed & 1) * Tile::kTileBytes;
+      mbar_wait(sBar + (consumed & 1) * 8, (consumed >> 1) & 1);
+      ++consumed;
+      const int valid = n - t * Tile::BN;
+      if (valid < Tile::BN) {
+        // The last tile: rows past the length hold whatever the cache holds
+        // there (NaN included); zero them so that P = 0 times V stays 0.
+        const int first = valid > 0 ? valid : 0;
+        for (int i = threadIdx.x; i < (Tile::BN - first) * Tile::kChunks; i += blockDim.x) {
+          const int r = first + i / Tile::kChunks, c = i % Tile::kChunks;
+          asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};" ::"r"(sK + Rows::offset(r, c)), "r"(0));
+        }
+        fence_async_shared();
+      }
       __syncthreads();  // tile t is in for everyone; tile t-1's products are complete
-      load_tile(t + 1);
-      const u32 sK = sKV + ((t - t0) & 1) * Tile::kTileBytes;
+      if (t + 1 < t1) issue_tile(t + 1);
 
       // S = Q K^T over this warpgroup's 32 tokens.
       // Descriptors advance by adding the byte offset / 16 to their address field.

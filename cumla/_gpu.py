@@ -10,6 +10,7 @@ import numpy as np
 from ._kernels import (
     SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, arch_for, decompressed_kernel, latent_kernel, options, source,
 )
+from . import _tma
 from ._launch import attn_params
 from ._plan import INT_MAX, Plan
 from ._validate import Problem
@@ -115,11 +116,18 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     seqlens, block_table = _index_arrays(problem, seqlens, block_table)
     if plan is None:
         plan = Plan(cp, batch, rows, v_dim, default_parts(rows)).update(seqlens, problem.capacity)
-    spec = latent_kernel(problem.dtype, dim, v_dim, rows, _arch_of(cp.cuda.Device().id))
-    params = _params(problem, plan, q, cache, seqlens, block_table, o, lse, scale, causal)
+    paged = block_table is not None
+    cache_rows = problem.num_blocks * problem.block_size  # (num_blocks or B) x (block_size or S)
+    tma_ready = cache.data.ptr % 16 == 0 and cache_rows < 2**31
+    spec = latent_kernel(problem.dtype, dim, v_dim, rows, _arch_of(cp.cuda.Device().id),
+                         problem.block_size if paged else None, tma_ready)
+    args = (_params(problem, plan, q, cache, seqlens, block_table, o, lse, scale, causal),)
+    if spec.tma:
+        box_rows = min(problem.block_size, 64) if paged else 64
+        args += (_tma.rows_map(cache.data.ptr, cache_rows, dim, box_rows),)
     attend = kernel(spec.file, spec.module, spec.name, spec.smem)
-    attend((plan.num_parts, math.ceil(rows / spec.rows)), (THREADS,), (params,), shared_mem=spec.smem)
-    _combine(spec.combine, params, rows, batch, v_dim)
+    attend((plan.num_parts, math.ceil(rows / spec.rows)), (THREADS,), args, shared_mem=spec.smem)
+    _combine(spec.combine, args[0], rows, batch, v_dim)
     return o, lse
 
 

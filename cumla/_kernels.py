@@ -75,6 +75,7 @@ class LatentKernel:
     rows: int          # query rows per CTA
     smem: int          # dynamic shared memory bytes
     element: str
+    tma: bool = False  # takes the cache's TMA descriptor as a second argument
 
     @property
     def combine(self) -> str:
@@ -91,17 +92,25 @@ def _tc_smem(dim: int, rows: int, tile: int) -> int:
 
 def _hopper_smem(dim: int) -> int:
     """Mirror of HopperTile::kSmemBytes (cuda/latent_attention_sm90.cu)."""
-    return 1024 + 3 * 64 * dim * 2 + 64 * 64 * 2 + 4 * 64 * 4
+    return 1024 + 3 * 64 * dim * 2 + 64 * 64 * 2 + 4 * 64 * 4 + 2 * 8
 
 
-def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int) -> LatentKernel | None:
-    """The sm_90a wgmma kernel for these dims, or None where it does not apply
-    (float32; L+R not a multiple of 64; L not a multiple of 128 or above 512)."""
+#: Smallest page the Hopper kernel's TMA copies take (a page is one box of
+#: 64 columns by block_size rows; smaller pages would break the swizzle atom).
+HOPPER_MIN_BLOCK = 8
+
+
+def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int, block_size: int | None = None) -> LatentKernel | None:
+    """The sm_90a wgmma kernel for these dims and cache layout, or None where it
+    does not apply: float32; L+R not a multiple of 64; L not a multiple of 128
+    or above 512; pages of fewer than 8 tokens."""
     element = _ELEMENT[np.dtype(dtype)]
     if element == "f32_t" or dim % 64 or v_dim % 128 or v_dim > min(dim, 512) or _hopper_smem(dim) > SMEM_LIMIT:
         return None
+    if block_size is not None and block_size < HOPPER_MIN_BLOCK:
+        return None
     name = f"latent_attention_sm90<{element}, {dim}, {v_dim}>"
-    return LatentKernel("latent_attention_sm90.cu", (name,), name, 64, _hopper_smem(dim), element)
+    return LatentKernel("latent_attention_sm90.cu", (name,), name, 64, _hopper_smem(dim), element, tma=True)
 
 
 def _portable(element: str, dim: int, v_dim: int, rows: int) -> tuple[str, int, int]:
@@ -113,15 +122,18 @@ def _portable(element: str, dim: int, v_dim: int, rows: int) -> tuple[str, int, 
     return f"latent_attention<{element}, {dim}, {v_dim}, {warps_m}, {SCHEDULE_TILE}>", 16 * warps_m, smem
 
 
-def latent_kernel(dtype: np.dtype, dim: int, v_dim: int, rows: int, arch: str) -> LatentKernel:
-    """The kernel for a dtype, query/cache width ``dim``, ``v_dim``, M = Sq*H rows and an arch.
+def latent_kernel(dtype: np.dtype, dim: int, v_dim: int, rows: int, arch: str, block_size: int | None = None,
+                  tma_ready: bool = True) -> LatentKernel:
+    """The kernel for a dtype, query/cache width ``dim``, ``v_dim``, M = Sq*H rows, an
+    arch and the cache's page size (None: contiguous).
 
-    On sm_90a the wgmma kernel (64 rows per CTA) where its dims allow;
-    otherwise 16-bit types run on mma.sync tensor cores with 16, 32 or 64
-    rows per CTA (the fewest that hold M), and float32 on CUDA cores.
+    On sm_90a the wgmma kernel (64 rows per CTA) where its dims and the cache
+    allow (``tma_ready``: TMA can address the cache); otherwise 16-bit types
+    run on mma.sync tensor cores with 16, 32 or 64 rows per CTA (the fewest
+    that hold M), and float32 on CUDA cores.
     """
-    if arch == "sm_90a" and USE_HOPPER_KERNEL:
-        spec = hopper_kernel(dtype, dim, v_dim)
+    if arch == "sm_90a" and USE_HOPPER_KERNEL and tma_ready:
+        spec = hopper_kernel(dtype, dim, v_dim, block_size)
         if spec is not None:
             return spec
     element = _ELEMENT[np.dtype(dtype)]

@@ -9,18 +9,29 @@ import pytest
 
 import cumla
 import fake_cupy
-from cumla import _kernels
+from cumla import _kernels, _tma
 
 L, R, DN, DV = 512, 64, 128, 128
 
 
-@pytest.fixture()
-def cp(monkeypatch):
-    fake = fake_cupy.make()
+def use_fake(monkeypatch, fake):
+    """Route cumla's GPU backend to ``fake``; TMA descriptors are recorded, not encoded."""
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.delitem(sys.modules, "cumla._gpu", raising=False)
     monkeypatch.delattr(cumla, "_gpu", raising=False)
+    fake.tma_maps = []
+
+    def rows_map(address, rows, width, box_rows):
+        fake.tma_maps.append((address, rows, width, box_rows))
+        return np.zeros((), _tma.TMA_MAP)[()]
+
+    monkeypatch.setattr(_tma, "rows_map", rows_map)
     return fake
+
+
+@pytest.fixture()
+def cp(monkeypatch):
+    return use_fake(monkeypatch, fake_cupy.make())
 
 
 def device(cp, a):
@@ -51,8 +62,10 @@ def test_absorbed_decode_launches(cp):
     names = [launch.name for launch in cp.launches]
     assert names == ["make_schedule", "latent_attention_sm90<bf16_t, 576, 512>", "combine_partials<bf16_t>"]
     schedule, attend, combine = cp.launches
-    spec = _kernels.latent_kernel(cumla.bfloat16, 576, 512, 16, "sm_90a")
+    spec = _kernels.latent_kernel(cumla.bfloat16, 576, 512, 16, "sm_90a", 64)
     parts = 132  # 16 rows: one CTA row per part
+    assert len(attend.args) == 2 and attend.args[1].dtype == _tma.TMA_MAP
+    assert cp.tma_maps == [(args["cache"].data.ptr, 15 * 64, 576, 64)]  # the pool's rows, one page per box
     assert schedule.grid == (1,) and schedule.block == (1024,)
     assert attend.grid == (parts, 1) and attend.block == (256,)
     assert attend.shared_mem == spec.smem == attend.limit
@@ -66,21 +79,23 @@ def test_absorbed_decode_launches(cp):
     assert ("-std=c++17", "-arch=sm_90a") in options
 
 
-@pytest.mark.parametrize("capability,hopper,expected", [
-    ("90", True, "latent_attention_sm90<f16_t, 576, 512>"),
-    ("90", False, "latent_attention<f16_t, 576, 512, 4, 64>"),
-    ("80", True, "latent_attention<f16_t, 576, 512, 4, 64>"),
-    ("89", True, "latent_attention<f16_t, 576, 512, 4, 64>"),
+@pytest.mark.parametrize("capability,hopper,block,expected", [
+    ("90", True, 64, "latent_attention_sm90<f16_t, 576, 512>"),
+    ("90", True, 16, "latent_attention_sm90<f16_t, 576, 512>"),
+    ("90", True, 4, "latent_attention<f16_t, 576, 512, 4, 64>"),  # pages below TMA's 8 rows
+    ("90", False, 64, "latent_attention<f16_t, 576, 512, 4, 64>"),
+    ("80", True, 64, "latent_attention<f16_t, 576, 512, 4, 64>"),
+    ("89", True, 64, "latent_attention<f16_t, 576, 512, 4, 64>"),
 ])
-def test_kernel_selection_by_arch(monkeypatch, capability, hopper, expected):
-    fake = fake_cupy.make(capability=capability)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.delitem(sys.modules, "cumla._gpu", raising=False)
-    monkeypatch.delattr(cumla, "_gpu", raising=False)
+def test_kernel_selection_by_arch(monkeypatch, capability, hopper, block, expected):
+    fake = use_fake(monkeypatch, fake_cupy.make(capability=capability))
     monkeypatch.setattr(_kernels, "USE_HOPPER_KERNEL", hopper)
-    args = inputs(fake, heads=64, dtype=np.float16)
+    args = inputs(fake, heads=64, dtype=np.float16, block=block)
     cumla.decode(**args, strategy="absorbed")
     assert fake.launches[1].name == expected
+    assert len(fake.launches[1].args) == (2 if "sm90" in expected else 1)
+    if block == 16 and "sm90" in expected:
+        assert fake.tma_maps[-1][1:] == (3 * 19 * 16, 576, 16)  # one box per 16-token page
     options = {opts for opts, _ in fake.compiled}
     assert ("-std=c++17", f"-arch=sm_{capability}{'a' if capability == '90' else ''}") in options
 
@@ -92,6 +107,16 @@ def test_hopper_kernel_covers_only_its_dims():
     assert _kernels.hopper_kernel(cumla.bfloat16, 640, 576) is None  # L above 512
     generic = _kernels.latent_kernel(cumla.bfloat16, 48, 32, 16, "sm_90a")
     assert generic.file == "latent_attention.cu"
+    unaligned = _kernels.latent_kernel(cumla.bfloat16, 576, 512, 16, "sm_90a", tma_ready=False)
+    assert unaligned.file == "latent_attention.cu"
+
+
+def test_contiguous_cache_gets_a_descriptor_of_all_its_rows(cp):
+    rng = np.random.default_rng(1)
+    q = device(cp, rng.standard_normal((2, 16, L + R), dtype=np.float32).astype(cumla.bfloat16))
+    cache = device(cp, rng.standard_normal((2, 100, L + R), dtype=np.float32).astype(cumla.bfloat16))
+    cumla.latent_attention(q, cache, v_dim=L, scale=0.1)
+    assert cp.tma_maps == [(cache.data.ptr, 200, 576, 64)]
 
 
 def test_plan_and_out_are_used_as_given(cp):

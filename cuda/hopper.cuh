@@ -1,6 +1,7 @@
-// Hopper (sm_90a) warpgroup MMA: wgmma.mma_async with both operands in
-// shared memory, 128-byte-swizzled tiles, and the fences around it.
-// Included by sm_90a-only kernels.
+// Hopper (sm_90a) device helpers: warpgroup MMA (wgmma.mma_async with both
+// operands in shared memory, 128-byte-swizzled tiles, and the fences around
+// it), TMA tile copies and the mbarriers that track them. Included by
+// sm_90a-only kernels.
 #pragma once
 #include "common.cuh"
 
@@ -32,6 +33,41 @@ __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sy
 // Makes this thread's generic-proxy shared-memory writes (st.shared,
 // cp.async) visible to the async proxy that wgmma reads through.
 __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+// A TMA descriptor (CUtensorMap), encoded on the host (cumla/_tma.py) and
+// passed by value as a __grid_constant__ kernel parameter.
+struct alignas(64) TmaMap {
+  u64 words[16];
+};
+
+__device__ __forceinline__ void mbar_init(u32 bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+// Visible to the async proxy (TMA) before any copy signals the barrier.
+__device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
+// One arrival that also announces `bytes` of copies completing on the barrier.
+__device__ __forceinline__ void mbar_expect_bytes(u32 bar, u32 bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+// Spin until the barrier's phase with parity `phase` has completed.
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 phase) {
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "WAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n}\n" ::"r"(bar),
+      "r"(phase)
+      : "memory");
+}
+// TMA: the box at element coordinates (x, y) of a 2-D tensor map to shared
+// memory at `dst`, completing `bytes` on `bar`. Out-of-bounds elements
+// (negative y included) arrive as zeros.
+__device__ __forceinline__ void tma_load_2d(u32 dst, const TmaMap& map, int x, int y, u32 bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
+      "l"(reinterpret_cast<u64>(&map)), "r"(x), "r"(y), "r"(bar)
+      : "memory");
+}
 
 // Keeps the compiler from moving accesses of accumulator registers across
 // the asynchronous MMAs that own them.

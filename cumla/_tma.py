@@ -1,0 +1,53 @@
+"""TMA descriptors (CUtensorMap) for the Hopper kernel, encoded through the CUDA
+driver (libcuda, present wherever CuPy runs) with ctypes: no extra dependency."""
+from __future__ import annotations
+
+import ctypes
+from functools import lru_cache
+
+import numpy as np
+
+#: A CUtensorMap as a by-value kernel argument (the kernel's TmaMap).
+TMA_MAP = np.dtype([("words", "<u8", (16,))])
+
+_UINT16 = 1          # CU_TENSOR_MAP_DATA_TYPE_UINT16: 16-bit elements, copied as bits
+_INTERLEAVE_NONE = 0
+_SWIZZLE_128B = 3
+_L2_PROMOTION_256B = 3
+_OOB_FILL_ZEROS = 0
+
+
+@lru_cache(maxsize=None)
+def _encode_fn():
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError as exc:
+        raise RuntimeError("the CUDA driver (libcuda.so.1) is needed to encode TMA descriptors") from exc
+    fn = driver.cuTensorMapEncodeTiled
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p,
+                   ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64),
+                   ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32),
+                   ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    return fn
+
+
+def rows_map(address: int, rows: int, width: int, box_rows: int) -> np.void:
+    """Descriptor of a row-major (rows, width) matrix of 16-bit elements at device
+    ``address``, copied in boxes of 64 columns x ``box_rows`` rows with the
+    128-byte swizzle; out-of-bounds elements read as zeros."""
+    if address % 16 or (width * 2) % 16 or not 1 <= box_rows <= 256 or rows >= 2**31:
+        raise ValueError(f"no TMA descriptor for {rows} x {width} at {address:#x} in boxes of {box_rows} rows")
+    storage = (ctypes.c_uint8 * (TMA_MAP.itemsize + 64))()
+    aligned = (ctypes.addressof(storage) + 63) // 64 * 64  # the driver wants a 64-byte-aligned CUtensorMap
+    dims = (ctypes.c_uint64 * 2)(width, rows)
+    strides = (ctypes.c_uint64 * 1)(width * 2)
+    box = (ctypes.c_uint32 * 2)(64, box_rows)
+    steps = (ctypes.c_uint32 * 2)(1, 1)
+    rc = _encode_fn()(aligned, _UINT16, 2, address, dims, strides, box, steps,
+                      _INTERLEAVE_NONE, _SWIZZLE_128B, _L2_PROMOTION_256B, _OOB_FILL_ZEROS)
+    if rc != 0:
+        raise RuntimeError(f"cuTensorMapEncodeTiled failed with CUresult {rc} for {rows} x {width}, box {box_rows}")
+    out = np.zeros((), TMA_MAP)
+    ctypes.memmove(out.ctypes.data, aligned, TMA_MAP.itemsize)
+    return out[()]
