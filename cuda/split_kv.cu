@@ -89,28 +89,45 @@ extern "C" __global__ void __launch_bounds__(1024) make_schedule(
   }
 }
 
-// Grid (ceil(rows / 8), batch), 256 threads: one warp per query row.
+// Grid (ceil(rows / 8), batch, ceil(dv / 128)), 256 threads: one warp per
+// query row and 128 output columns, 4 adjacent ones per lane. The pieces' weights
+// exp(lse_k - max) / sum are computed once per lane for 32 pieces at a time
+// and broadcast, so the loop over pieces is independent vector loads.
 template <class T>
 __global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ AttnParams p, int dv) {
   const int b = blockIdx.y, r = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int c = blockIdx.z * 128 + 4 * lane;
   const int pieces = p.sched.piece_base[b + 1] - p.sched.piece_base[b];
   if (pieces == 1 || r >= p.rows) return;  // single pieces are written by the attention kernel
-  auto* out = static_cast<typename T::storage*>(p.out) + (static_cast<size_t>(b) * p.rows + r) * dv;
   const size_t first = static_cast<size_t>(p.sched.piece_base[b]);
+  const float* lse = p.part_lse + first * p.rows + r;  // piece k at lse[k * rows]
   float peak = CUMLA_NEG_INF;
-  for (int k = 0; k < pieces; ++k) peak = fmaxf(peak, p.part_lse[(first + k) * p.rows + r]);
+  for (int k = lane; k < pieces; k += 32) peak = fmaxf(peak, lse[static_cast<size_t>(k) * p.rows]);
+  for (int off = 16; off > 0; off /= 2) peak = fmaxf(peak, __shfl_xor_sync(0xffffffffu, peak, off));
   const float safe = peak == CUMLA_NEG_INF ? 0.f : peak;
   float total = 0.f;
-  for (int k = 0; k < pieces; ++k) total += expf(p.part_lse[(first + k) * p.rows + r] - safe);
+  for (int k = lane; k < pieces; k += 32) total += expf(lse[static_cast<size_t>(k) * p.rows] - safe);
+  for (int off = 16; off > 0; off /= 2) total += __shfl_xor_sync(0xffffffffu, total, off);
   const float inv = total > 0.f ? 1.f / total : 0.f;
-  for (int c = lane; c < dv; c += 32) {
-    float acc = 0.f;
-    for (int k = 0; k < pieces; ++k) {
-      const size_t slot = first + k;
-      acc += expf(p.part_lse[slot * p.rows + r] - safe) * p.part_out[(slot * p.rows + r) * dv + c];
+
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  const float* part = p.part_out + (first * p.rows + r) * dv;  // piece k at part[k * rows * dv]
+  for (int k0 = 0; k0 < pieces; k0 += 32) {
+    const float mine = k0 + lane < pieces ? expf(lse[static_cast<size_t>(k0 + lane) * p.rows] - safe) * inv : 0.f;
+    const int count = min(32, pieces - k0);
+#pragma unroll 4
+    for (int j = 0; j < count; ++j) {
+      const float w = __shfl_sync(0xffffffffu, mine, j);
+      const float* v = part + static_cast<size_t>(k0 + j) * p.rows * dv;
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (c + e < dv) acc[e] += w * v[c + e];
     }
-    out[c] = T::from_float(acc * inv);
   }
-  if (lane == 0)
+  auto* out = static_cast<typename T::storage*>(p.out) + (static_cast<size_t>(b) * p.rows + r) * dv;
+#pragma unroll
+  for (int e = 0; e < 4; ++e)
+    if (c + e < dv) out[c + e] = T::from_float(acc[e]);
+  if (blockIdx.z == 0 && lane == 0)
     p.lse[static_cast<size_t>(b) * p.rows + r] = total > 0.f ? safe + logf(total) : CUMLA_NEG_INF;
 }

@@ -98,8 +98,9 @@ def _params(problem: Problem, plan: Plan, q, cache, seqlens, block_table, o, lse
 
 
 def _combine(name: str, params, rows: int, batch: int, v_dim: int) -> None:
-    """Merge split requests' partials (and write empty requests): one warp per query row."""
-    kernel("split_kv.cu", SPLIT_KV_NAMES, name)((math.ceil(rows / 8), batch), (THREADS,), (params, np.int32(v_dim)))
+    """Merge split requests' partials: one warp per query row and 128 output columns."""
+    grid = (math.ceil(rows / 8), batch, math.ceil(v_dim / 128))
+    kernel("split_kv.cu", SPLIT_KV_NAMES, name)(grid, (THREADS,), (params, np.int32(v_dim)))
 
 
 def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale: float, causal: bool,
@@ -118,7 +119,7 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
         plan = Plan(cp, batch, rows, v_dim, default_parts(rows)).update(seqlens, problem.capacity)
     paged = block_table is not None
     cache_rows = problem.num_blocks * problem.block_size  # (num_blocks or B) x (block_size or S)
-    tma_ready = cache.data.ptr % 16 == 0 and cache_rows < 2**31
+    tma_ready = cache.data.ptr % 16 == 0 and 0 < cache_rows < 2**31
     spec = latent_kernel(problem.dtype, dim, v_dim, rows, _arch_of(cp.cuda.Device().id),
                          problem.block_size if paged else None, tma_ready)
     args = (_params(problem, plan, q, cache, seqlens, block_table, o, lse, scale, causal),)

@@ -69,7 +69,7 @@ def test_absorbed_decode_launches(cp):
     assert schedule.grid == (1,) and schedule.block == (1024,)
     assert attend.grid == (parts, 1) and attend.block == (256,)
     assert attend.shared_mem == spec.smem == attend.limit
-    assert combine.grid == (2, 3)
+    assert combine.grid == (2, 3, 4)  # 16 rows, 3 requests, 512 columns in 128s
     assert field(attend, "rows") == 16 and field(attend, "heads") == 16 and field(attend, "q_len") == 1
     assert field(attend, "capacity") == 5 * 64 and field(attend, "block_size") == 64
     assert field(attend, "max_blocks") == 5 and field(attend, "num_blocks") == 15
@@ -131,7 +131,7 @@ def test_plan_and_out_are_used_as_given(cp):
     attend, combine = cp.launches  # no schedule launch: the plan's is reused
     assert attend.grid == (7, 4)  # 256 rows in tiles of 64
     assert field(attend, "out") == out.data.ptr and field(attend, "work") == plan.work.data.ptr
-    assert field(attend, "causal") == 1 and combine.grid == (32, 3)
+    assert field(attend, "causal") == 1 and combine.grid == (32, 3, 4)
 
 
 def test_decompressed_launches_and_dtype_fallbacks(cp):
