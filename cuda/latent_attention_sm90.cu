@@ -138,7 +138,6 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
       wgmma_wait<0>();  // tile t-1's P V
       fence_registers(o);
       __syncthreads();  // tile t is in for everyone; tile t-1's products are complete
-      if (t + 1 < t1) issue_tile(t + 1);
 
       // S = Q K^T over this warpgroup's 32 tokens, even and odd k-steps in two
       // accumulators so that consecutive MMAs do not wait on each other.
@@ -151,6 +150,8 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         const u32 step = ((k / 4) * kBlock + (k % 4) * 32) >> 4;
         Wgmma<32>::run<T, 0>(k % 2 ? s_odd : s, q_desc + step, k_desc + step, k >= 2);
       }
+      // Warp 0 issues the next tile while the tensor cores work on this one.
+      if (t + 1 < t1) issue_tile(t + 1);
       wgmma_commit();
       wgmma_wait<0>();
       fence_registers(s);
@@ -160,11 +161,12 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
 
       // Mask invisible tokens; row maxima over the quad, then both warpgroups.
       float tile_max[2] = {CUMLA_NEG_INF, CUMLA_NEG_INF};
+      const bool clipped = (t + 1) * Tile::BN > min(limit[0], limit[1]);  // only the last tiles
 #pragma unroll
       for (int i = 0; i < 16; ++i) {
         const int h = (i / 2) & 1;
         const int tok = t * Tile::BN + wg * 32 + (i / 4) * 8 + cq + (i & 1);
-        if (tok >= limit[h]) s[i] = CUMLA_NEG_INF;
+        if (clipped && tok >= limit[h]) s[i] = CUMLA_NEG_INF;
         tile_max[h] = fmaxf(tile_max[h], s[i]);
       }
 #pragma unroll
@@ -195,8 +197,10 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         asm volatile("st.shared.b32 [%0], %1;" ::"r"(sP + Rows::offset(row, col / 8) + (col % 8) * 2),
                      "r"(T::pack(p0, p1)));
       }
+      if (alpha[0] != 1.f || alpha[1] != 1.f) {  // the running max rarely moves after the first tiles
 #pragma unroll
-      for (int i = 0; i < kHalf / 2; ++i) o[i] *= alpha[(i / 2) & 1];
+        for (int i = 0; i < kHalf / 2; ++i) o[i] *= alpha[(i / 2) & 1];
+      }
       fence_async_shared();
       __syncthreads();  // P complete
 
