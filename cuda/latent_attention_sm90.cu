@@ -19,6 +19,8 @@
 
 namespace {
 
+constexpr int HOPPER_MIN_PAGE = 8;  // smallest page TMA copies as a box (cumla/_kernels.py)
+
 template <int D, int DV>
 struct HopperTile {
   static constexpr int BM = 64, BN = 64;      // query rows, tokens per tile
@@ -85,30 +87,41 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         sQ, Tile::BM, 0, q, [&](int r) { return r < live_rows ? q_rows + static_cast<size_t>(r) * D : nullptr; });
     cp_async_commit();
     // Warp 0 issues tile t: one TMA box per 64 columns and per page of
-    // box_rows rows. Tokens past the length and pages with an out-of-range
-    // block id get a box at y < 0, which TMA fills with zeros.
-    auto issue_tile = [&](int t) {
+    // box_rows rows. Lane l first finds the cache row of page l (a block-table
+    // load, done ahead so its latency hides under the wait for the previous
+    // tile); tokens past the length and out-of-range block ids give y < 0,
+    // where TMA fills zeros.
+    const int pages = Tile::BN / box_rows;
+    auto page_row = [&](int t) {
+      const int tok = t * Tile::BN + lane * box_rows;
+      int y = -box_rows;
+      if (lane >= pages) return y;
+      if (p.block_table == nullptr) {
+        y = b * p.capacity + tok;
+      } else if (tok < n) {
+        const int blk = p.block_table[static_cast<size_t>(b) * p.max_blocks + tok / p.block_size];
+        if (blk >= 0 && blk < p.num_blocks) y = blk * p.block_size + tok % p.block_size;
+      }
+      return y;
+    };
+    auto issue_tile = [&](int y_of_my_page) {
       const u32 stage = sKV + (issued & 1) * Tile::kTileBytes, bar = sBar + (issued & 1) * 8;
       if (threadIdx.x < 32) {
-        if (threadIdx.x == 0) mbar_expect_bytes(bar, Tile::kTileBytes);
+        if (lane == 0) mbar_expect_bytes(bar, Tile::kTileBytes);
         __syncwarp();
-        const int pages = Tile::BN / box_rows;
-        for (int k = threadIdx.x; k < Tile::kBlocks * pages; k += 32) {
-          const int page = k / Tile::kBlocks, col_block = k % Tile::kBlocks;
-          const int tok = t * Tile::BN + page * box_rows;
-          int y = -box_rows;
-          if (p.block_table == nullptr) {
-            y = b * p.capacity + tok;
-          } else if (tok < n) {
-            const int blk = p.block_table[static_cast<size_t>(b) * p.max_blocks + tok / p.block_size];
-            if (blk >= 0 && blk < p.num_blocks) y = blk * p.block_size + tok % p.block_size;
-          }
-          tma_load_2d(stage + col_block * kBlock + page * box_rows * 128, cache_map, col_block * 64, y, bar);
+        constexpr int kRounds = (Tile::kBlocks * Tile::BN / HOPPER_MIN_PAGE + 31) / 32;
+#pragma unroll
+        for (int round = 0; round < kRounds; ++round) {
+          const int k = lane + 32 * round, page = min(k / Tile::kBlocks, pages - 1);
+          const int y = __shfl_sync(0xffffffffu, y_of_my_page, page);
+          if (k < Tile::kBlocks * pages)
+            tma_load_2d(stage + (k % Tile::kBlocks) * kBlock + page * box_rows * 128, cache_map,
+                        (k % Tile::kBlocks) * 64, y, bar);
         }
       }
       ++issued;
     };
-    if (t0 < t1) issue_tile(t0);
+    if (t0 < t1) issue_tile(threadIdx.x < 32 ? page_row(t0) : 0);
 
     float o[kHalf / 2];
 #pragma unroll
@@ -122,6 +135,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
     fence_async_shared();  // Q, written through the generic proxy, is read by wgmma
     for (int t = t0; t < t1; ++t) {
       const u32 sK = sKV + (consumed & 1) * Tile::kTileBytes;
+      const int next_y = threadIdx.x < 32 && t + 1 < t1 ? page_row(t + 1) : 0;
       mbar_wait(sBar + (consumed & 1) * 8, (consumed >> 1) & 1);
       ++consumed;
       const int valid = n - t * Tile::BN;
@@ -138,6 +152,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
       wgmma_wait<0>();  // tile t-1's P V
       fence_registers(o);
       __syncthreads();  // tile t is in for everyone; tile t-1's products are complete
+      if (t + 1 < t1) issue_tile(next_y);
 
       // S = Q K^T over this warpgroup's 32 tokens, even and odd k-steps in two
       // accumulators so that consecutive MMAs do not wait on each other.
@@ -150,8 +165,6 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         const u32 step = ((k / 4) * kBlock + (k % 4) * 32) >> 4;
         Wgmma<32>::run<T, 0>(k % 2 ? s_odd : s, q_desc + step, k_desc + step, k >= 2);
       }
-      // Warp 0 issues the next tile while the tensor cores work on this one.
-      if (t + 1 < t1) issue_tile(t + 1);
       wgmma_commit();
       wgmma_wait<0>();
       fence_registers(s);
