@@ -144,6 +144,63 @@ def bench_config(name, cfg, copy_bw, mm_rate, rng, with_baseline=True):
     return row
 
 
+def time_core(q, cache, table, seqlens, heads, q_len=1) -> float:
+    """Median time of the planned latent-attention core on given inputs."""
+    plan = cumla.plan(seqlens, heads=heads, q_len=q_len, v_dim=L)
+    out = cp.empty(q.shape[:-1] + (L,), dtype=BFLOAT16)
+    return time_us(lambda: cumla.latent_attention(q, cache, v_dim=L, scale=0.1, seqlens=seqlens, block_table=table,
+                                                  plan=plan, out=out, check=False))
+
+
+def paged_inputs(lengths, heads, block, rng):
+    """bf16 queries and a paged cache (shuffled blocks) holding the given lengths."""
+    lengths = np.asarray(lengths, np.int32)
+    per = -(-int(lengths.max()) // block)
+    blocks = len(lengths) * per
+    cache = cp.asarray(rng.standard_normal((blocks, block, D), dtype=np.float32).astype(BFLOAT16))
+    table = cp.asarray(rng.permutation(blocks).astype(np.int32).reshape(len(lengths), per))
+    q = cp.asarray(rng.standard_normal((len(lengths), 1, heads, D), dtype=np.float32).astype(BFLOAT16))
+    return q, cache, table, cp.asarray(lengths)
+
+
+def bench_serving(copy_bw, rng):
+    """Uneven batches against an even one of the same total tokens (B=64, H=128,
+    64 x 4096 tokens); tensor-parallel head slices and page sizes at B=128, S=8192."""
+    batch, seq = 64, 4096
+    total = batch * seq
+    drawn = rng.integers(1, 2 * seq + 1, batch).astype(np.float64)
+    random_lengths = np.maximum(1, np.round(drawn * total / drawn.sum())).astype(np.int32)
+    short = total // (batch - 1 + 10)
+    one_long = np.array([short] * (batch - 1) + [total - short * (batch - 1)], np.int32)
+    uneven = {}
+    for name, lengths in (("even", np.full(batch, seq, np.int32)), ("random 1..2S", random_lengths),
+                          ("one 10x longer", one_long)):
+        q, cache, table, seqlens = paged_inputs(lengths, 128, BLOCK, rng)
+        uneven[name] = dict(tokens=int(lengths.sum()), longest=int(lengths.max()),
+                            time_us=time_core(q, cache, table, seqlens, 128))
+        del q, cache, table
+        cp.get_default_memory_pool().free_all_blocks()
+    for row in uneven.values():
+        row["vs_even"] = row["time_us"] / uneven["even"]["time_us"]
+    heads_rows = []
+    for heads in (8, 16, 32, 64):
+        q, cache, table, seqlens = paged_inputs(np.full(128, 8192, np.int32), heads, BLOCK, rng)
+        us = time_core(q, cache, table, seqlens, heads)
+        moved = cache.nbytes + q.nbytes + q.nbytes * L // D
+        heads_rows.append(dict(heads=heads, time_us=us, pct_roofline=100 * moved / copy_bw / (us * 1e-6)))
+        del q, cache, table
+        cp.get_default_memory_pool().free_all_blocks()
+    page_rows = []
+    for block in (1, 16, 64, 256):
+        q, cache, table, seqlens = paged_inputs(np.full(128, 8192, np.int32), 16, block, rng)
+        arch = _gpu._arch_of(cp.cuda.Device().id)
+        kernel = _kernels.latent_kernel(BFLOAT16, D, L, 16, arch, block).name
+        page_rows.append(dict(block=block, kernel=kernel, time_us=time_core(q, cache, table, seqlens, 16)))
+        del q, cache, table
+        cp.get_default_memory_pool().free_all_blocks()
+    return dict(uneven=uneven, heads=heads_rows, pages=page_rows)
+
+
 PREFILL = dict(batch=4, q_len=256, heads=16, seq=4096)
 
 
@@ -220,6 +277,17 @@ def markdown(result) -> str:
             f"| {d['time_us']:.1f} | {d['tflop_s']:.0f} | {d['compute_roofline_us']:.0f} | {d['pct_roofline']:.1f}% | "
             f"{d['cupy_baseline_us']:.1f} | {d['cupy_baseline_us'] / d['time_us']:.1f}x | {d['absorbed_decode_us']:.1f} |",
         ]
+    sv = result.get("serving")
+    if sv:
+        lines += ["", "Uneven batches (B=64, H=128, bf16, page 64; same total tokens as the even batch):", "",
+                  "| batch | tokens | longest | time µs | vs even |", "|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['tokens']} | {v['longest']} | {v['time_us']:.1f} | {v['vs_even']:.2f} |"
+                  for k, v in sv["uneven"].items()]
+        lines += ["", "Head slices (B=128, S=8192, page 64; memory-bound, % of the copy-bandwidth roofline):", "",
+                  "| H | time µs | % roofline |", "|---|---|---|"]
+        lines += [f"| {r['heads']} | {r['time_us']:.1f} | {r['pct_roofline']:.1f}% |" for r in sv["heads"]]
+        lines += ["", "Page sizes (B=128, S=8192, H=16):", "", "| block | kernel | time µs |", "|---|---|---|"]
+        lines += [f"| {r['block']} | {r['kernel']} | {r['time_us']:.1f} |" for r in sv["pages"]]
     return "\n".join(lines) + "\n"
 
 
@@ -242,9 +310,12 @@ def main(argv=None) -> int:
         rows.append(row)
     decompressed = bench_decompressed(mm_rate, rng)
     print(json.dumps(decompressed), flush=True)
+    serving = bench_serving(copy_bw, rng)
+    print(json.dumps(serving), flush=True)
     date = datetime.date.today().isoformat()
     result = dict(date=date, gpu=gpu, copy_tb_s=copy_bw / 1e12, matmul_tflop_s=mm_rate / 1e12,
-                  matmul_via=via, cupy=cp.__version__, configs=rows, decompressed=decompressed)
+                  matmul_via=via, cupy=cp.__version__, configs=rows, decompressed=decompressed,
+                  serving=serving)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"{date}-{gpu.replace(' ', '-')}")
     with open(stem + ".json", "w") as f:
