@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 MODULES = ["cumla._absorb", "cumla._api", "cumla._cache", "cumla._combine", "cumla._cost", "cumla._layer",
-           "cumla._memory", "cumla._plan", "cumla._rope"]
+           "cumla._memory", "cumla._plan", "cumla._rope", "cumla._sharding", "cumla.distributed"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,0 +1,81 @@
+"""Context-parallel decode on N GPUs: a small batch with a very long context.
+
+    python -m cumla.launch -n 1 bench/bench_distributed.py --out $OUT   # one GPU
+    python -m cumla.launch -n 2 bench/bench_distributed.py --out $OUT   # two GPUs
+
+Times the whole sharded decode (local decode + all-gather + merge) and, apart,
+the merge (all-gather of the partials + combine); rank 0 writes
+distributed-<N>gpu.json. Compare the two files for the speed-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+import cupy as cp
+import cumla
+from cumla.distributed import Communicator, ShardedLatentCache, TokenSharding, local_partials, merge_partials
+
+L, R, DN, DV, BLOCK = 512, 64, 128, 128, 64
+
+
+def median_us(fn, repeat: int = 10) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop) * 1e3)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=262144)
+    parser.add_argument("--heads", type=int, default=128)
+    args = parser.parse_args()
+    comm = Communicator.from_env()
+    batch, seq, heads = args.batch, args.seq, args.heads
+    sharding = TokenSharding(comm.world, "round_robin", stripe=BLOCK)
+    per_rank = -(-seq // comm.world)
+    blocks = batch * -(-per_rank // BLOCK)
+    shard = ShardedLatentCache(sharding, comm.rank, blocks, BLOCK, latent_dim=L, rope_dim=R, max_seqs=batch,
+                               max_blocks_per_seq=-(-per_rank // BLOCK), dtype=cumla.bfloat16, xp=cp)
+    ids = [shard.add_sequence() for _ in range(batch)]
+    step = 16384  # append in pieces: a few scatters, bounded temporaries
+    for seq_id in ids:
+        for begin in range(0, seq, step):
+            n = min(step, seq - begin)
+            rows = cp.random.standard_normal((n, L + R), dtype=np.float32).astype(cumla.bfloat16)
+            shard.append([seq_id] * n, rows[:, :L], rows[:, L:])
+    rng = np.random.default_rng(0)
+    q = cp.asarray(rng.standard_normal((batch, heads, DN + R), dtype=np.float32).astype(cumla.bfloat16))
+    w_kv = cp.asarray((rng.standard_normal((L, heads * (DN + DV)), dtype=np.float32) / 20).astype(cumla.bfloat16))
+
+    def whole():
+        o, lse = local_partials(q, shard, w_kv, seq_ids=ids, rope_dim=R)
+        merge_partials(comm.all_gather(o), comm.all_gather(lse))
+
+    o, lse = local_partials(q, shard, w_kv, seq_ids=ids, rope_dim=R)
+    total_us = median_us(whole)
+    merge_us = median_us(lambda: merge_partials(comm.all_gather(o), comm.all_gather(lse)))
+    if comm.rank == 0:
+        result = dict(gpus=comm.world, batch=batch, seq=seq, heads=heads, block=BLOCK, layout=sharding.layout,
+                      gpu=cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
+                      time_us=total_us, merge_us=merge_us, merge_share=merge_us / total_us)
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, f"distributed-{comm.world}gpu.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
