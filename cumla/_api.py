@@ -39,9 +39,12 @@ def _out_4d(problem: Problem, out: Any) -> Any:
     return None if out is None else out.reshape(problem.batch, problem.q_len, problem.heads, problem.v_dim)
 
 
-def _finish(problem: Problem, o: Any, lse: Any, out: Any, out4: Any, return_lse: bool):
-    """Shape the results; copy into ``out`` unless the backend wrote there already."""
+def _finish(problem: Problem, o: Any, lse: Any, out: Any, out4: Any, return_lse: bool, plan: Any = None):
+    """Shape the results; copy into ``out`` unless the backend wrote there already.
+    A plan's LSE buffer is scratch, reused by the next call: return a copy."""
     lse = lse.reshape(problem.lse_shape)
+    if return_lse and plan is not None:
+        lse = lse.copy()
     if out is not None:
         if o is not out4:
             out4[...] = o
@@ -200,7 +203,7 @@ def decode(
         o = unabsorb(o_lat, w_uv, xp)
     else:
         o, lse = backend.decompressed(problem, q4, w3, cache, seqlens, block_table, scale, bool(causal), plan)
-    return _finish(problem, o, lse, out, _out_4d(problem, out), return_lse)
+    return _finish(problem, o, lse, out, _out_4d(problem, out), return_lse, plan)
 
 
 def latent_attention(
@@ -267,4 +270,4 @@ def latent_attention(
     o, lse = _backend(xp).latent_attention(
         problem, _as_4d(q_latent), cache, seqlens, block_table, scale, bool(causal), plan, out4
     )
-    return _finish(problem, o, lse, out, out4, return_lse)
+    return _finish(problem, o, lse, out, out4, return_lse, plan)

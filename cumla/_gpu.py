@@ -110,13 +110,13 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     batch, q_len, heads, dim = q_lat.shape
     rows, v_dim = q_len * heads, problem.v_dim
     o = out if out is not None else cp.empty((batch, q_len, heads, v_dim), dtype=problem.dtype)
-    lse = cp.empty((batch, q_len, heads), dtype=np.float32)
     if batch == 0:
-        return o, lse
+        return o, cp.empty((batch, q_len, heads), dtype=np.float32)
     q = cp.ascontiguousarray(q_lat.astype(problem.dtype, copy=False))
     seqlens, block_table = _index_arrays(problem, seqlens, block_table)
     if plan is None:
         plan = Plan(cp, batch, rows, v_dim, default_parts(rows)).update(seqlens, problem.capacity)
+    lse = plan.lse.reshape(batch, q_len, heads)  # scratch: with plan= and out=, nothing is allocated
     paged = block_table is not None
     cache_rows = problem.num_blocks * problem.block_size  # (num_blocks or B) x (block_size or S)
     tma_ready = cache.data.ptr % 16 == 0 and 0 < cache_rows < 2**31

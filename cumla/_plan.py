@@ -16,9 +16,12 @@ class Plan:
 
     Built by :func:`cumla.plan`. The schedule is computed on the device from
     the device lengths, so building or refreshing a plan never synchronises
-    with the host; ``decode(..., plan=plan, out=...)`` then allocates only
-    the LSE it returns. Refresh it in place with :meth:`update` when the
-    lengths change (that launch can be captured in a CUDA graph too).
+    with the host. ``latent_attention(..., plan=plan, out=...)`` then launches
+    kernels only, with no device allocation (the kernels' LSE goes to the
+    plan's scratch buffer; ``return_lse=True`` returns a copy of it);
+    ``decode`` also allocates its absorbed queries and latent output. Refresh
+    it in place with :meth:`update` when the lengths change (that launch can
+    be captured in a CUDA graph too).
 
     On NumPy inputs a plan holds no schedule: the CPU backend does not split.
     """

@@ -171,3 +171,24 @@ def test_strided_index_arrays_reach_the_kernel_contiguous(cp):
     cumla.decode(**dict(args, seqlens=wide[::2]), strategy="absorbed")
     passed = cp.launches[1].args[0]["seqlens"]
     assert passed != wide.data.ptr  # a contiguous copy, not the strided view's base
+
+
+def test_planned_call_with_out_allocates_nothing(cp):
+    """With plan= and out= the GPU path launches kernels only: no device allocation
+    (the LSE goes to the plan's scratch buffer); return_lse gets its own copy."""
+    args = inputs(cp, heads=128, q_len=2)
+    plan = cumla.plan(args["seqlens"], heads=128, q_len=2, v_dim=L)
+    q_lat = device(cp, np.zeros((3, 2, 128, L + R), cumla.bfloat16))
+    out = device(cp, np.zeros((3, 2, 128, L), cumla.bfloat16))
+    call = dict(v_dim=L, scale=0.1, seqlens=args["seqlens"], block_table=args["block_table"], plan=plan, out=out,
+                check=False)
+
+    def no_allocation(*a, **k):
+        raise AssertionError("allocated on a planned call")
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("empty", "zeros", "full", "empty_like", "zeros_like"):
+            patch.setattr(cp, name, no_allocation, raising=False)
+        assert cumla.latent_attention(q_lat, args["cache"], **call) is out
+    _, lse = cumla.latent_attention(q_lat, args["cache"], **call, return_lse=True)
+    assert not np.shares_memory(np.asarray(lse), np.asarray(plan.lse))
