@@ -92,11 +92,18 @@ def find_tool(name: str) -> str | None:
 
 
 def sass(cubin: bytes, cuobjdump: str) -> str:
-    """The SASS listing of a cubin."""
+    """The SASS listing of a cubin (cuobjdump runs nvdisasm, found like cuobjdump)."""
     import subprocess
     import tempfile
 
+    env = dict(os.environ)
+    nvdisasm = find_tool("nvdisasm")
+    if nvdisasm is not None:
+        env["PATH"] = os.path.dirname(nvdisasm) + os.pathsep + env.get("PATH", "")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        return subprocess.run([cuobjdump, "-sass", f.name], check=True, capture_output=True, text=True).stdout
+        run = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        raise RuntimeError(f"cuobjdump -sass failed: {run.stderr.strip()}")
+    return run.stdout

@@ -47,7 +47,7 @@ CUOBJDUMP = _compile.find_tool("cuobjdump")
 def test_hopper_kernel_runs_on_warpgroup_mma():
     """The sm_90a kernel, compiled with the run-time options, really uses wgmma
     (HGMMA in its SASS); the portable kernel uses mma.sync (HMMA) only."""
-    assert CUOBJDUMP is not None, "cuobjdump missing: pip install nvidia-cuda-cuobjdump (a test dependency)"
+    assert CUOBJDUMP is not None, "cuobjdump missing: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm"
     hopper = _kernels.latent_kernel(_kernels.BFLOAT16, 576, 512, 128, "sm_90a")
     built = _compile.compile_source(NVRTC, _kernels.source(hopper.file), _kernels.options("sm_90a"), hopper.module)
     listing = _compile.sass(built.cubin, CUOBJDUMP)
