@@ -74,6 +74,14 @@ def _no_fp8(problem: Problem) -> None:
         raise NotImplementedError("FP8 caches are decoded by the NumPy backend only so far")
 
 
+def _aligned(name: str, array) -> None:
+    """The kernels copy rows in 16-byte pieces: a cache view that starts off a
+    16-byte boundary (possible through DLPack) would fault."""
+    if array.data.ptr % 16:
+        raise ValueError(f"{name} must start at a 16-byte-aligned address on the GPU, got {array.data.ptr:#x} "
+                         "(copy it, or take it from an aligned allocation)")
+
+
 def _index_arrays(problem: Problem, seqlens, block_table):
     """Lengths and block table as the kernels read them: contiguous int32 (strided
     views are copied; contiguous ones pass through), full lengths when omitted."""
@@ -113,13 +121,15 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     if batch == 0:
         return o, cp.empty((batch, q_len, heads), dtype=np.float32)
     q = cp.ascontiguousarray(q_lat.astype(problem.dtype, copy=False))
+    q = q if q.data.ptr % 16 == 0 else q.copy()
+    _aligned("cache", cache)
     seqlens, block_table = _index_arrays(problem, seqlens, block_table)
     if plan is None:
         plan = Plan(cp, batch, rows, v_dim, default_parts(rows)).update(seqlens, problem.capacity)
     lse = plan.lse.reshape(batch, q_len, heads)  # scratch: with plan= and out=, nothing is allocated
     paged = block_table is not None
     cache_rows = problem.num_blocks * problem.block_size  # (num_blocks or B) x (block_size or S)
-    tma_ready = cache.data.ptr % 16 == 0 and 0 < cache_rows < 2**31
+    tma_ready = 0 < cache_rows < 2**31
     spec = latent_kernel(problem.dtype, dim, v_dim, rows, _arch_of(cp.cuda.Device().id),
                          problem.block_size if paged else None, tma_ready)
     args = (_params(problem, plan, q, cache, seqlens, block_table, o, lse, scale, causal),)
@@ -147,8 +157,10 @@ def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: flo
     lse = cp.empty((batch, q_len, heads), dtype=np.float32)
     if batch == 0:
         return o, lse
+    _aligned("cache", cache)
     seqlens, block_table = _index_arrays(problem, seqlens, block_table)
     q, w = cp.ascontiguousarray(q), cp.ascontiguousarray(w)  # kept alive past the launches
+    q, w = (a if a.data.ptr % 16 == 0 else a.copy() for a in (q, w))
     q_tiles = math.ceil(q_len / spec.queries)
     parts = max(1, _sm_count(cp.cuda.Device().id) // (heads * q_tiles))
     plan = Plan(cp, batch, rows, v_dim, parts).update(seqlens, problem.capacity)

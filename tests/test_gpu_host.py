@@ -192,3 +192,13 @@ def test_planned_call_with_out_allocates_nothing(cp):
         assert cumla.latent_attention(q_lat, args["cache"], **call) is out
     _, lse = cumla.latent_attention(q_lat, args["cache"], **call, return_lse=True)
     assert not np.shares_memory(np.asarray(lse), np.asarray(plan.lse))
+
+
+def test_a_cache_off_a_16_byte_boundary_is_refused(cp):
+    args = inputs(cp, heads=16)
+    flat = np.zeros(args["cache"].size + 1, cumla.bfloat16)
+    shifted = flat[1:].reshape(args["cache"].shape).view(cp.ndarray)  # starts 2 bytes past an allocation
+    with pytest.raises(ValueError, match="16-byte-aligned"):
+        cumla.decode(**dict(args, cache=shifted), strategy="absorbed")
+    with pytest.raises(ValueError, match="16-byte-aligned"):
+        cumla.decode(**dict(args, cache=shifted), strategy="decompressed")
