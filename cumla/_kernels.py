@@ -100,14 +100,22 @@ def _hopper_smem(dim: int) -> int:
 HOPPER_MIN_BLOCK = 8
 
 
+def _tiles_into_pages(block_size: int) -> bool:
+    """Whether 64-token tiles are whole pages or whole numbers of pages of at
+    least 8 tokens (each page one TMA box; the tile's bytes must all arrive)."""
+    if block_size >= 64:
+        return block_size % 64 == 0
+    return block_size >= HOPPER_MIN_BLOCK and 64 % block_size == 0
+
+
 def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int, block_size: int | None = None) -> LatentKernel | None:
     """The sm_90a wgmma kernel for these dims and cache layout, or None where it
     does not apply: float32; L+R not a multiple of 64; L not a multiple of 128
-    or above 512; pages of fewer than 8 tokens."""
+    or above 512; pages of fewer than 8 tokens or that do not tile 64 tokens."""
     element = _ELEMENT[np.dtype(dtype)]
     if element == "f32_t" or dim % 64 or v_dim % 128 or v_dim > min(dim, 512) or _hopper_smem(dim) > SMEM_LIMIT:
         return None
-    if block_size is not None and block_size < HOPPER_MIN_BLOCK:
+    if block_size is not None and not _tiles_into_pages(block_size):
         return None
     name = f"latent_attention_sm90<{element}, {dim}, {v_dim}>"
     return LatentKernel("latent_attention_sm90.cu", (name,), name, 64, _hopper_smem(dim), element, tma=True)

@@ -105,6 +105,10 @@ def test_hopper_kernel_covers_only_its_dims():
     assert _kernels.hopper_kernel(np.float32, 576, 512) is None
     assert _kernels.hopper_kernel(cumla.bfloat16, 48, 32) is None  # L+R not a multiple of 64
     assert _kernels.hopper_kernel(cumla.bfloat16, 640, 576) is None  # L above 512
+    for block, hopper in ((1, False), (4, False), (8, True), (16, True), (24, False), (64, True), (96, False),
+                          (128, True), (None, True)):
+        spec = _kernels.latent_kernel(cumla.bfloat16, 576, 512, 16, "sm_90a", block)
+        assert (spec.file == "latent_attention_sm90.cu") == hopper, block
     generic = _kernels.latent_kernel(cumla.bfloat16, 48, 32, 16, "sm_90a")
     assert generic.file == "latent_attention.cu"
     unaligned = _kernels.latent_kernel(cumla.bfloat16, 576, 512, 16, "sm_90a", tma_ready=False)
