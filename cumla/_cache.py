@@ -72,9 +72,15 @@ class PagedLatentCache:
         self.block_size, self.latent_dim, self.rope_dim = block_size, latent_dim, rope_dim
         self.max_blocks_per_seq = max_blocks_per_seq
         width, storage = (latent_dim + rope_dim, dtype) if fp8 is None else (fp8.row_bytes, np.uint8)
-        self.pool = xp.zeros((num_blocks, block_size, width), dtype=storage)
+        # One spare block past the pool receives the tokens append_step cannot
+        # place (counted in `dropped`); it is never in a block table.
+        self._pool_and_spare = xp.zeros((num_blocks + 1, block_size, width), dtype=storage)
+        self.pool = self._pool_and_spare[:num_blocks]
+        self.num_blocks = num_blocks
         self.block_table = xp.full((max_seqs, max_blocks_per_seq), -1, dtype=np.int32)
         self.seqlens = xp.zeros(max_seqs, dtype=np.int32)
+        self.dropped = xp.zeros(1, dtype=np.int64)  # tokens append_step could not place
+        self._stale = False  # append_step moved the device lengths past the host mirror
         # Host mirrors: the allocator never reads device memory.
         self._lengths = np.zeros(max_seqs, dtype=np.int64)
         self._table = np.full((max_seqs, max_blocks_per_seq), -1, dtype=np.int32)
@@ -92,11 +98,13 @@ class PagedLatentCache:
         return self.max_blocks_per_seq * self.block_size
 
     def length(self, seq_id: int) -> int:
+        self._check_in_sync()
         self._check_live(seq_id)
         return int(self._lengths[seq_id])
 
     def add_sequence(self) -> int:
         """A free sequence slot, empty; raises RuntimeError when all are in use."""
+        self._check_in_sync()
         free_slots = np.flatnonzero(~self._live)
         if free_slots.size == 0:
             raise RuntimeError(f"all {self._live.size} sequence slots are in use")
@@ -106,6 +114,7 @@ class PagedLatentCache:
 
     def free_sequence(self, seq_id: int) -> None:
         """Release a sequence and return its blocks to the pool."""
+        self._check_in_sync()
         self._check_live(seq_id)
         held = self._table[seq_id][self._table[seq_id] >= 0]
         self._free.extend(int(b) for b in held[::-1])
@@ -114,6 +123,11 @@ class PagedLatentCache:
         self._table[seq_id] = -1
         self.block_table[seq_id] = -1
         self.seqlens[seq_id] = 0
+
+    def _check_in_sync(self) -> None:
+        if self._stale:
+            raise RuntimeError("append_step moved the lengths on the device: call sync() before changing the "
+                               "cache from the host")
 
     def _check_live(self, seq_id: int) -> None:
         if not (isinstance(seq_id, (int, np.integer)) and 0 <= seq_id < self._live.size and self._live[seq_id]):
@@ -136,6 +150,7 @@ class PagedLatentCache:
             Unknown sequence, wrong shapes, a sequence over its capacity, or
             not enough free blocks; nothing is written then.
         """
+        self._check_in_sync()
         ids = np.asarray(seq_ids).reshape(-1)
         if ids.size and ids.dtype.kind not in "iu":
             raise TypeError(f"seq_ids must be integers, got {ids.dtype}")
@@ -158,19 +173,8 @@ class PagedLatentCache:
             worst = int(np.argmax(new_lengths))
             raise ValueError(f"sequence {touched[worst]} would hold {new_lengths[worst]} tokens, over its capacity "
                              f"{self.capacity} (max_blocks_per_seq * block_size)")
-        held = -(-self._lengths[touched] // self.block_size)
-        needed = -(-new_lengths // self.block_size) - held
-        if needed.sum() > len(self._free):
-            raise ValueError(f"append needs {needed.sum()} new blocks, only {len(self._free)} are free; "
-                             "nothing was written")
-        # Allocate on the host, then one scatter into the device block table.
-        rows = np.repeat(touched, needed)
-        cols = np.concatenate([np.arange(h, h + k) for h, k in zip(held, needed)]) if rows.size else rows
-        fresh = np.array([self._free.pop() for _ in range(rows.size)], dtype=np.int32)
-        self._table[rows, cols] = fresh
+        self._allocate(touched, new_lengths, "append")
         xp = self.xp
-        if rows.size:
-            self.block_table[xp.asarray(rows), xp.asarray(cols)] = xp.asarray(fresh)
         # Position of every new token: the length so far plus its rank among
         # this call's tokens of the same sequence.
         order = np.argsort(ids, kind="stable")
@@ -185,6 +189,106 @@ class PagedLatentCache:
         self.pool[blk, off] = new_rows  # one scatter of whole rows
         self._lengths[touched] = new_lengths
         self.seqlens[xp.asarray(touched)] = xp.asarray(new_lengths.astype(np.int32))
+
+    def _allocate(self, seqs: np.ndarray, lengths: np.ndarray, what: str) -> None:
+        """Give each sequence the blocks for ``lengths`` tokens (blocks it holds,
+        appended or reserved, count); raises before allocating when short."""
+        held = (self._table[seqs] >= 0).sum(axis=1)
+        needed = np.maximum(0, -(-lengths // self.block_size) - held)
+        if needed.sum() > len(self._free):
+            raise ValueError(f"{what} needs {needed.sum()} new blocks, only {len(self._free)} are free; "
+                             "nothing was written")
+        # Allocate on the host, then one scatter into the device block table.
+        rows = np.repeat(seqs, needed)
+        cols = np.concatenate([np.arange(h, h + k) for h, k in zip(held, needed)]) if rows.size else rows
+        fresh = np.array([self._free.pop() for _ in range(rows.size)], dtype=np.int32)
+        self._table[rows, cols] = fresh
+        if rows.size:
+            xp = self.xp
+            self.block_table[xp.asarray(rows), xp.asarray(cols)] = xp.asarray(fresh)
+
+    def reserve(self, seq_ids: Sequence[int], tokens: int) -> None:
+        """Allocate now the blocks for ``tokens`` more tokens of each sequence, so
+        that :meth:`append_step` never needs the allocator.
+
+        Raises
+        ------
+        ValueError
+            Over a sequence's capacity or not enough free blocks; nothing is
+            allocated then.
+        """
+        self._check_in_sync()
+        ids = np.unique(np.asarray(seq_ids, dtype=np.int64).reshape(-1))
+        for seq_id in ids:
+            self._check_live(int(seq_id))
+        if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or tokens < 0:
+            raise ValueError(f"tokens must be a non-negative int, got {tokens!r}")
+        target = self._lengths[ids] + int(tokens)
+        if (target > self.capacity).any():
+            worst = int(np.argmax(target))
+            raise ValueError(f"sequence {ids[worst]} would hold {target[worst]} tokens, over its capacity "
+                             f"{self.capacity}")
+        self._allocate(ids, target, "reserve")
+
+    def append_step(self, seq_ids: Any, c_kv: Any, k_rope: Any) -> None:
+        """Append one token to each sequence of ``seq_ids`` at the position its
+        length on the device gives, with array operations only: no host
+        synchronisation and no allocator, so that a whole decode step
+        (``append_step``, ``plan.update``, ``decode``) can be captured in a
+        CUDA graph and replayed while the lengths grow on the device.
+
+        Parameters
+        ----------
+        seq_ids : ndarray of int, shape (n,), on the cache's array module
+            Distinct sequence ids.
+        c_kv : ndarray, shape (n, L)
+        k_rope : ndarray, shape (n, R)
+
+        Room must be reserved beforehand (:meth:`reserve`): a token past a
+        sequence's reserved blocks is not stored and its length does not move;
+        it is counted in ``dropped`` and :meth:`sync` raises. Call
+        :meth:`sync` before changing the cache from the host again.
+        """
+        xp = self.xp
+        ids = xp.asarray(seq_ids).reshape(-1)
+        n = ids.shape[0]
+        if tuple(c_kv.shape) != (n, self.latent_dim) or tuple(k_rope.shape) != (n, self.rope_dim):
+            raise ValueError(f"c_kv and k_rope must have shapes ({n}, {self.latent_dim}) and ({n}, {self.rope_dim}), "
+                             f"got {tuple(c_kv.shape)} and {tuple(k_rope.shape)}")
+        check_float_dtype("c_kv", c_kv, self.dtype, like="the cache")
+        check_float_dtype("k_rope", k_rope, self.dtype, like="the cache")
+        positions = self.seqlens[ids]
+        column = xp.minimum(positions // self.block_size, self.max_blocks_per_seq - 1)
+        block = self.block_table[ids, column]
+        placed = (positions < self.capacity) & (block >= 0)
+        rows = xp.concatenate([c_kv, k_rope], axis=1)
+        if self.fp8 is not None:
+            rows = self.fp8.quantize(rows)
+        slot = (xp.where(placed, block, self.num_blocks), xp.where(placed, positions % self.block_size, 0))
+        self._pool_and_spare[slot] = rows
+        self.seqlens[ids] = positions + placed.astype(np.int32)
+        self.dropped += (~placed).sum()
+        self._stale = True
+
+    def sync(self) -> None:
+        """Bring the host bookkeeping up to date after :meth:`append_step` (one
+        device-to-host copy of the lengths).
+
+        Raises
+        ------
+        ValueError
+            If append_step could not place some tokens (no reserved room);
+            the count is reset.
+        """
+        xp = self.xp
+        lengths = np.asarray(self.seqlens.get() if xp is not np else self.seqlens, dtype=np.int64)
+        dropped = int(self.dropped.get()[0] if xp is not np else self.dropped[0])
+        self._lengths[:] = lengths
+        self._stale = False
+        if dropped:
+            self.dropped[...] = 0
+            raise ValueError(f"{dropped} token(s) given to append_step found no reserved block and were not "
+                             "stored; reserve() more room before stepping")
 
     # -- reading ----------------------------------------------------------------
     def batch(self, seq_ids: Sequence[int]) -> dict[str, Any]:

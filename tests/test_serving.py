@@ -192,3 +192,66 @@ def test_layer_errors():
         layer.decode(np.zeros((1, 4, 24), np.float32), np.zeros((1, 3, 40), np.float32))
     with pytest.raises(ValueError, match="seq_ids is required"):
         layer.decode(np.zeros((1, 3, 24), np.float32), small_cache())
+
+
+def _rows(rng, n, L=16, R=8):
+    return rng.standard_normal((n, L), dtype=np.float32), rng.standard_normal((n, R), dtype=np.float32)
+
+
+def _stored(cache, seq):
+    """A sequence's rows in token order, read through its block table."""
+    table = np.asarray(cache.block_table[seq])
+    n = int(np.asarray(cache.seqlens[seq]))
+    return np.asarray(cache.pool)[table[np.arange(n) // cache.block_size], np.arange(n) % cache.block_size]
+
+
+def test_append_step_after_reserve_equals_host_appends():
+    rng = np.random.default_rng(3)
+    host = cumla.PagedLatentCache(16, 4, latent_dim=16, rope_dim=8, max_seqs=3, max_blocks_per_seq=5)
+    step = cumla.PagedLatentCache(16, 4, latent_dim=16, rope_dim=8, max_seqs=3, max_blocks_per_seq=5)
+    c, k = _rows(rng, 3)
+    for cache in (host, step):
+        a, b = cache.add_sequence(), cache.add_sequence()
+        cache.append([a, a, b], c, k)  # prompts of different lengths
+    before = step.free_blocks
+    step.reserve([0, 1], 9)
+    assert step.free_blocks == before - (3 - 1) - (3 - 1)  # 11 and 10 tokens: 3 blocks each, 1 held each
+    for _ in range(9):
+        c, k = _rows(rng, 2)
+        host.append([0, 1], c, k)
+        step.append_step(np.array([0, 1]), c, k)
+    step.sync()
+    for seq in (0, 1):
+        assert step.length(seq) == host.length(seq)
+        np.testing.assert_array_equal(_stored(step, seq), _stored(host, seq))
+    c, k = _rows(rng, 1)
+    step.append([1], c, k)  # host appends go on where the device left off
+    assert step.length(1) == 11
+
+
+def test_append_step_without_room_is_counted_not_lost_silently():
+    rng = np.random.default_rng(4)
+    cache = cumla.PagedLatentCache(4, 4, latent_dim=16, rope_dim=8, max_seqs=2, max_blocks_per_seq=2)
+    seq = cache.add_sequence()
+    cache.reserve([seq], 4)
+    for _ in range(6):  # two more than reserved
+        cache.append_step(np.array([seq]), *_rows(rng, 1))
+    with pytest.raises(RuntimeError, match="call sync"):
+        cache.append([seq], *_rows(rng, 1))
+    with pytest.raises(ValueError, match="2 token"):
+        cache.sync()
+    assert cache.length(seq) == 4 and int(cache.dropped[0]) == 0
+    assert cache.pool.shape[0] == 4  # the dropped tokens went to a spare block outside the pool
+
+
+def test_reserve_checks_capacity_and_blocks_before_allocating():
+    cache = cumla.PagedLatentCache(3, 4, latent_dim=16, rope_dim=8, max_seqs=2, max_blocks_per_seq=2)
+    a, b = cache.add_sequence(), cache.add_sequence()
+    with pytest.raises(ValueError, match="capacity"):
+        cache.reserve([a], 9)
+    cache.reserve([a], 8)
+    with pytest.raises(ValueError, match="only 1 are free"):
+        cache.reserve([b], 8)
+    assert cache.free_blocks == 1
+    with pytest.raises(ValueError, match="non-negative"):
+        cache.reserve([a], -1)

@@ -52,3 +52,61 @@ def test_layer_decode_on_the_device_matches_reference():
     ref_o, ref_lse = reference.decode(to_numpy(q), to_numpy(view["cache"]), w_kv, rope_dim=R,
                                       seqlens=to_numpy(view["seqlens"]), block_table=to_numpy(view["block_table"]))
     assert_close(o, ref_o, "bfloat16", lse, ref_lse)
+
+
+def test_whole_decode_step_in_one_cuda_graph():
+    """append_step + plan.update + latent_attention captured once; replays with new
+    tokens and queries in the same buffers equal the same steps run eagerly."""
+    import cupy as cp
+
+    rng = np.random.default_rng(7)
+    B, H, L, R = 3, 16, 512, 64
+
+    def rows(n):
+        return cp.asarray(rng.standard_normal((n, L + R), dtype=np.float32).astype(cumla.bfloat16))
+
+    prompts = [rows(n) for n in (100, 1, 300)]
+    caches = []
+    for _ in range(2):  # eager, graphed
+        cache = cumla.PagedLatentCache(32, 64, latent_dim=L, rope_dim=R, max_seqs=B, max_blocks_per_seq=8,
+                                       dtype=cumla.bfloat16, xp=cp)
+        for prompt in prompts:
+            seq = cache.add_sequence()
+            cache.append([seq] * prompt.shape[0], prompt[:, :L], prompt[:, L:])
+        cache.reserve(list(range(B)), 12)
+        caches.append(cache)
+    ids = cp.arange(B, dtype=cp.int32)
+    q_lat, new = cp.empty((B, H, L + R), dtype=cumla.bfloat16), cp.empty((B, L + R), dtype=cumla.bfloat16)
+    outs = [cp.empty((B, H, L), dtype=cumla.bfloat16) for _ in caches]
+    plans = [cumla.plan(cache.seqlens[:B], heads=H, v_dim=L) for cache in caches]
+
+    def step(cache, plan, out):
+        cache.append_step(ids, new[:, :L], new[:, L:])
+        plan.update(cache.seqlens[:B], cache.capacity)
+        cumla.latent_attention(q_lat, cache.pool, v_dim=L, scale=0.1, seqlens=cache.seqlens[:B],
+                               block_table=cache.block_table[:B], plan=plan, out=out, check=False)
+
+    def fresh_inputs():
+        q_lat[...] = cp.asarray(rng.standard_normal(q_lat.shape, dtype=np.float32).astype(cumla.bfloat16))
+        new[...] = rows(B)
+
+    fresh_inputs()
+    for cache, plan, out in zip(caches, plans, outs):  # warm-up step: compiles, fills the memory pool
+        step(cache, plan, out)
+    cp.cuda.Device().synchronize()
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        step(caches[1], plans[1], outs[1])
+        graph = stream.end_capture()
+    for _ in range(10):
+        fresh_inputs()
+        step(caches[0], plans[0], outs[0])
+        cp.cuda.Device().synchronize()  # the capture stream does not wait for the default one
+        graph.launch(stream)
+        stream.synchronize()
+        assert cp.array_equal(outs[0], outs[1])
+    for cache in caches:
+        cache.sync()
+        assert [cache.length(s) for s in range(B)] == [100 + 11, 1 + 11, 300 + 11]
+    np.testing.assert_array_equal(to_numpy(caches[0].pool).view(np.uint16), to_numpy(caches[1].pool).view(np.uint16))
