@@ -4,18 +4,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 ENV_RANK, ENV_WORLD, ENV_LOCAL_RANK, ENV_ID_FILE = "CUMLA_RANK", "CUMLA_WORLD_SIZE", "CUMLA_LOCAL_RANK", "CUMLA_NCCL_ID_FILE"
 
 
-def _share_unique_id(rank: int, id_file: str, timeout: float) -> tuple:
-    """Rank 0 makes NCCL's unique id and writes it to ``id_file``; the others
-    wait for the file (a shared folder works across hosts)."""
-    from cupy.cuda import nccl
-
+def share_unique_id(rank: int, id_file: str, timeout: float, make_id: Callable[[], tuple]) -> tuple:
+    """Rank 0 makes the id (NCCL's unique id) and writes it to ``id_file``; the
+    others wait for the file (a shared folder works across hosts)."""
     if rank == 0:
-        uid = nccl.get_unique_id()
+        uid = make_id()
         tmp = f"{id_file}.tmp{os.getpid()}"
         with open(tmp, "w") as f:
             json.dump(list(uid), f)
@@ -38,8 +36,9 @@ class Communicator:
     rank, world : int
         This process's rank and the number of processes.
     id_file : str, optional
-        Where rank 0 publishes NCCL's unique id (any path all ranks can read,
-        e.g. on a shared filesystem across hosts). Without it, mpi4py's
+        Where rank 0 publishes NCCL's unique id: a fresh path (a file left
+        from an earlier run would hand out a stale id) that all ranks can
+        read, e.g. on a shared filesystem across hosts. Without it, mpi4py's
         ``COMM_WORLD`` broadcasts the id.
     device : int, optional
         CUDA device of this rank (default: ``CUMLA_LOCAL_RANK`` or ``rank``).
@@ -60,7 +59,7 @@ class Communicator:
         self.device = int(os.environ.get(ENV_LOCAL_RANK, rank)) if device is None else device
         cp.cuda.Device(self.device).use()
         if id_file is not None:
-            uid = _share_unique_id(rank, id_file, timeout)
+            uid = share_unique_id(rank, id_file, timeout, nccl.get_unique_id)
         else:
             from mpi4py import MPI
 

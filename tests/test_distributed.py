@@ -139,3 +139,13 @@ def test_a_failed_rank_stops_the_others(tmp_path):
     assert run.returncode == 3
     assert "rank 1 exited with status 3; stopping the other ranks" in run.stderr
     assert time.monotonic() - start < 30
+
+
+def test_unique_id_goes_through_the_file(tmp_path):
+    from cumla._nccl import share_unique_id
+
+    path = str(tmp_path / "id.json")
+    made = share_unique_id(0, path, 1.0, lambda: (3, 1, 4))
+    assert share_unique_id(1, path, 1.0, lambda: pytest.fail("only rank 0 makes the id")) == made == (3, 1, 4)
+    with pytest.raises(TimeoutError, match="did rank 0 start"):
+        share_unique_id(1, str(tmp_path / "missing.json"), 0.05, lambda: ())
