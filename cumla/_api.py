@@ -144,7 +144,9 @@ def decode(
         indices give unspecified values but never out-of-bounds accesses.
     cache_format : Fp8Format, optional
         From :func:`cumla.fp8_format`: ``cache`` is then uint8 FP8 rows of
-        ``cache_format.row_bytes`` bytes (NumPy backend only so far).
+        ``cache_format.row_bytes`` bytes. On CuPy the blocks the call reads
+        are dequantised by a separate pass before the kernels (correct, no
+        speed gain yet: the kernels do not read FP8).
 
     Returns
     -------

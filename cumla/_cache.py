@@ -37,7 +37,7 @@ class PagedLatentCache:
     fp8 : Fp8Format, optional
         Store rows as FP8 (:func:`cumla.fp8_format`, uint8 pool of
         ``fp8.row_bytes`` per token), quantised by :meth:`append`; ``dtype``
-        is then the type of the rows given to :meth:`append`. NumPy only so far.
+        is then the type of the rows given to :meth:`append`.
 
     Examples
     --------
@@ -66,8 +66,6 @@ class PagedLatentCache:
             if (fp8.latent_dim, fp8.rope_dim) != (latent_dim, rope_dim):
                 raise ValueError(f"fp8 describes L={fp8.latent_dim}, R={fp8.rope_dim}; the cache has "
                                  f"L={latent_dim}, R={rope_dim}")
-            if xp is not np:
-                raise NotImplementedError("FP8 caches are NumPy-only so far")
         self.xp, self.dtype, self.fp8 = xp, np.dtype(dtype), fp8
         self.block_size, self.latent_dim, self.rope_dim = block_size, latent_dim, rope_dim
         self.max_blocks_per_seq = max_blocks_per_seq

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import lru_cache
 
 import cupy as cp
@@ -69,9 +70,20 @@ def run_schedule(plan: Plan, seqlens, capacity: int = INT_MAX) -> None:
                        plan.piece_base, plan.prefix))
 
 
-def _no_fp8(problem: Problem) -> None:
-    if problem.cache_format is not None:
-        raise NotImplementedError("FP8 caches are decoded by the NumPy backend only so far")
+def _dense_cache(problem: Problem, cache, block_table):
+    """An FP8 cache as rows of the input dtype for the kernels, which do not read
+    FP8 yet: the blocks the block table names (every row of a contiguous cache),
+    dequantised in one pass of array operations. Correct, not fast; it allocates."""
+    fmt = problem.cache_format
+    if fmt is None:
+        return problem, cache, block_table
+    if block_table is None:
+        return replace(problem, cache_format=None), fmt.dequantize(cache, problem.dtype), None
+    named = (block_table >= 0) & (block_table < problem.num_blocks)
+    picked = cp.where(named, block_table, 0).ravel()
+    dense = fmt.dequantize(cache[picked], problem.dtype)  # (B * max_blocks, block_size, L+R)
+    table = cp.where(named, cp.arange(picked.size, dtype=np.int32).reshape(block_table.shape), -1)
+    return replace(problem, cache_format=None, num_blocks=int(picked.size)), dense, table.astype(np.int32)
 
 
 def _aligned(name: str, array) -> None:
@@ -114,12 +126,12 @@ def _combine(name: str, params, rows: int, batch: int, v_dim: int) -> None:
 def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale: float, causal: bool,
                      plan: Plan | None = None, out=None):
     """Absorbed core on the GPU: (B, Sq, H, D) queries -> (B, Sq, H, v_dim) in the input dtype, lse."""
-    _no_fp8(problem)
     batch, q_len, heads, dim = q_lat.shape
     rows, v_dim = q_len * heads, problem.v_dim
     o = out if out is not None else cp.empty((batch, q_len, heads, v_dim), dtype=problem.dtype)
     if batch == 0:
         return o, cp.empty((batch, q_len, heads), dtype=np.float32)
+    problem, cache, block_table = _dense_cache(problem, cache, block_table)
     q = cp.ascontiguousarray(q_lat.astype(problem.dtype, copy=False))
     q = q if q.data.ptr % 16 == 0 else q.copy()
     _aligned("cache", cache)
@@ -149,7 +161,6 @@ def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: flo
     Builds its own schedule (one CTA column per SM share of the H x query-tile
     CTAs); split-KV plans are for the absorbed strategy.
     """
-    _no_fp8(problem)
     batch, q_len, heads, _ = q.shape
     rows, v_dim = q_len * heads, problem.v_dim
     spec = decompressed_kernel(problem.dtype, problem.latent_dim, problem.rope_dim, problem.nope_dim, v_dim)
@@ -157,6 +168,7 @@ def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: flo
     lse = cp.empty((batch, q_len, heads), dtype=np.float32)
     if batch == 0:
         return o, lse
+    problem, cache, block_table = _dense_cache(problem, cache, block_table)
     _aligned("cache", cache)
     seqlens, block_table = _index_arrays(problem, seqlens, block_table)
     q, w = cp.ascontiguousarray(q), cp.ascontiguousarray(w)  # kept alive past the launches

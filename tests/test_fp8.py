@@ -90,3 +90,20 @@ def test_fp8_validation():
         cumla.decode(q, good, w, rope_dim=16, cache_format="fp8")
     with pytest.raises(ValueError, match="L\\+R = 80"):
         cumla.latent_attention(np.zeros((1, 2, 64), np.float32), good, v_dim=64, scale=0.1, cache_format=fmt)
+
+
+def test_e4m3_codec_matches_ml_dtypes_bit_for_bit():
+    from cumla._fp8 import E4M3, E4M3_VALUES, e4m3_decode, e4m3_encode
+
+    codes = np.arange(256, dtype=np.uint8)
+    decoded = e4m3_decode(codes)
+    finite = ~np.isnan(E4M3_VALUES)
+    np.testing.assert_array_equal(decoded[finite], codes.view(E4M3).astype(np.float32)[finite])
+    values = np.sort(E4M3_VALUES[:127])
+    middles = (values[:-1] + values[1:]) / 2  # ties: must go to the even code
+    rng = np.random.default_rng(0)
+    x = np.concatenate([values, middles, np.nextafter(middles, 0), np.nextafter(middles, 1000),
+                        rng.uniform(-460, 460, 20000).astype(np.float32), [0.0, -0.0, 1e-9, -1e-9]])
+    x = np.concatenate([x, -x]).astype(np.float32)
+    np.testing.assert_array_equal(e4m3_encode(x), x.astype(E4M3).view(np.uint8))
+    assert e4m3_encode(np.array([np.nan], np.float32))[0] & 0x7F == 0x7F

@@ -162,10 +162,20 @@ def test_device_validation_without_a_device(cp):
         cumla.decode(**bad)
     with pytest.raises(TypeError, match="all be NumPy or all CuPy"):
         cumla.decode(**dict(args, w_kv=np.asarray(args["w_kv"])))
+
+
+def test_fp8_cache_reaches_the_kernels_dequantised(cp):
+    """The kernels read 16-bit rows: the FP8 blocks the table names are dequantised
+    into a compact pool and the block table renumbered (-1 kept for unused entries)."""
+    args = inputs(cp)
     fmt = cumla.fp8_format(L, R, 128)
-    fp8 = dict(args, cache=device(cp, np.zeros((15, 64, fmt.row_bytes), np.uint8)))
-    with pytest.raises(NotImplementedError, match="FP8"):
-        cumla.decode(**fp8, cache_format=fmt)
+    pool = device(cp, fmt.quantize(np.asarray(args["cache"])))
+    table = np.asarray(args["block_table"]).copy()
+    table[2, 1:] = -1  # the empty request names one block only
+    cumla.decode(**dict(args, cache=pool, block_table=device(cp, table)), cache_format=fmt, strategy="absorbed")
+    attend = cp.launches[1]
+    assert attend.name == "latent_attention_sm90<bf16_t, 576, 512>"
+    assert field(attend, "cache") != pool.data.ptr and field(attend, "num_blocks") == table.size
 
 
 def test_strided_index_arrays_reach_the_kernel_contiguous(cp):
@@ -206,3 +216,23 @@ def test_a_cache_off_a_16_byte_boundary_is_refused(cp):
         cumla.decode(**dict(args, cache=shifted), strategy="absorbed")
     with pytest.raises(ValueError, match="16-byte-aligned"):
         cumla.decode(**dict(args, cache=shifted), strategy="decompressed")
+
+
+def test_dense_cache_renumbers_the_named_blocks(cp):
+    import cumla._gpu as gpu
+    from cumla._validate import check_decode
+
+    args = inputs(cp)
+    fmt = cumla.fp8_format(L, R, 128)
+    rows = np.asarray(args["cache"])
+    pool = device(cp, fmt.quantize(rows))
+    table = np.asarray(args["block_table"]).copy()
+    table[2, 1:] = -1
+    problem = check_decode(args["q"], pool, args["w_kv"], R, args["seqlens"], device(cp, table), fmt)
+    dense_problem, dense, new_table = gpu._dense_cache(problem, pool, device(cp, table))
+    assert dense_problem.cache_format is None and dense_problem.num_blocks == table.size
+    assert dense.dtype == cumla.bfloat16 and dense.shape == (table.size, 64, L + R)
+    np.testing.assert_array_equal(np.asarray(new_table)[table < 0], -1)
+    for b, j in zip(*np.nonzero(table >= 0)):  # each named block, dequantised, at its new number
+        expected = fmt.dequantize(np.asarray(pool)[table[b, j]], cumla.bfloat16)
+        np.testing.assert_array_equal(np.asarray(dense)[new_table[b, j]].view(np.uint16), expected.view(np.uint16))
