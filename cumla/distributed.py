@@ -73,11 +73,13 @@ class ShardedLatentCache:
         self._lengths = np.zeros(max_seqs, dtype=np.int64)  # global tokens per sequence
 
     def add_sequence(self) -> int:
+        """A new empty sequence (the same id on every rank that calls in the same order)."""
         seq_id = self.local.add_sequence()
         self._lengths[seq_id] = 0
         return seq_id
 
     def free_sequence(self, seq_id: int) -> None:
+        """Release a sequence and this rank's blocks of it."""
         self.local.free_sequence(seq_id)
         self._lengths[seq_id] = 0
 
@@ -87,6 +89,7 @@ class ShardedLatentCache:
         return int(self._lengths[seq_id])
 
     def global_lengths(self, seq_ids: Sequence[int]) -> np.ndarray:
+        """Global tokens of each sequence (host int64 array)."""
         ids = np.asarray(seq_ids, dtype=np.int64).reshape(-1)
         for seq_id in ids:
             self.local._check_live(int(seq_id))
