@@ -27,7 +27,7 @@ if [ "${3:-1}" = 1 ]; then
 fi
 gpus=$(nvidia-smi -L | wc -l)
 for n in 1 $([ "$gpus" -ge 2 ] && echo 2); do
-  timeout 240 python3 -m cumla.launch -n $n bench/bench_distributed.py --out "$OUT" 2>&1 | tee -a "$OUT/distributed.log"
+  timeout 150 python3 -m cumla.launch -n $n bench/bench_distributed.py --out "$OUT" 2>&1 | tee -a "$OUT/distributed.log"
 done
 (python3 examples/mla_decode.py --batch 8 --seq-len 4096 --heads 128 && python3 examples/serve_loop.py --steps 100) \
   2>&1 | tr '\r' '\n' | grep -v "steps$" | tee "$OUT/examples.log"

@@ -19,7 +19,7 @@ def devices() -> int:
 
 def run_ranks(n, tmp_path, mode):
     return subprocess.run([sys.executable, "-m", "cumla.launch", "-n", str(n), str(WORKER), str(tmp_path), mode],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=120)
 
 
 def test_one_rank_over_nccl_equals_single_gpu_decode(tmp_path):
