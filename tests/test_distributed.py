@@ -149,3 +149,24 @@ def test_unique_id_goes_through_the_file(tmp_path):
     assert share_unique_id(1, path, 1.0, lambda: pytest.fail("only rank 0 makes the id")) == made == (3, 1, 4)
     with pytest.raises(TimeoutError, match="did rank 0 start"):
         share_unique_id(1, str(tmp_path / "missing.json"), 0.05, lambda: ())
+
+
+def test_a_stopped_launcher_stops_its_ranks(tmp_path):
+    import os
+    import signal
+
+    script = tmp_path / "sleeper.py"
+    script.write_text("import os, sys, time\n"
+                      "open(os.path.join(sys.argv[1], os.environ['CUMLA_RANK']), 'w').write(str(os.getpid()))\n"
+                      "time.sleep(120)\n")
+    launcher = subprocess.Popen([sys.executable, "-m", "cumla.launch", "-n", "2", str(script), str(tmp_path)])
+    deadline = time.monotonic() + 30
+    while not all((tmp_path / str(r)).exists() and (tmp_path / str(r)).read_text() for r in range(2)):
+        assert time.monotonic() < deadline, "ranks did not start"
+        time.sleep(0.05)
+    pids = [int((tmp_path / str(r)).read_text()) for r in range(2)]
+    launcher.send_signal(signal.SIGTERM)  # what a time limit does
+    assert launcher.wait(timeout=30) == 128 + signal.SIGTERM
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
