@@ -255,3 +255,21 @@ def test_reserve_checks_capacity_and_blocks_before_allocating():
     assert cache.free_blocks == 1
     with pytest.raises(ValueError, match="non-negative"):
         cache.reserve([a], -1)
+
+
+def test_append_step_quantises_fp8_rows_like_append():
+    rng = np.random.default_rng(6)
+    fmt = cumla.fp8_format(16, 8, 8)
+    caches = [cumla.PagedLatentCache(8, 4, latent_dim=16, rope_dim=8, max_seqs=2, max_blocks_per_seq=4, fp8=fmt)
+              for _ in range(2)]
+    for cache in caches:
+        cache.add_sequence()
+        cache.add_sequence()
+    caches[1].reserve([0, 1], 5)
+    for _ in range(5):
+        c, k = _rows(rng, 2)
+        caches[0].append([0, 1], c, k)
+        caches[1].append_step(np.array([0, 1]), c, k)
+    caches[1].sync()
+    for seq in (0, 1):
+        np.testing.assert_array_equal(_stored(caches[1], seq), _stored(caches[0], seq))
