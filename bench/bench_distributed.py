@@ -17,22 +17,10 @@ import numpy as np
 
 import cupy as cp
 import cumla
+from bench_gpu import time_us
 from cumla.distributed import Communicator, ShardedLatentCache, TokenSharding, local_partials, merge_partials
 
 L, R, DN, DV, BLOCK = 512, 64, 128, 128, 64
-
-
-def median_us(fn, repeat: int = 10) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start, stop = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, stop) * 1e3)
-    return float(np.median(times))
 
 
 def main() -> None:
@@ -65,8 +53,8 @@ def main() -> None:
         merge_partials(comm.all_gather(o), comm.all_gather(lse))
 
     o, lse = local_partials(q, shard, w_kv, seq_ids=ids, rope_dim=R)
-    total_us = median_us(whole)
-    merge_us = median_us(lambda: merge_partials(comm.all_gather(o), comm.all_gather(lse)))
+    total_us = time_us(whole, warmup=1, repeat=10)
+    merge_us = time_us(lambda: merge_partials(comm.all_gather(o), comm.all_gather(lse)), warmup=1, repeat=10)
     if comm.rank == 0:
         result = dict(gpus=comm.world, batch=batch, seq=seq, heads=heads, block=BLOCK, layout=sharding.layout,
                       gpu=cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
