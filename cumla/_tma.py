@@ -38,6 +38,13 @@ def rows_map(address: int, rows: int, width: int, box_rows: int) -> np.void:
     128-byte swizzle; out-of-bounds elements read as zeros."""
     if address % 16 or (width * 2) % 16 or not 1 <= box_rows <= 256 or rows >= 2**31:
         raise ValueError(f"no TMA descriptor for {rows} x {width} at {address:#x} in boxes of {box_rows} rows")
+    return np.frombuffer(_encoded(address, rows, width, box_rows), TMA_MAP)[0].copy()
+
+
+@lru_cache(maxsize=256)
+def _encoded(address: int, rows: int, width: int, box_rows: int) -> bytes:
+    """The driver's encoding, once per (address, shape): a serving loop decodes
+    over the same cache every step, and the bytes depend on nothing else."""
     storage = (ctypes.c_uint8 * (TMA_MAP.itemsize + 64))()
     aligned = (ctypes.addressof(storage) + 63) // 64 * 64  # the driver wants a 64-byte-aligned CUtensorMap
     dims = (ctypes.c_uint64 * 2)(width, rows)
@@ -48,6 +55,4 @@ def rows_map(address: int, rows: int, width: int, box_rows: int) -> np.void:
                       _INTERLEAVE_NONE, _SWIZZLE_128B, _L2_PROMOTION_256B, _OOB_FILL_ZEROS)
     if rc != 0:
         raise RuntimeError(f"cuTensorMapEncodeTiled failed with CUresult {rc} for {rows} x {width}, box {box_rows}")
-    out = np.zeros((), TMA_MAP)
-    ctypes.memmove(out.ctypes.data, aligned, TMA_MAP.itemsize)
-    return out[()]
+    return ctypes.string_at(aligned, TMA_MAP.itemsize)

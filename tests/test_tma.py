@@ -34,3 +34,18 @@ def test_driver_failure_is_reported(monkeypatch):
     monkeypatch.setattr(_tma, "_encode_fn", lambda: lambda *args: 1)
     with pytest.raises(RuntimeError, match="CUresult 1"):
         _tma.rows_map(0x1000, 64, 576, 64)
+
+
+def test_descriptor_is_encoded_once_per_cache(monkeypatch):
+    calls = []
+
+    def encode(tmap, *args):
+        calls.append(args[2])
+        return 0
+
+    monkeypatch.setattr(_tma, "_encode_fn", lambda: encode)
+    first = _tma.rows_map(0x7E0000002000, 640, 576, 64)
+    again = _tma.rows_map(0x7E0000002000, 640, 576, 64)  # the next decode step over the same pool
+    other = _tma.rows_map(0x7E0000004000, 640, 576, 64)
+    assert calls == [0x7E0000002000, 0x7E0000004000]
+    assert first.tobytes() == again.tobytes() and first is not again and other.dtype == _tma.TMA_MAP
