@@ -76,13 +76,20 @@ def matmul_rate() -> tuple[float, str]:
         return 2 * n**3 / (us * 1e-6), "torch"
 
 
+def paged_inputs(lengths, heads, block, rng, q_len=1):
+    """bf16 queries and a paged cache (shuffled blocks) holding the given lengths."""
+    lengths = np.asarray(lengths, np.int32)
+    per = -(-int(lengths.max()) // block)
+    blocks = len(lengths) * per
+    cache = cp.asarray(rng.standard_normal((blocks, block, D), dtype=np.float32).astype(BFLOAT16))
+    table = cp.asarray(rng.permutation(blocks).astype(np.int32).reshape(len(lengths), per))
+    q = cp.asarray(rng.standard_normal((len(lengths), q_len, heads, D), dtype=np.float32).astype(BFLOAT16))
+    return q, cache, table, cp.asarray(lengths)
+
+
 def make_config(batch, q_len, heads, seq, rng):
-    blocks = batch * seq // BLOCK
-    cache = cp.asarray(rng.standard_normal((blocks, BLOCK, D), dtype=np.float32).astype(BFLOAT16))
-    table = cp.asarray(rng.permutation(blocks).astype(np.int32).reshape(batch, seq // BLOCK))
-    q = cp.asarray(rng.standard_normal((batch, q_len, heads, D), dtype=np.float32).astype(BFLOAT16))
-    seqlens = cp.full(batch, seq, dtype=np.int32)
-    return q, cache, table, seqlens
+    """A fixed configuration's inputs: every request full, page BLOCK."""
+    return paged_inputs(np.full(batch, seq, np.int32), heads, BLOCK, rng, q_len)
 
 
 def cupy_baseline(q, cache, table, scale):
@@ -150,17 +157,6 @@ def time_core(q, cache, table, seqlens, heads, q_len=1) -> float:
     out = cp.empty(q.shape[:-1] + (L,), dtype=BFLOAT16)
     return time_us(lambda: cumla.latent_attention(q, cache, v_dim=L, scale=0.1, seqlens=seqlens, block_table=table,
                                                   plan=plan, out=out, check=False))
-
-
-def paged_inputs(lengths, heads, block, rng):
-    """bf16 queries and a paged cache (shuffled blocks) holding the given lengths."""
-    lengths = np.asarray(lengths, np.int32)
-    per = -(-int(lengths.max()) // block)
-    blocks = len(lengths) * per
-    cache = cp.asarray(rng.standard_normal((blocks, block, D), dtype=np.float32).astype(BFLOAT16))
-    table = cp.asarray(rng.permutation(blocks).astype(np.int32).reshape(len(lengths), per))
-    q = cp.asarray(rng.standard_normal((len(lengths), 1, heads, D), dtype=np.float32).astype(BFLOAT16))
-    return q, cache, table, cp.asarray(lengths)
 
 
 def bench_serving(copy_bw, rng):
