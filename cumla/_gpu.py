@@ -86,9 +86,14 @@ def _dense_cache(problem: Problem, cache, block_table):
     return replace(problem, cache_format=None, num_blocks=int(picked.size)), dense, table.astype(np.int32)
 
 
-def _aligned(name: str, array) -> None:
-    """The kernels copy rows in 16-byte pieces: a cache view that starts off a
-    16-byte boundary (possible through DLPack) would fault."""
+# The kernels copy rows in 16-byte pieces: an array that starts off a 16-byte
+# boundary (possible through DLPack) would fault. Small inputs are copied; the
+# cache is too big to copy behind the caller's back.
+def _on_16_bytes(array):
+    return array if array.data.ptr % 16 == 0 else array.copy()
+
+
+def _check_aligned(name: str, array) -> None:
     if array.data.ptr % 16:
         raise ValueError(f"{name} must start at a 16-byte-aligned address on the GPU, got {array.data.ptr:#x} "
                          "(copy it, or take it from an aligned allocation)")
@@ -132,9 +137,8 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     if batch == 0:
         return o, cp.empty((batch, q_len, heads), dtype=np.float32)
     problem, cache, block_table = _dense_cache(problem, cache, block_table)
-    q = cp.ascontiguousarray(q_lat.astype(problem.dtype, copy=False))
-    q = q if q.data.ptr % 16 == 0 else q.copy()
-    _aligned("cache", cache)
+    q = _on_16_bytes(cp.ascontiguousarray(q_lat.astype(problem.dtype, copy=False)))
+    _check_aligned("cache", cache)
     seqlens, block_table = _index_arrays(problem, seqlens, block_table)
     if plan is None:
         plan = Plan(cp, batch, rows, v_dim, default_parts(rows)).update(seqlens, problem.capacity)
@@ -169,10 +173,9 @@ def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: flo
     if batch == 0:
         return o, lse
     problem, cache, block_table = _dense_cache(problem, cache, block_table)
-    _aligned("cache", cache)
+    _check_aligned("cache", cache)
     seqlens, block_table = _index_arrays(problem, seqlens, block_table)
-    q, w = cp.ascontiguousarray(q), cp.ascontiguousarray(w)  # kept alive past the launches
-    q, w = (a if a.data.ptr % 16 == 0 else a.copy() for a in (q, w))
+    q, w = _on_16_bytes(cp.ascontiguousarray(q)), _on_16_bytes(cp.ascontiguousarray(w))  # alive past the launches
     q_tiles = math.ceil(q_len / spec.queries)
     parts = max(1, _sm_count(cp.cuda.Device().id) // (heads * q_tiles))
     plan = Plan(cp, batch, rows, v_dim, parts).update(seqlens, problem.capacity)
