@@ -140,7 +140,14 @@ def latent_kernel(dtype: np.dtype, dim: int, v_dim: int, rows: int, arch: str, b
     run on mma.sync tensor cores with 16, 32 or 64 rows per CTA (the fewest
     that hold M), and float32 on CUDA cores.
     """
-    if arch == "sm_90a" and USE_HOPPER_KERNEL and tma_ready:
+    return _choose(np.dtype(dtype), dim, v_dim, rows, arch == "sm_90a" and USE_HOPPER_KERNEL and tma_ready,
+                   block_size)
+
+
+@lru_cache(maxsize=None)
+def _choose(dtype: np.dtype, dim: int, v_dim: int, rows: int, hopper: bool, block_size: int | None) -> LatentKernel:
+    """latent_kernel's choice, once per distinct call shape (decode asks every call)."""
+    if hopper:
         spec = hopper_kernel(dtype, dim, v_dim, block_size)
         if spec is not None:
             return spec
