@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import array_module
+from ._gemm import batched_matmul
 
 
 def absorb(w_kv: Any, heads: int, v_dim: int) -> tuple[Any, Any]:
@@ -57,18 +58,44 @@ def absorb(w_kv: Any, heads: int, v_dim: int) -> tuple[Any, Any]:
 
 
 def absorb_query(q: Any, w_uk: Any, rope_dim: int, xp: Any) -> Any:
-    """[q_nope @ W_uk | q_rope] in float32: (B, Sq, H, Dn+R) -> (B, Sq, H, L+R)."""
+    """[q_nope @ W_uk | q_rope]: (B, Sq, H, Dn+R) -> (B, Sq, H, L+R).
+
+    NumPy: float32. CuPy: q's dtype, one cuBLAS call accumulating in float32
+    and writing the latent part in place (no float32 copies of q or W_uk).
+    """
     batch, q_len, heads, qk_dim = q.shape
-    nope = qk_dim - rope_dim
-    qn = q[..., :nope].astype(np.float32).transpose(2, 0, 1, 3).reshape(heads, batch * q_len, nope)
-    q_lat = xp.matmul(qn, w_uk.astype(np.float32))  # (H, B*Sq, L)
-    q_lat = q_lat.reshape(heads, batch, q_len, w_uk.shape[2]).transpose(1, 2, 0, 3)
-    return xp.concatenate([q_lat, q[..., nope:].astype(np.float32)], axis=-1)
+    nope, latent = qk_dim - rope_dim, w_uk.shape[2]
+    if xp is np:
+        qn = q[..., :nope].astype(np.float32).transpose(2, 0, 1, 3).reshape(heads, batch * q_len, nope)
+        q_lat = xp.matmul(qn, w_uk.astype(np.float32))  # (H, B*Sq, L)
+        q_lat = q_lat.reshape(heads, batch, q_len, latent).transpose(1, 2, 0, 3)
+        return xp.concatenate([q_lat, q[..., nope:].astype(np.float32)], axis=-1)
+    q = xp.ascontiguousarray(q)
+    q_lat = xp.empty((batch, q_len, heads, latent + rope_dim), dtype=q.dtype)
+    rows = batch * q_len
+    batched_matmul(q.reshape(rows, heads, qk_dim)[:, :, :nope].transpose(1, 0, 2),
+                   w_uk.astype(q.dtype, copy=False),
+                   q_lat.reshape(rows, heads, latent + rope_dim)[:, :, :latent].transpose(1, 0, 2))
+    q_lat[..., latent:] = q[..., nope:]
+    return q_lat
 
 
-def unabsorb(o_lat: Any, w_uv: Any, xp: Any) -> Any:
-    """o_latent @ W_uv per head in float32: (B, Sq, H, L) -> (B, Sq, H, Dv)."""
+def unabsorb(o_lat: Any, w_uv: Any, xp: Any, out: Any = None) -> Any:
+    """o_latent @ W_uv per head: (B, Sq, H, L) -> (B, Sq, H, Dv).
+
+    NumPy: float32. CuPy: o_lat's dtype (float32 accumulation), written into
+    ``out`` when it is a C-contiguous array of that dtype and shape.
+    """
     batch, q_len, heads, latent = o_lat.shape
-    flat = o_lat.astype(np.float32).transpose(2, 0, 1, 3).reshape(heads, batch * q_len, latent)
-    o = xp.matmul(flat, w_uv.astype(np.float32))  # (H, B*Sq, Dv)
-    return o.reshape(heads, batch, q_len, w_uv.shape[2]).transpose(1, 2, 0, 3)
+    v_dim = w_uv.shape[2]
+    if xp is np:
+        flat = o_lat.astype(np.float32).transpose(2, 0, 1, 3).reshape(heads, batch * q_len, latent)
+        o = xp.matmul(flat, w_uv.astype(np.float32))  # (H, B*Sq, Dv)
+        return o.reshape(heads, batch, q_len, v_dim).transpose(1, 2, 0, 3)
+    shape = (batch, q_len, heads, v_dim)
+    if out is None or out.dtype != o_lat.dtype or out.shape != shape or not out.flags.c_contiguous:
+        out = xp.empty(shape, dtype=o_lat.dtype)
+    rows = batch * q_len
+    batched_matmul(xp.ascontiguousarray(o_lat).reshape(rows, heads, latent).transpose(1, 0, 2),
+                   w_uv.astype(o_lat.dtype, copy=False), out.reshape(rows, heads, v_dim).transpose(1, 0, 2))
+    return out

@@ -194,7 +194,7 @@ def decode(
         ).best
         if strategy not in backend.strategies(problem.dtype):
             strategy = "absorbed"
-    q4 = _as_4d(q)
+    q4, out4 = _as_4d(q), _out_4d(problem, out)
     w3 = w_kv.reshape(problem.latent_dim, problem.heads, -1)
     if strategy == "absorbed":
         w_uk, w_uv = absorb(w3, problem.heads, problem.v_dim)
@@ -202,10 +202,10 @@ def decode(
         o_lat, lse = backend.latent_attention(
             problem.as_latent(), q_lat, cache, seqlens, block_table, scale, bool(causal), plan
         )
-        o = unabsorb(o_lat, w_uv, xp)
+        o = unabsorb(o_lat, w_uv, xp, out=out4)
     else:
         o, lse = backend.decompressed(problem, q4, w3, cache, seqlens, block_table, scale, bool(causal), plan)
-    return _finish(problem, o, lse, out, _out_4d(problem, out), return_lse, plan)
+    return _finish(problem, o, lse, out, out4, return_lse, plan)
 
 
 def latent_attention(

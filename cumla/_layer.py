@@ -65,9 +65,11 @@ class LatentAttention:
         self.rope_base = float(rope_base)
         self.scale = 1 / math.sqrt(self.nope_dim + rope_dim) if scale is None else check_scale(scale)
         self.w_dkv = w_dkv
-        # The absorbed factors, once: (H, Dn, L) and (H, L, Dv), contiguous float32.
-        self.w_uk = xp.ascontiguousarray(w_uk.astype(np.float32))
-        self.w_uv = xp.ascontiguousarray(w_uv.astype(np.float32))
+        # The absorbed factors, once: (H, Dn, L) and (H, L, Dv), contiguous; float32
+        # for NumPy's matmul, the weights' dtype for cuBLAS (which accumulates in float32).
+        factor_dtype = np.float32 if xp is np else w_kv.dtype
+        self.w_uk = xp.ascontiguousarray(w_uk.astype(factor_dtype))
+        self.w_uv = xp.ascontiguousarray(w_uv.astype(factor_dtype))
 
     @classmethod
     def from_deepseek(cls, kv_a_proj_with_mqa: Any, kv_b_proj: Any, *, heads: int, rope_dim: int = 64,
@@ -133,11 +135,11 @@ class LatentAttention:
             raise ValueError(f"q must have shape (B, [Sq,] H={self.heads}, Dn+R={self.nope_dim + self.rope_dim}), "
                              f"got {tuple(q.shape)}")
         q4 = q[:, None] if q.ndim == 3 else q
-        q_lat = absorb_query(q4, self.w_uk, self.rope_dim, xp).astype(self.dtype)
+        q_lat = absorb_query(q4, self.w_uk, self.rope_dim, xp).astype(self.dtype, copy=False)
         o_lat, lse = latent_attention(q_lat, cache, v_dim=self.latent_dim, scale=self.scale, seqlens=seqlens,
                                       block_table=block_table, causal=causal, return_lse=True, plan=plan,
                                       check=check, cache_format=cache_format)
-        o = unabsorb(o_lat, self.w_uv, xp).astype(q.dtype)
+        o = unabsorb(o_lat, self.w_uv, xp).astype(q.dtype, copy=False)
         if q.ndim == 3:
             o, lse = o[:, 0], lse[:, 0]
         return (o, lse) if return_lse else o

@@ -9,7 +9,7 @@ import pytest
 
 import cumla
 import fake_cupy
-from cumla import _kernels, _tma
+from cumla import _absorb, _kernels, _tma
 
 L, R, DN, DV = 512, 64, 128, 128
 
@@ -26,6 +26,15 @@ def use_fake(monkeypatch, fake):
         return np.zeros((), _tma.TMA_MAP)[()]
 
     monkeypatch.setattr(_tma, "rows_map", rows_map)
+
+    fake.gemms = []
+
+    def batched_matmul(a, b, out):  # cuBLAS stand-in: records its operands, computes in float32
+        fake.gemms.append((a, b, out))
+        out[...] = (a.astype(np.float32) @ b.astype(np.float32)).astype(out.dtype)
+        return out
+
+    monkeypatch.setattr(_absorb, "batched_matmul", batched_matmul)
     return fake
 
 
@@ -62,6 +71,14 @@ def test_absorbed_decode_launches(cp):
     names = [launch.name for launch in cp.launches]
     assert names == ["make_schedule", "latent_attention_sm90<bf16_t, 576, 512>", "combine_partials<bf16_t>"]
     schedule, attend, combine = cp.launches
+    absorb, unabsorb = cp.gemms
+    # The absorption reads q and w_kv in place (strided views, no float32 copies)
+    # and writes 16-bit latent queries straight into the array the kernel reads.
+    for gemm in (absorb, unabsorb):
+        assert np.shares_memory(gemm[1], args["w_kv"]) and gemm[2].dtype == cumla.bfloat16
+    assert np.shares_memory(absorb[0], args["q"])
+    assert absorb[2].ctypes.data == field(attend, "q")
+    assert np.shares_memory(unabsorb[2], o)
     spec = _kernels.latent_kernel(cumla.bfloat16, 576, 512, 16, "sm_90a", 64)
     parts = 132  # 16 rows: one CTA row per part
     assert len(attend.args) == 2 and attend.args[1].dtype == _tma.TMA_MAP
