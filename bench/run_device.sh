@@ -14,7 +14,7 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-index --target "$s
 export PYTHONUNBUFFERED=1 PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
 if [ "${1:-}" != none ]; then
-  (cd tests && timeout 330 python3 -m pytest -q -p no:cacheprovider -m gpu gpu ${1:+-k "$1"} 2>&1 &&
+  (cd tests && timeout 330 python3 -m pytest -q -rs -p no:cacheprovider -m gpu gpu ${1:+-k "$1"} 2>&1 &&
    python3 -m pytest -q -p no:cacheprovider test_kernels_compile.py -k warpgroup 2>&1) | tee "$OUT/gpu-tests.log"
 fi
 timeout 240 python3 bench/bench_gpu.py --out "$OUT" --configs "${2:-ABCDEF}" 2>&1 | tee "$OUT/bench.log"

@@ -1,18 +1,31 @@
 // Absorbed MLA decode core for Hopper (sm_90a): the schedule, inputs and
-// outputs of latent_attention.cu, with the products on warpgroup MMAs
-// (wgmma) reading both operands from shared memory.
+// outputs of latent_attention.cu, with the products on warpgroup MMAs (wgmma).
 //
 // A CTA of two warpgroups owns 64 query rows of one request (all heads and
-// query tokens when Sq*H <= 64) and walks its range of 64-token cache tiles.
-// Q and each tile sit in shared memory in the 128-byte-swizzled layout wgmma
-// reads. Tiles are copied once per CTA by TMA (double-buffered, one mbarrier
-// per stage; warp 0 issues a copy per 64 columns and per page of the tile)
-// and serve every row; Q comes in by cp.async once per request. Per tile, warpgroup w computes the scores of the tile's tokens
-// [32w, 32w+32) (S = Q K^T, 36 k-steps of m64n32k16), the two warpgroups
-// exchange row maxima, each writes its probabilities P to shared memory, and
-// then warpgroup w accumulates its half of the output columns,
-// O[:, w*DV/2 ...] += P V, V being the first DV columns of the same tile read
-// as an N-major operand (no transposed copy).
+// query tokens when Sq*H <= 64) and walks its range of 64-token cache tiles
+// two at a time ("seesaw"): warpgroup 0 owns the left half of the 64 x DV
+// output and the scores of the even tile K0, warpgroup 1 the right half and
+// the odd tile K1. With m the running row maximum:
+//   [0] S0 = Q K0^T, m0 = max(m, rowmax S0), P0 = exp(S0 - m0),
+//       O_L = O_L * e^(m - m0) + P0 V0_L                      (P0 from registers)
+//   [1] S1 = Q K1^T, m1 = max(m0, rowmax S1), P1 = exp(S1 - m1),
+//       O_R = O_R * e^(m - m1) + P1 V1_R                      (P1 from registers)
+//   [0] O_L = O_L * e^(m0 - m1) + P1 V1_L                     (P1 from shared memory)
+//   [1] O_R += (P0 e^(m0 - m1)) V0_R                          (scaled P0 from shared memory)
+// so one warpgroup's softmax runs while the other's products keep the tensor
+// cores busy, and no warpgroup ever waits for a CTA-wide barrier inside a
+// request. Only row maxima and P tiles cross between the warpgroups (named
+// barriers, one direction each).
+//
+// Q and the two cache stages (stage s holds the tiles warpgroup s scores) sit
+// in shared memory in the 128-byte-swizzled layout wgmma reads; V is the
+// first DV columns of the same tile, read as an N-major operand. Each stage
+// is copied by TMA in two groups of 64-column blocks with an mbarrier each,
+// group A being the blocks only the scoring warpgroup reads (its own V half):
+// that warpgroup releases and refills group A as soon as its own product is
+// done, the other group when the other warpgroup's product is; the scores of
+// a tile walk group A's blocks first. P of a stage goes to its RoPE block
+// (past DV, unused once the scores are done) when there is one.
 #include "common.cuh"
 #include "params.cuh"
 #include "hopper.cuh"
@@ -26,16 +39,29 @@ struct HopperTile {
   static constexpr int BM = 64, BN = 64;      // query rows, tokens per tile
   static constexpr int kBlocks = D / 64;       // 128-byte column blocks per row
   static constexpr int kHalf = DV / 2;         // output columns per warpgroup
+  static constexpr int kHalfBlocks = kHalf / 64;
   static constexpr int kChunks = D / 8;        // 16-byte chunks per row
   using Rows = Swizzle128<64>;
   static constexpr int kTileBytes = Rows::bytes(kBlocks);  // Q, or one cache stage
   static constexpr int kPBytes = Rows::bytes(1);            // P: 64 x 64 16-bit values
-  static constexpr int kRedBytes = 4 * BM * 4;              // row maxima and sums of both warpgroups
-  static constexpr int kBarBytes = 2 * 8;                   // one mbarrier per stage
-  static constexpr int kSmemBytes = 1024 + 3 * kTileBytes + kPBytes + kRedBytes + kBarBytes;  // 1024: alignment
+  static constexpr bool kPInStage = D - DV >= 64;           // a block past DV holds P
+  static constexpr int kOwnPBytes = kPInStage ? 0 : 2 * kPBytes;
+  static constexpr int kRedBytes = 4 * BM * 4;              // m0, m1 and both warpgroups' row sums
+  static constexpr int kBarBytes = 4 * 8;                   // an mbarrier per stage and block group
+  static constexpr int kSmemBytes = 1024 + 3 * kTileBytes + kOwnPBytes + kRedBytes + kBarBytes;  // 1024: alignment
   static_assert(D % 64 == 0 && DV % 128 == 0 && DV <= D && kHalf <= 256, "dims outside the Hopper kernel's range");
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
+  // Block idx of warpgroup w's scoring order: its own V half (group A), then the rest (group B).
+  static __device__ __forceinline__ int block_at(int w, int idx) {
+    if (w == 0) return idx;
+    return idx < kHalfBlocks ? kHalfBlocks + idx : idx < 2 * kHalfBlocks ? idx - kHalfBlocks : idx;
+  }
 };
+
+// Named barriers: one-way signals between the warpgroups, then each
+// warpgroup's own (barrier 0 is __syncthreads').
+enum : int { BAR_M0 = 1, BAR_M1 = 2, BAR_P0 = 3, BAR_P1 = 4, BAR_OWN = 5 };
+constexpr int kPairThreads = 256, kGroupThreads = 128;
 
 }  // namespace
 
@@ -46,56 +72,60 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
                                                                 const __grid_constant__ TmaMap cache_map) {
   using Tile = HopperTile<D, DV>;
   using Rows = typename Tile::Rows;
-  constexpr int kHalf = Tile::kHalf, kBlock = Rows::kBlockBytes;
+  constexpr int kHalf = Tile::kHalf, kHB = Tile::kHalfBlocks, kBlock = Rows::kBlockBytes;
 
   // wgmma's swizzle is anchored at 1024-byte boundaries.
   extern __shared__ __align__(1024) unsigned char smem[];
   const u32 raw = smem_addr(smem);
   const u32 sQ = (raw + 1023u) & ~1023u;
-  const u32 sKV = sQ + Tile::kTileBytes;
-  const u32 sP = sKV + 2 * Tile::kTileBytes;
-  float* sMax = reinterpret_cast<float*>(smem + (sP + Tile::kPBytes - raw));  // [2][BM]
-  float* sSum = sMax + 2 * Tile::BM;                                             // [2][BM]
-  const u32 sBar = sP + Tile::kPBytes + Tile::kRedBytes;                         // [2] mbarriers
+  const u32 sKV = sQ + Tile::kTileBytes;  // stage s at sKV + s * kTileBytes
+  const u32 sOwnP = sKV + 2 * Tile::kTileBytes;
+  float* sM = reinterpret_cast<float*>(smem + (sOwnP + Tile::kOwnPBytes - raw));  // [2][BM]: m0, m1
+  float* sSum = sM + 2 * Tile::BM;                                                  // [2][BM]
+  const u32 sBar = sOwnP + Tile::kOwnPBytes + Tile::kRedBytes;  // [stage][group] mbarriers
+  auto stage_at = [&](int s) { return sKV + s * Tile::kTileBytes; };
+  auto p_at = [&](int s) {  // where P of stage s's tile goes
+    return Tile::kPInStage ? stage_at(s) + (Tile::kBlocks - 1) * kBlock : sOwnP + s * Tile::kPBytes;
+  };
+  auto full_bar = [&](int s, int g) { return sBar + 8 * (2 * s + g); };
 
-  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  // The warpgroup index through a shuffle: ptxas then knows it is uniform
+  // across the warpgroup and keeps the MMAs of either branch asynchronous.
+  const int wg = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   // Accumulator fragments: this thread holds rows r_lo and r_lo + 8, columns
   // 8j + cq and 8j + cq + 1 of every 8-column group j.
   const int r_lo = 16 * warp + lane / 4, cq = 2 * (lane % 4);
+  const bool issuer = warp == 0;  // warp 0 of each warpgroup issues that warpgroup's copies
   const int row0 = blockIdx.y * Tile::BM;
   const u16* q = static_cast<const u16*>(p.q);
   const PartWork work(p.sched, blockIdx.x);
   const int box_rows = p.block_table == nullptr || p.block_size > Tile::BN ? Tile::BN : p.block_size;
+  const int pages = Tile::BN / box_rows;
   if (threadIdx.x == 0) {
-    mbar_init(sBar, 1);
-    mbar_init(sBar + 8, 1);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) mbar_init(sBar + 8 * i, 1);
     mbar_init_fence();
   }
-  // Tiles issued and consumed so far: the n-th tile uses stage n % 2 and
-  // completes phase n / 2 of that stage's barrier.
-  u32 issued = 0, consumed = 0;
+  // Pairs done so far: the current pair's tiles complete phase `pairs % 2` of
+  // their stage's group barriers (every pair fills both stages once).
+  u32 pairs = 0;
 
   for (int b = work.first(); b <= work.last(p.batch); ++b) {
     Segment seg;
     if (!work.segment(p, b, Tile::BN, seg)) continue;
-    const int n = seg.n, t0 = seg.t0, t1 = seg.t1;
+    // Through shuffles, like wg: branches on these stay uniform for ptxas.
+    const int n = __shfl_sync(0xffffffffu, seg.n, 0), t0 = __shfl_sync(0xffffffffu, seg.t0, 0),
+              t1 = __shfl_sync(0xffffffffu, seg.t1, 0);
 
-    __syncthreads();  // the previous request is done with shared memory
-    const u16* q_rows = q + (static_cast<size_t>(b) * p.rows + row0) * D;
-    const int live_rows = min(Tile::BM, p.rows - row0);
-    load_rows<Tile::kChunks, Tile::kChunks, Rows>(
-        sQ, Tile::BM, 0, q, [&](int r) { return r < live_rows ? q_rows + static_cast<size_t>(r) * D : nullptr; });
-    cp_async_commit();
-    // Warp 0 issues tile t: one TMA box per 64 columns and per page of
-    // box_rows rows. Lane l first finds the cache row of page l (a block-table
-    // load, done ahead so its latency hides under the wait for the previous
-    // tile); tokens past the length and out-of-range block ids give y < 0,
-    // where TMA fills zeros.
-    const int pages = Tile::BN / box_rows;
+    // Lane l of an issuing warp: the cache row of page l of tile t (a
+    // block-table load, made ahead of the copy so that its latency hides);
+    // tokens past the length and out-of-range block ids give y < 0, where
+    // TMA fills zeros.
     auto page_row = [&](int t) {
       const int tok = t * Tile::BN + lane * box_rows;
       int y = -box_rows;
-      if (lane >= pages) return y;
+      if (lane >= pages || t >= t1) return y;
       if (p.block_table == nullptr) {
         y = b * p.capacity + tok;
       } else if (tok < n) {
@@ -104,24 +134,46 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
       }
       return y;
     };
-    auto issue_tile = [&](int y_of_my_page) {
-      const u32 stage = sKV + (issued & 1) * Tile::kTileBytes, bar = sBar + (issued & 1) * 8;
-      if (threadIdx.x < 32) {
-        if (lane == 0) mbar_expect_bytes(bar, Tile::kTileBytes);
-        __syncwarp();
-        constexpr int kRounds = (Tile::kBlocks * Tile::BN / HOPPER_MIN_PAGE + 31) / 32;
+    // The issuing warp copies blocks [first, last) of a tile into stage s: one
+    // box per block and page, completing on `bar` (bytes announced apart).
+    auto copy_blocks = [&](int s, int first, int last, int y_of_my_page, u32 bar) {
+      const int count = last - first;
+      constexpr int kRounds = (Tile::kBlocks * Tile::BN / HOPPER_MIN_PAGE + 31) / 32;
 #pragma unroll
-        for (int round = 0; round < kRounds; ++round) {
-          const int k = lane + 32 * round, page = min(k / Tile::kBlocks, pages - 1);
-          const int y = __shfl_sync(0xffffffffu, y_of_my_page, page);
-          if (k < Tile::kBlocks * pages)
-            tma_load_2d(stage + (k % Tile::kBlocks) * kBlock + page * box_rows * 128, cache_map,
-                        (k % Tile::kBlocks) * 64, y, bar);
-        }
+      for (int round = 0; round < kRounds; ++round) {
+        const int k = lane + 32 * round, page = min(k / max(count, 1), pages - 1);
+        const int y = __shfl_sync(0xffffffffu, y_of_my_page, page);
+        if (k < count * pages)
+          tma_load_2d(stage_at(s) + (first + k % count) * kBlock + page * box_rows * 128, cache_map,
+                      (first + k % count) * 64, y, bar);
       }
-      ++issued;
     };
-    if (t0 < t1) issue_tile(threadIdx.x < 32 ? page_row(t0) : 0);
+    // Group A of stage s: warpgroup s's V half; group B: every other block.
+    auto fill_group = [&](int s, int g, int y_of_my_page) {
+      const u32 bar = full_bar(s, g);
+      const int blocks = g == 0 ? kHB : Tile::kBlocks - kHB;
+      if (lane == 0) mbar_expect_bytes(bar, blocks * kBlock);
+      __syncwarp();
+      if (g == 0) {
+        copy_blocks(s, s * kHB, s * kHB + kHB, y_of_my_page, bar);
+      } else if (s == 0) {
+        copy_blocks(s, kHB, Tile::kBlocks, y_of_my_page, bar);
+      } else {
+        copy_blocks(s, 0, kHB, y_of_my_page, bar);
+        copy_blocks(s, 2 * kHB, Tile::kBlocks, y_of_my_page, bar);
+      }
+    };
+
+    __syncthreads();  // the previous request is done with shared memory
+    if (threadIdx.x < 32 && t0 < t1) {  // the first pair, whole
+      const int y0 = page_row(t0), y1 = page_row(t0 + 1);
+      fill_group(0, 0, y0), fill_group(0, 1, y0), fill_group(1, 0, y1), fill_group(1, 1, y1);
+    }
+    const u16* q_rows = q + (static_cast<size_t>(b) * p.rows + row0) * D;
+    const int live_rows = min(Tile::BM, p.rows - row0);
+    load_rows<Tile::kChunks, Tile::kChunks, Rows>(
+        sQ, Tile::BM, 0, q, [&](int r) { return r < live_rows ? q_rows + static_cast<size_t>(r) * D : nullptr; });
+    cp_async_commit();
 
     float o[kHalf / 2];
 #pragma unroll
@@ -133,97 +185,225 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
 
     cp_async_wait<0>();
     fence_async_shared();  // Q, written through the generic proxy, is read by wgmma
-    for (int t = t0; t < t1; ++t) {
-      const u32 sK = sKV + (consumed & 1) * Tile::kTileBytes;
-      const int next_y = threadIdx.x < 32 && t + 1 < t1 ? page_row(t + 1) : 0;
-      mbar_wait(sBar + (consumed & 1) * 8, (consumed >> 1) & 1);
-      ++consumed;
-      const int valid = n - t * Tile::BN;
-      if (valid < Tile::BN) {
-        // The last tile: rows past the length hold whatever the cache holds
-        // there (NaN included); zero them so that P = 0 times V stays 0.
-        const int first = valid > 0 ? valid : 0;
-        for (int i = threadIdx.x; i < (Tile::BN - first) * Tile::kChunks; i += blockDim.x) {
-          const int r = first + i / Tile::kChunks, c = i % Tile::kChunks;
-          asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};" ::"r"(sK + Rows::offset(r, c)), "r"(0));
+    __syncthreads();
+
+    const u64 q_desc = wgmma_desc(sQ, 16, 1024);
+    // Pairs of tiles (i, i + 1). An odd count ends on a pair whose K1 lies
+    // past the segment: its copies are zeros (y < 0) and its scores masked,
+    // so every MMA runs unconditionally (a MMA under a branch ptxas cannot
+    // prove uniform gets serialised).
+    for (int i = t0; i < t1; i += 2) {
+      const int mine = i + wg;  // the tile this warpgroup scores
+      const u32 phase = pairs & 1;
+      // Page rows of the next pair's tiles, for this warpgroup's refills.
+      int y_next[2] = {0, 0};
+      if (issuer) y_next[0] = page_row(i + 2), y_next[1] = page_row(i + 3);
+
+      float s[32];
+      float base[2];  // this warpgroup's new maximum (times scale_log2), exponent offset of its P
+      {
+        const u32 sK = stage_at(wg);
+        const int valid = n - mine * Tile::BN;
+        if (valid < Tile::BN && mine < t1) {
+          // The last tile: rows past the length hold whatever the cache holds
+          // there (NaN included); zero them so that P = 0 times V stays 0.
+          mbar_wait(full_bar(wg, 0), phase);
+          mbar_wait(full_bar(wg, 1), phase);
+          const int first = valid > 0 ? valid : 0;
+          for (int c = threadIdx.x % 128; c < (Tile::BN - first) * Tile::kChunks; c += kGroupThreads) {
+            const int r = first + c / Tile::kChunks, chunk = c % Tile::kChunks;
+            asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};" ::"r"(sK + Rows::offset(r, chunk)), "r"(0));
+          }
+          fence_async_shared();
+          named_sync(BAR_OWN + wg, kGroupThreads);
+        }
+        // S = Q K^T over the tile's 64 tokens, group A's blocks first.
+        // Descriptors advance by adding the byte offset / 16 to their address field.
+        const u64 k_desc = wgmma_desc(sK, 16, 1024);
+#pragma unroll
+        for (int idx = 0; idx < Tile::kBlocks; ++idx) {
+          // After a wait (a divergent spin), wgmma.fence again: else ptxas
+          // inserts its own and serialises the MMAs.
+          if (idx == 0) mbar_wait(full_bar(wg, 0), phase), wgmma_fence();
+          if (idx == kHB) mbar_wait(full_bar(wg, 1), phase), wgmma_fence();
+          const int blk = Tile::block_at(wg, idx);
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk) {
+            const u32 step = (blk * kBlock + kk * 32) >> 4;
+            Wgmma<64>::run<T, 0>(s, q_desc + step, k_desc + step, idx > 0 || kk > 0);
+          }
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_registers(s);
+
+        // Mask invisible tokens; row maxima over the quad.
+        float tile_max[2] = {CUMLA_NEG_INF, CUMLA_NEG_INF};
+        const bool clipped = (mine + 1) * Tile::BN > min(limit[0], limit[1]);  // only the last tiles
+#pragma unroll
+        for (int k = 0; k < 32; ++k) {
+          const int h = (k / 2) & 1;
+          const int tok = mine * Tile::BN + (k / 4) * 8 + cq + (k & 1);
+          if (mine >= t1 || clipped && tok >= limit[h]) s[k] = CUMLA_NEG_INF;
+          tile_max[h] = fmaxf(tile_max[h], s[k]);
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+          tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+          base[h] = tile_max[h];  // the new maximum once combined below
+        }
+      }
+
+      // Row maxima: m0 = max(m, rowmax S0) from warpgroup 0, then m1 = max(m0, rowmax S1).
+      // Rows that have seen nothing keep max -inf: scale by 0 or 1, exponentiate to 0.
+      float m0[2], m1[2], scale0[2], scale1[2];
+      auto offset_of = [&](float m) { return m == CUMLA_NEG_INF ? 0.f : m * p.scale_log2; };
+      if (wg == 0) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          m0[h] = fmaxf(run_max[h], base[h]);
+          if (lane % 4 == 0) sM[r_lo + 8 * h] = m0[h];
+        }
+        named_arrive(BAR_M0, kPairThreads);
+      } else {
+        named_sync(BAR_M0, kPairThreads);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          m0[h] = sM[r_lo + 8 * h];
+          m1[h] = fmaxf(m0[h], base[h]);
+          if (lane % 4 == 0) sM[Tile::BM + r_lo + 8 * h] = m1[h];
+        }
+        named_arrive(BAR_M1, kPairThreads);
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) scale0[h] = fast_exp2(run_max[h] * p.scale_log2 - offset_of(m0[h]));
+
+      u32 pa[16];  // this warpgroup's P as the A operand of its own product
+      if (wg == 0) {
+        // P0 = exp(S0 - m0); O_L = O_L * scale0 + P0 V0_L.
+#pragma unroll
+        for (int h = 0; h < 2; ++h) base[h] = offset_of(m0[h]), run_sum[h] *= scale0[h];
+#pragma unroll
+        for (int k = 0; k < 32; ++k) {
+          s[k] = fast_exp2(s[k] * p.scale_log2 - base[(k / 2) & 1]);
+          run_sum[(k / 2) & 1] += s[k];
+        }
+#pragma unroll
+        for (int k = 0; k < 16; ++k) pa[k] = T::pack(s[2 * k], s[2 * k + 1]);
+        if (scale0[0] != 1.f || scale0[1] != 1.f) {  // the running max rarely moves after the first tiles
+#pragma unroll
+          for (int k = 0; k < kHalf / 2; ++k) o[k] *= scale0[(k / 2) & 1];
+        }
+        const u64 v_desc = wgmma_desc(stage_at(0), kBlock, 1024);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {  // k-step kk: P columns 16kk.., V rows (tokens) 16kk..
+          const u32(&a)[4] = *reinterpret_cast<const u32(*)[4]>(pa + 4 * kk);
+          WgmmaRegA<kHalf>::template run<T, 1>(o, a, v_desc + ((kk * 16 * 128) >> 4), 1);
+        }
+        wgmma_commit();
+
+        // m1 from warpgroup 1; P0 * e^(m0 - m1) to shared memory for its V0_R product.
+        named_sync(BAR_M1, kPairThreads);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          m1[h] = sM[Tile::BM + r_lo + 8 * h];
+          scale1[h] = fast_exp2(m0[h] * p.scale_log2 - offset_of(m1[h]));
+          run_sum[h] *= scale1[h];
+        }
+#pragma unroll
+        for (int k = 0; k < 32; k += 2) {
+          const int h = (k / 2) & 1, row = r_lo + 8 * h, col = (k / 4) * 8 + cq;
+          asm volatile("st.shared.b32 [%0], %1;" ::"r"(p_at(0) + Rows::offset(row, col / 8) + (col % 8) * 2),
+                       "r"(T::pack(s[k] * scale1[h], s[k + 1] * scale1[h])));
         }
         fence_async_shared();
-      }
-      wgmma_wait<0>();  // tile t-1's P V
-      fence_registers(o);
-      __syncthreads();  // tile t is in for everyone; tile t-1's products are complete
-      if (t + 1 < t1) issue_tile(next_y);
+        named_arrive(BAR_P0, kPairThreads);
 
-      // S = Q K^T over this warpgroup's 32 tokens. (Two accumulators taking
-      // alternate k-steps measured no faster: the chain is not the limit.)
-      // Descriptors advance by adding the byte offset / 16 to their address field.
-      const u64 q_desc = wgmma_desc(sQ, 16, 1024), k_desc = wgmma_desc(sK + wg * 32 * 128, 16, 1024);
-      float s[16];
-      wgmma_fence();
+        wgmma_wait<0>();  // P0 V0_L: group A of stage 0 is free
+        fence_registers(o);
+        fence_registers(pa);
+        named_sync(BAR_OWN, kGroupThreads);
+        const bool next = i + 2 < t1;  // another pair follows
+        if (issuer && next) fill_group(0, 0, y_next[0]);
+        if (scale1[0] != 1.f || scale1[1] != 1.f) {
 #pragma unroll
-      for (int k = 0; k < 4 * Tile::kBlocks; ++k) {
-        const u32 step = ((k / 4) * kBlock + (k % 4) * 32) >> 4;
-        Wgmma<32>::run<T, 0>(s, q_desc + step, k_desc + step, k > 0);
+          for (int k = 0; k < kHalf / 2; ++k) o[k] *= scale1[(k / 2) & 1];
+        }
+        // O_L += P1 V1_L
+        named_sync(BAR_P1, kPairThreads);
+        mbar_wait(full_bar(1, 1), phase);  // (already complete: warpgroup 1 scored K1)
+        const u64 p_desc = wgmma_desc(p_at(1), 16, 1024), v1_desc = wgmma_desc(stage_at(1), kBlock, 1024);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          Wgmma<kHalf>::template run<T, 1>(o, p_desc + ((kk * 32) >> 4), v1_desc + ((kk * 16 * 128) >> 4), 1);
+        wgmma_commit();
+        wgmma_wait<0>();  // group B of stage 1 is free
+        fence_registers(o);
+        named_sync(BAR_OWN, kGroupThreads);
+        if (issuer && next) fill_group(1, 1, y_next[1]);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) run_max[h] = m1[h];
+      } else {
+        // P1 = exp(S1 - m1); O_R = O_R * scale0 * scale1 + P1 V1_R + (P0 scale1) V0_R.
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          scale1[h] = fast_exp2(m0[h] * p.scale_log2 - offset_of(m1[h]));
+          scale0[h] *= scale1[h];
+          run_sum[h] *= scale0[h];
+          base[h] = offset_of(m1[h]);
+        }
+#pragma unroll
+        for (int k = 0; k < 32; ++k) {
+          s[k] = fast_exp2(s[k] * p.scale_log2 - base[(k / 2) & 1]);
+          run_sum[(k / 2) & 1] += s[k];
+        }
+#pragma unroll
+        for (int k = 0; k < 16; ++k) pa[k] = T::pack(s[2 * k], s[2 * k + 1]);
+#pragma unroll
+        for (int k = 0; k < 32; k += 2) {
+          const int row = r_lo + 8 * ((k / 2) & 1), col = (k / 4) * 8 + cq;
+          asm volatile("st.shared.b32 [%0], %1;" ::"r"(p_at(1) + Rows::offset(row, col / 8) + (col % 8) * 2),
+                       "r"(pa[k / 2]));
+        }
+        fence_async_shared();
+        named_arrive(BAR_P1, kPairThreads);
+        if (scale0[0] != 1.f || scale0[1] != 1.f) {
+#pragma unroll
+          for (int k = 0; k < kHalf / 2; ++k) o[k] *= scale0[(k / 2) & 1];
+        }
+        wgmma_fence();
+        const u64 v1_desc = wgmma_desc(stage_at(1) + kHB * kBlock, kBlock, 1024);
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          const u32(&a)[4] = *reinterpret_cast<const u32(*)[4]>(pa + 4 * kk);
+          WgmmaRegA<kHalf>::template run<T, 1>(o, a, v1_desc + ((kk * 16 * 128) >> 4), 1);
+        }
+        wgmma_commit();
+        named_sync(BAR_P0, kPairThreads);
+        mbar_wait(full_bar(0, 1), phase);  // (already complete: warpgroup 0 scored K0)
+        wgmma_fence();
+        const u64 p_desc = wgmma_desc(p_at(0), 16, 1024), v0_desc = wgmma_desc(stage_at(0) + kHB * kBlock, kBlock, 1024);
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          Wgmma<kHalf>::template run<T, 1>(o, p_desc + ((kk * 32) >> 4), v0_desc + ((kk * 16 * 128) >> 4), 1);
+        wgmma_commit();
+        const bool next = i + 2 < t1;  // another pair follows
+        wgmma_wait<1>();  // P1 V1_R: group A of stage 1 is free
+        fence_registers(pa);
+        named_sync(BAR_OWN + 1, kGroupThreads);
+        if (issuer && next) fill_group(1, 0, y_next[1]);
+        wgmma_wait<0>();  // P0 V0_R: group B of stage 0 is free
+        fence_registers(o);
+        named_sync(BAR_OWN + 1, kGroupThreads);
+        if (issuer && next) fill_group(0, 1, y_next[0]);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) run_max[h] = m1[h];
       }
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_registers(s);
-
-      // Mask invisible tokens; row maxima over the quad, then both warpgroups.
-      float tile_max[2] = {CUMLA_NEG_INF, CUMLA_NEG_INF};
-      const bool clipped = (t + 1) * Tile::BN > min(limit[0], limit[1]);  // only the last tiles
-#pragma unroll
-      for (int i = 0; i < 16; ++i) {
-        const int h = (i / 2) & 1;
-        const int tok = t * Tile::BN + wg * 32 + (i / 4) * 8 + cq + (i & 1);
-        if (clipped && tok >= limit[h]) s[i] = CUMLA_NEG_INF;
-        tile_max[h] = fmaxf(tile_max[h], s[i]);
-      }
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
-        tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
-        if (lane % 4 == 0) sMax[wg * Tile::BM + r_lo + 8 * h] = tile_max[h];
-      }
-      __syncthreads();
-      float alpha[2], base[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = r_lo + 8 * h;
-        const float m = fmaxf(run_max[h], fmaxf(sMax[r], sMax[Tile::BM + r]));
-        // Rows that have seen nothing keep max -inf: scale by 1, exponentiate to 0.
-        base[h] = m == CUMLA_NEG_INF ? 0.f : m * p.scale_log2;
-        alpha[h] = fast_exp2(run_max[h] * p.scale_log2 - base[h]);
-        run_max[h] = m;
-        run_sum[h] *= alpha[h];
-      }
-#pragma unroll
-      for (int i = 0; i < 16; i += 2) {
-        const int h = (i / 2) & 1;
-        const float p0 = fast_exp2(s[i] * p.scale_log2 - base[h]);
-        const float p1 = fast_exp2(s[i + 1] * p.scale_log2 - base[h]);
-        run_sum[h] += p0 + p1;
-        const int row = r_lo + 8 * h, col = wg * 32 + (i / 4) * 8 + cq;
-        asm volatile("st.shared.b32 [%0], %1;" ::"r"(sP + Rows::offset(row, col / 8) + (col % 8) * 2),
-                     "r"(T::pack(p0, p1)));
-      }
-      if (alpha[0] != 1.f || alpha[1] != 1.f) {  // the running max rarely moves after the first tiles
-#pragma unroll
-        for (int i = 0; i < kHalf / 2; ++i) o[i] *= alpha[(i / 2) & 1];
-      }
-      fence_async_shared();
-      __syncthreads();  // P complete
-
-      // O[:, this warpgroup's half] += P V.
-      wgmma_fence();
-      const u64 p_desc = wgmma_desc(sP, 16, 1024), v_desc = wgmma_desc(sK + wg * (kHalf / 64) * kBlock, kBlock, 1024);
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)  // k-step kk: P columns 16kk.., V rows (tokens) 16kk..
-        Wgmma<kHalf>::template run<T, 1>(o, p_desc + ((kk * 32) >> 4), v_desc + ((kk * 16 * 128) >> 4), 1);
-      wgmma_commit();  // waited for before the next tile's barrier, after its mbarrier wait
+      ++pairs;
     }
-    wgmma_wait<0>();
-    fence_registers(o);
 
     // Row sums: over the quad, then over both warpgroups.
 #pragma unroll
@@ -244,9 +424,9 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         (seg.final() ? p.lse : p.part_lse)[out_row] = total > 0.f ? run_max[h] * p.scale + logf(total) : CUMLA_NEG_INF;
 #pragma unroll
       for (int j = 0; j < kHalf / 8; ++j) {
-        const int i = 4 * j + 2 * h;  // registers 4j + 2h, 4j + 2h + 1 hold row h
+        const int k = 4 * j + 2 * h;  // registers 4j + 2h, 4j + 2h + 1 hold row h
         const int col = wg * kHalf + 8 * j + cq;
-        const float v0 = o[i] * inv, v1 = o[i + 1] * inv;
+        const float v0 = o[k] * inv, v1 = o[k + 1] * inv;
         if (seg.final()) {
           *reinterpret_cast<u32*>(static_cast<u16*>(p.out) + out_row * DV + col) = T::pack(v0, v1);
         } else {

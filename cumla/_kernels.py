@@ -90,9 +90,12 @@ def _tc_smem(dim: int, rows: int, tile: int) -> int:
     return (q_rows + stages * tile) * (-(-dim // 64) * 64) * 2 + rows * tile * 2 + (8 // (rows // 16)) * rows * 4
 
 
-def _hopper_smem(dim: int) -> int:
-    """Mirror of HopperTile::kSmemBytes (cuda/latent_attention_sm90.cu)."""
-    return 1024 + 3 * 64 * dim * 2 + 64 * 64 * 2 + 4 * 64 * 4 + 2 * 8
+def _hopper_smem(dim: int, v_dim: int) -> int:
+    """Mirror of HopperTile::kSmemBytes (cuda/latent_attention_sm90.cu): Q and two
+    stages, two P tiles unless a block past v_dim holds them, row maxima and sums,
+    four mbarriers."""
+    own_p = 0 if dim - v_dim >= 64 else 2 * 64 * 64 * 2
+    return 1024 + 3 * 64 * dim * 2 + own_p + 4 * 64 * 4 + 4 * 8
 
 
 #: Smallest page the Hopper kernel's TMA copies take (a page is one box of
@@ -113,12 +116,12 @@ def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int, block_size: int | None 
     does not apply: float32; L+R not a multiple of 64; L not a multiple of 128
     or above 512; pages of fewer than 8 tokens or that do not tile 64 tokens."""
     element = _ELEMENT[np.dtype(dtype)]
-    if element == "f32_t" or dim % 64 or v_dim % 128 or v_dim > min(dim, 512) or _hopper_smem(dim) > SMEM_LIMIT:
+    if element == "f32_t" or dim % 64 or v_dim % 128 or v_dim > min(dim, 512) or _hopper_smem(dim, v_dim) > SMEM_LIMIT:
         return None
     if block_size is not None and not _tiles_into_pages(block_size):
         return None
     name = f"latent_attention_sm90<{element}, {dim}, {v_dim}>"
-    return LatentKernel("latent_attention_sm90.cu", (name,), name, 64, _hopper_smem(dim), element, tma=True)
+    return LatentKernel("latent_attention_sm90.cu", (name,), name, 64, _hopper_smem(dim, v_dim), element, tma=True)
 
 
 def _portable(element: str, dim: int, v_dim: int, rows: int) -> tuple[str, int, int]:
