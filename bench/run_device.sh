@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # One call on a CUDA machine: GPU tests, the benchmark, then compute-sanitizer
-# on the small every-kernel test and the examples; logs and JSON to $OUT.
+# on the small every-kernel test, the distributed benchmark and the examples.
 #   OUT=/tmp/out bash bench/run_device.sh [pytest -k expression | none] [configs] [sanitize: 1|0]
+# Writes to $OUT: gpu-tests.log, bench.log, the results (.md, .json,
+# distributed-<N>gpu.json) and device.log (GPU, install, sanitizer, distributed
+# and example output, in sections), few files so that a file-count limit on
+# fetched outputs loses nothing.
 # cumla is installed (without dependencies) into a scratch folder first, as a
 # user would have it, so the CUDA sources come from the installed package.
 # Each stage has a time limit so one hung stage cannot eat the others' time.
 set -u
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
+log="$OUT/device.log"
+section() { printf '\n==== %s\n' "$1" >>"$log"; }
 site=$(mktemp -d)
-python3 -m pip install -q --no-deps --no-build-isolation --no-index --target "$site" . >"$OUT/install.log" 2>&1 \
-  || { cat "$OUT/install.log"; exit 1; }
+section install
+python3 -m pip install -q --no-deps --no-build-isolation --no-index --target "$site" . >>"$log" 2>&1 \
+  || { cat "$log"; exit 1; }
 export PYTHONUNBUFFERED=1 PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
+section gpu
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw,temperature.gpu --format=csv | tee -a "$log"
 if [ "${1:-}" != none ]; then
   (cd tests && timeout 330 python3 -m pytest -q -rs -p no:cacheprovider -m gpu gpu ${1:+-k "$1"} 2>&1 &&
    python3 -m pytest -q -p no:cacheprovider test_kernels_compile.py -k warpgroup 2>&1) | tee "$OUT/gpu-tests.log"
@@ -20,14 +28,18 @@ fi
 timeout 240 python3 bench/bench_gpu.py --out "$OUT" --configs "${2:-ABCDEF}" 2>&1 | tee "$OUT/bench.log"
 if [ "${3:-1}" = 1 ]; then
   for tool in memcheck racecheck; do
+    section "sanitizer $tool"
     (cd tests && timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 \
        python3 -m pytest -q -p no:cacheprovider -m gpu gpu -k test_every_kernel_small 2>&1) \
-       | tail -n 5 | tee "$OUT/sanitizer-$tool.log"
+       | grep -v "Host Frame\|host backtrace" | head -n 60 >>"$log"
   done
+  grep -h "SUMMARY" "$log"
 fi
+section distributed
 gpus=$(nvidia-smi -L | wc -l)
 for n in 1 $([ "$gpus" -ge 2 ] && echo 2); do
-  timeout 150 python3 -m cumla.launch -n $n bench/bench_distributed.py --out "$OUT" 2>&1 | tee -a "$OUT/distributed.log"
+  timeout 150 python3 -m cumla.launch -n $n bench/bench_distributed.py --out "$OUT" 2>&1 | tee -a "$log"
 done
+section examples
 (python3 examples/mla_decode.py --batch 8 --seq-len 4096 --heads 128 && python3 examples/serve_loop.py --steps 100) \
-  2>&1 | tr '\r' '\n' | grep -v "steps$" | tee "$OUT/examples.log"
+  2>&1 | tr '\r' '\n' | grep -v "steps$" | tee -a "$log"

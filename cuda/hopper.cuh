@@ -49,6 +49,10 @@ __device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier
 __device__ __forceinline__ void mbar_expect_bytes(u32 bar, u32 bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
 }
+// One arrival (release semantics for this thread's prior writes).
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
 // Spin until the barrier's phase with parity `phase` has completed.
 __device__ __forceinline__ void mbar_wait(u32 bar, u32 phase) {
   asm volatile(
@@ -176,11 +180,7 @@ __device__ __forceinline__ void fence_registers(u32 (&a)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(a[i])::"memory");
 }
 
-// Named barriers (0 is __syncthreads'): `arrive` signals without waiting,
-// `sync` waits until `threads` threads in all have arrived or synced.
+// Named barrier `id` (0 is __syncthreads') among `threads` threads.
 __device__ __forceinline__ void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
-__device__ __forceinline__ void named_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }

@@ -47,7 +47,7 @@ struct HopperTile {
   static constexpr bool kPInStage = D - DV >= 64;           // a block past DV holds P
   static constexpr int kOwnPBytes = kPInStage ? 0 : 2 * kPBytes;
   static constexpr int kRedBytes = 4 * BM * 4;              // m0, m1 and both warpgroups' row sums
-  static constexpr int kBarBytes = 4 * 8;                   // an mbarrier per stage and block group
+  static constexpr int kBarBytes = 8 * 8;                   // mbarriers: 4 for copies, 4 for exchanges
   static constexpr int kSmemBytes = 1024 + 3 * kTileBytes + kOwnPBytes + kRedBytes + kBarBytes;  // 1024: alignment
   static_assert(D % 64 == 0 && DV % 128 == 0 && DV <= D && kHalf <= 256, "dims outside the Hopper kernel's range");
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
@@ -58,10 +58,12 @@ struct HopperTile {
   }
 };
 
-// Named barriers: one-way signals between the warpgroups, then each
-// warpgroup's own (barrier 0 is __syncthreads').
-enum : int { BAR_M0 = 1, BAR_M1 = 2, BAR_P0 = 3, BAR_P1 = 4, BAR_OWN = 5 };
-constexpr int kPairThreads = 256, kGroupThreads = 128;
+// One-way signals between the warpgroups: mbarriers every thread of the
+// sending warpgroup arrives on (each arrival releases that thread's writes),
+// completing once per pair: m0 and P0 from warpgroup 0, m1 and P1 from 1.
+enum : int { X_M0 = 0, X_M1 = 1, X_P0 = 2, X_P1 = 3 };
+constexpr int kGroupThreads = 128;
+constexpr int BAR_OWN = 1;  // named barrier of warpgroup 0 (1 + w for warpgroup w; 0 is __syncthreads')
 
 }  // namespace
 
@@ -82,12 +84,13 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
   const u32 sOwnP = sKV + 2 * Tile::kTileBytes;
   float* sM = reinterpret_cast<float*>(smem + (sOwnP + Tile::kOwnPBytes - raw));  // [2][BM]: m0, m1
   float* sSum = sM + 2 * Tile::BM;                                                  // [2][BM]
-  const u32 sBar = sOwnP + Tile::kOwnPBytes + Tile::kRedBytes;  // [stage][group] mbarriers
+  const u32 sBar = sOwnP + Tile::kOwnPBytes + Tile::kRedBytes;  // [stage][group] copy mbarriers, then exchanges
   auto stage_at = [&](int s) { return sKV + s * Tile::kTileBytes; };
   auto p_at = [&](int s) {  // where P of stage s's tile goes
     return Tile::kPInStage ? stage_at(s) + (Tile::kBlocks - 1) * kBlock : sOwnP + s * Tile::kPBytes;
   };
   auto full_bar = [&](int s, int g) { return sBar + 8 * (2 * s + g); };
+  auto xbar = [&](int x) { return sBar + 32 + 8 * x; };
 
   // The warpgroup index through a shuffle: ptxas then knows it is uniform
   // across the warpgroup and keeps the MMAs of either branch asynchronous.
@@ -104,7 +107,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
   const int pages = Tile::BN / box_rows;
   if (threadIdx.x == 0) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) mbar_init(sBar + 8 * i, 1);
+    for (int i = 0; i < 4; ++i) mbar_init(full_bar(i / 2, i % 2), 1), mbar_init(xbar(i), kGroupThreads);
     mbar_init_fence();
   }
   // Pairs done so far: the current pair's tiles complete phase `pairs % 2` of
@@ -265,16 +268,16 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
           m0[h] = fmaxf(run_max[h], base[h]);
           if (lane % 4 == 0) sM[r_lo + 8 * h] = m0[h];
         }
-        named_arrive(BAR_M0, kPairThreads);
+        mbar_arrive(xbar(X_M0));
       } else {
-        named_sync(BAR_M0, kPairThreads);
+        mbar_wait(xbar(X_M0), phase);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           m0[h] = sM[r_lo + 8 * h];
           m1[h] = fmaxf(m0[h], base[h]);
           if (lane % 4 == 0) sM[Tile::BM + r_lo + 8 * h] = m1[h];
         }
-        named_arrive(BAR_M1, kPairThreads);
+        mbar_arrive(xbar(X_M1));
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) scale0[h] = fast_exp2(run_max[h] * p.scale_log2 - offset_of(m0[h]));
@@ -305,7 +308,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         wgmma_commit();
 
         // m1 from warpgroup 1; P0 * e^(m0 - m1) to shared memory for its V0_R product.
-        named_sync(BAR_M1, kPairThreads);
+        mbar_wait(xbar(X_M1), phase);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           m1[h] = sM[Tile::BM + r_lo + 8 * h];
@@ -319,7 +322,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
                        "r"(T::pack(s[k] * scale1[h], s[k + 1] * scale1[h])));
         }
         fence_async_shared();
-        named_arrive(BAR_P0, kPairThreads);
+        mbar_arrive(xbar(X_P0));
 
         wgmma_wait<0>();  // P0 V0_L: group A of stage 0 is free
         fence_registers(o);
@@ -332,7 +335,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
           for (int k = 0; k < kHalf / 2; ++k) o[k] *= scale1[(k / 2) & 1];
         }
         // O_L += P1 V1_L
-        named_sync(BAR_P1, kPairThreads);
+        mbar_wait(xbar(X_P1), phase);
         mbar_wait(full_bar(1, 1), phase);  // (already complete: warpgroup 1 scored K1)
         const u64 p_desc = wgmma_desc(p_at(1), 16, 1024), v1_desc = wgmma_desc(stage_at(1), kBlock, 1024);
         wgmma_fence();
@@ -369,7 +372,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
                        "r"(pa[k / 2]));
         }
         fence_async_shared();
-        named_arrive(BAR_P1, kPairThreads);
+        mbar_arrive(xbar(X_P1));
         if (scale0[0] != 1.f || scale0[1] != 1.f) {
 #pragma unroll
           for (int k = 0; k < kHalf / 2; ++k) o[k] *= scale0[(k / 2) & 1];
@@ -382,7 +385,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
           WgmmaRegA<kHalf>::template run<T, 1>(o, a, v1_desc + ((kk * 16 * 128) >> 4), 1);
         }
         wgmma_commit();
-        named_sync(BAR_P0, kPairThreads);
+        mbar_wait(xbar(X_P0), phase);
         mbar_wait(full_bar(0, 1), phase);  // (already complete: warpgroup 0 scored K0)
         wgmma_fence();
         const u64 p_desc = wgmma_desc(p_at(0), 16, 1024), v0_desc = wgmma_desc(stage_at(0) + kHB * kBlock, kBlock, 1024);
