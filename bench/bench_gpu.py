@@ -14,6 +14,7 @@ import datetime
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -47,6 +48,19 @@ def time_us(fn, warmup: int = 3, repeat: int = 20) -> float:
         stop.synchronize()
         times.append(cp.cuda.get_elapsed_time(start, stop) * 1e3)
     return float(np.median(times))
+
+
+def host_us(fn, calls: int = 20) -> float:
+    """Host time to enqueue one call (Python, validation, launches), back to back
+    without waiting for the GPU: the floor of an eager call's time."""
+    fn()
+    cp.cuda.Stream.null.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    cp.cuda.Stream.null.synchronize()
+    return elapsed / calls * 1e6
 
 
 def graph_time_us(fn, calls: int = 10, repeat: int = 10) -> float:
@@ -144,7 +158,7 @@ def bench_config(name, cfg, copy_bw, mm_rate, rng, with_baseline=True):
 
     arch = _gpu._arch_of(cp.cuda.Device().id)
     kernel = _kernels.latent_kernel(BFLOAT16, D, L, q_len * heads, arch).name
-    us, eager_us = graph_time_us(core), time_us(core)
+    us, eager_us, enqueue_us = graph_time_us(core), time_us(core), host_us(core)
     portable_us = None
     if kernel != _kernels.latent_kernel(BFLOAT16, D, L, q_len * heads, "sm_80").name:
         _kernels.USE_HOPPER_KERNEL = False  # the portable kernel on the same GPU, for comparison
@@ -155,7 +169,7 @@ def bench_config(name, cfg, copy_bw, mm_rate, rng, with_baseline=True):
     flops = batch * q_len * heads * seq * 2 * (D + L)
     moved = batch * seq * D * 2 + q.nbytes + out.nbytes
     roof_us = max(moved / copy_bw, flops / mm_rate) * 1e6
-    row = dict(config=name, **cfg, kernel=kernel, portable_us=portable_us, time_us=us, eager_us=eager_us, tb_s=moved / us / 1e6, tflop_s=flops / us / 1e6,
+    row = dict(config=name, **cfg, kernel=kernel, portable_us=portable_us, time_us=us, eager_us=eager_us, host_us=enqueue_us, tb_s=moved / us / 1e6, tflop_s=flops / us / 1e6,
                roofline_us=roof_us, pct_roofline=100 * roof_us / us, bytes=moved, flops=flops)
     if with_baseline:
         try:
@@ -269,13 +283,14 @@ def markdown(result) -> str:
         f"bf16 matmul {result['matmul_tflop_s']:.0f} TFLOP/s ({result['matmul_via']}).",
         "",
         "| config | B | Sq | H | S | time µs | TB/s | TFLOP/s | roofline µs | % roofline | portable kernel µs "
-        "| CuPy baseline µs | speed-up | eager call µs | decode µs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CuPy baseline µs | speed-up | eager call µs | host µs | decode µs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     kernels = sorted({r["kernel"] for r in result["configs"]})
     lines[4:4] = [f"Kernel: {', '.join(kernels)}; the portable kernel's time on the same GPU beside it.",
                   "Time: GPU time per call (schedule, attention, combine) of 10 planned calls replayed as one "
                   "CUDA graph; eager call: one Python call between two events (host launch cost included); "
+                  "host: Python time to enqueue one call; "
                   "decode: absorb + core + un-absorb, eager.", ""]
     for r in result["configs"]:
         base = r.get("cupy_baseline_us")
@@ -285,7 +300,7 @@ def markdown(result) -> str:
         lines.append(
             f"| {r['config']} | {r['batch']} | {r['q_len']} | {r['heads']} | {r['seq']} | {r['time_us']:.1f} | "
             f"{r['tb_s']:.2f} | {r['tflop_s']:.0f} | {r['roofline_us']:.0f} | {r['pct_roofline']:.1f}% | "
-            f"{portable} | {base_s} | {speed} | {r['eager_us']:.1f} | {r['decode_us']:.1f} |"
+            f"{portable} | {base_s} | {speed} | {r['eager_us']:.1f} | {r['host_us']:.1f} | {r['decode_us']:.1f} |"
         )
     d = result.get("decompressed")
     if d:
