@@ -67,7 +67,8 @@ def graph_time_us(fn, calls: int = 10, repeat: int = 10) -> float:
     """Median GPU time per call of ``fn`` captured ``calls`` times back to back in
     one CUDA graph: no host launch cost inside the measurement (what an engine
     replaying graphs gets). ``fn`` must be capturable (a planned call, check=False)."""
-    fn()  # compile and warm up outside the capture
+    fn()  # compile and warm up outside the capture, on the current stream;
+    cp.cuda.Device().synchronize()  # a non-blocking stream would not wait for it
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
         stream.begin_capture()
