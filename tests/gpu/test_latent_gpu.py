@@ -201,6 +201,7 @@ def test_graph_capture_replays_with_new_data():
         shape = args[name].shape
         args[name][...] = cp.asarray(fresh.standard_normal(shape, dtype=np.float32).astype(case.np_dtype))
     out.fill(np.nan)
+    cp.cuda.Device().synchronize()  # the capture stream does not wait for the default one
     graph.launch(stream)
     stream.synchronize()
     ref_o, _ = reference.latent_attention(**on_host(args))
