@@ -111,12 +111,18 @@ def _tiles_into_pages(block_size: int) -> bool:
     return block_size >= HOPPER_MIN_BLOCK and 64 % block_size == 0
 
 
+#: Output columns per warpgroup (L / 2) the Hopper kernel's P V MMAs come in
+#: (the Wgmma / WgmmaRegA widths cuda/hopper.cuh specialises).
+HOPPER_HALVES = (64, 128, 256)
+
+
 def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int, block_size: int | None = None) -> LatentKernel | None:
     """The sm_90a wgmma kernel for these dims and cache layout, or None where it
-    does not apply: float32; L+R not a multiple of 64; L not a multiple of 128
-    or above 512; pages of fewer than 8 tokens or that do not tile 64 tokens."""
+    does not apply: float32; L+R not a multiple of 64; L not 128, 256 or 512
+    (or above L+R); pages of fewer than 8 tokens or that do not tile 64 tokens."""
     element = _ELEMENT[np.dtype(dtype)]
-    if element == "f32_t" or dim % 64 or v_dim % 128 or v_dim > min(dim, 512) or _hopper_smem(dim, v_dim) > SMEM_LIMIT:
+    if (element == "f32_t" or dim % 64 or v_dim % 2 or v_dim // 2 not in HOPPER_HALVES or v_dim > dim
+            or _hopper_smem(dim, v_dim) > SMEM_LIMIT):
         return None
     if block_size is not None and not _tiles_into_pages(block_size):
         return None

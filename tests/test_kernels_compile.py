@@ -29,6 +29,19 @@ def test_kernel_compiles(file, names, arch):
         assert int(spills) == 0, f"{function} spills registers on {arch}:\n{result.log}"
 
 
+def test_every_hopper_specialisation_the_selection_admits_compiles():
+    """Each (L+R, L) for which the selection picks the Hopper kernel builds
+    (e.g. L = 384 needs a 192-wide MMA that is not specialised: portable)."""
+    names = tuple(spec.name for dim in range(64, 577, 64) for v_dim in range(128, dim + 1, 128)
+                  if (spec := _kernels.hopper_kernel(_kernels.BFLOAT16, dim, v_dim)) is not None)
+    assert "latent_attention_sm90<bf16_t, 576, 512>" in names and len(names) >= 10
+    assert _kernels.hopper_kernel(_kernels.BFLOAT16, 448, 384) is None
+    result = _compile.compile_source(NVRTC, _kernels.source("latent_attention_sm90.cu"), _kernels.options("sm_90a"),
+                                     names)
+    assert result.ok, result.log
+    assert "C7519" not in result.log, result.log
+
+
 def test_every_cuda_source_is_checked():
     sources = {p.name for p in _kernels.source_dir().glob("*.cu")}
     assert sources == {f for f, _, _ in _kernels.check_matrix()}
