@@ -18,7 +18,8 @@ import numpy as np
 import cupy as cp
 import cumla
 from bench_gpu import time_us
-from cumla.distributed import Communicator, ShardedLatentCache, TokenSharding, local_partials, merge_partials
+from cumla.distributed import (Communicator, ShardedLatentCache, TokenSharding, gather_partials, local_partials,
+                               merge_partials)
 
 L, R, DN, DV, BLOCK = 512, 64, 128, 128, 64
 
@@ -50,11 +51,11 @@ def main() -> None:
 
     def whole():
         o, lse = local_partials(q, shard, w_kv, seq_ids=ids, rope_dim=R)
-        merge_partials(comm.all_gather(o), comm.all_gather(lse))
+        merge_partials(*gather_partials(o, lse, comm))
 
     o, lse = local_partials(q, shard, w_kv, seq_ids=ids, rope_dim=R)
     total_us = time_us(whole, warmup=1, repeat=10)
-    merge_us = time_us(lambda: merge_partials(comm.all_gather(o), comm.all_gather(lse)), warmup=1, repeat=10)
+    merge_us = time_us(lambda: merge_partials(*gather_partials(o, lse, comm)), warmup=1, repeat=10)
     if comm.rank == 0:
         result = dict(gpus=comm.world, batch=batch, seq=seq, heads=heads, block=BLOCK, layout=sharding.layout,
                       gpu=cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),

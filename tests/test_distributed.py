@@ -3,6 +3,7 @@ merge of per-rank partials, and the launcher (process start, failure stop)."""
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import cumla
-from cumla.distributed import ShardedLatentCache, TokenSharding, local_partials, merge_partials
+from cumla.distributed import ShardedLatentCache, TokenSharding, local_partials, merge_partials, sharded_decode
 from cumla.launch import launch
 from cumla.testing import relative_error
 
@@ -107,6 +108,59 @@ def test_merged_shards_equal_the_whole_cache(sharding, lengths, q_len, causal, s
     seen = np.isfinite(full_lse)
     assert np.array_equal(seen, np.isfinite(lse))
     np.testing.assert_allclose(lse[seen], full_lse[seen], rtol=1e-5, atol=1e-5)
+
+
+class ThreadComm:
+    """A communicator of ranks that are threads of one process: an all-gather
+    posts this rank's array and returns everyone's, in rank order."""
+
+    def __init__(self, rank, board, barrier):
+        self.rank, self.board, self.barrier = rank, board, barrier
+        self.calls = 0
+
+    def all_gather(self, array):
+        self.calls += 1
+        self.board[self.rank] = np.array(array)
+        self.barrier.wait()
+        gathered = np.stack(self.board)
+        self.barrier.wait()  # nobody posts the next exchange before all have read this one
+        return gathered
+
+
+def test_sharded_decode_over_two_ranks_equals_the_whole_cache():
+    """sharded_decode on every rank (threads, one all-gather each) returns the
+    unsharded decode, the same bits on every rank."""
+    rng = np.random.default_rng(7)
+    lengths, heads, q_len = [13, 0, 21], 2, 2
+    sharding = TokenSharding(2, "round_robin", stripe=4)
+    shards, rows = make_shards(sharding, lengths, rng)
+    w_kv = rng.standard_normal((L, heads * (DN + DV)), dtype=np.float32)
+    q = rng.standard_normal((len(lengths), q_len, heads, DN + R), dtype=np.float32)
+    board, barrier = [None, None], threading.Barrier(2)
+    comms = [ThreadComm(rank, board, barrier) for rank in range(2)]
+    results = [None, None]
+
+    def run(rank):
+        results[rank] = sharded_decode(q, shards[rank], w_kv, comms[rank], seq_ids=[0, 1, 2], rope_dim=R,
+                                       return_lse=True)
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert all(c.calls == 1 for c in comms)
+    (o0, lse0), (o1, lse1) = results
+    assert np.array_equal(o0, o1) and np.array_equal(lse0, lse1)
+    cache = np.zeros((len(lengths), max(lengths), L + R), np.float32)
+    for b, r in enumerate(rows):
+        cache[b, :len(r)] = r
+    full_o, full_lse = cumla.decode(q, cache, w_kv, rope_dim=R, seqlens=np.array(lengths, np.int32),
+                                    return_lse=True)
+    assert relative_error(o0, full_o) <= 1e-5
+    seen = np.isfinite(full_lse)
+    assert np.array_equal(seen, np.isfinite(lse0))
+    np.testing.assert_allclose(lse0[seen], full_lse[seen], rtol=1e-5, atol=1e-5)
 
 
 SCRIPT = textwrap.dedent("""
