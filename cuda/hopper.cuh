@@ -84,14 +84,6 @@ __device__ __forceinline__ void fence_registers(float (&d)[N]) {
 // One m64nNk16 MMA, D (64 x N, fp32, N/2 registers per thread) += A B:
 // A (64 x 16) K-major, B (16 x N) K-major (TRANS_B = 0) or N-major (1).
 // accumulate = 0 overwrites D.
-#define CUMLA_WGMMA_32(TYPE)                                                             \
-  asm volatile(                                                                          \
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"                                         \
-      "wgmma.mma_async.sync.aligned.m64n32k16.f32." TYPE "." TYPE " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "  \
-      "%16, %17, p, 1, 1, 0, %19;\n}\n"                                                     \
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]) \
-      : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(TRANS_B))
-
 #define CUMLA_WGMMA_64(TYPE)                                                             \
   asm volatile(                                                                          \
       "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                         \
@@ -128,7 +120,6 @@ struct Wgmma;
       else CUMLA_WGMMA_##N("f16");                                                                    \
     }                                                                                                 \
   };
-CUMLA_WGMMA_SPECIALISE(32)
 CUMLA_WGMMA_SPECIALISE(64)
 CUMLA_WGMMA_SPECIALISE(128)
 CUMLA_WGMMA_SPECIALISE(256)
