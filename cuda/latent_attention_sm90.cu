@@ -14,8 +14,8 @@
 //   [1] O_R += (P0 e^(m0 - m1)) V0_R                          (scaled P0 from shared memory)
 // so one warpgroup's softmax runs while the other's products keep the tensor
 // cores busy, and no warpgroup ever waits for a CTA-wide barrier inside a
-// request. Only row maxima and P tiles cross between the warpgroups (named
-// barriers, one direction each).
+// request. Only row maxima and P tiles cross between the warpgroups
+// (mbarriers, one direction each).
 //
 // Q and the two cache stages (stage s holds the tiles warpgroup s scores) sit
 // in shared memory in the 128-byte-swizzled layout wgmma reads; V is the
@@ -49,7 +49,8 @@ struct HopperTile {
   static constexpr int kRedBytes = 4 * BM * 4;              // m0, m1 and both warpgroups' row sums
   static constexpr int kBarBytes = 8 * 8;                   // mbarriers: 4 for copies, 4 for exchanges
   static constexpr int kSmemBytes = 1024 + 3 * kTileBytes + kOwnPBytes + kRedBytes + kBarBytes;  // 1024: alignment
-  static_assert(D % 64 == 0 && DV % 128 == 0 && DV <= D && kHalf <= 256, "dims outside the Hopper kernel's range");
+  static_assert(D % 64 == 0 && DV <= D && (kHalf == 64 || kHalf == 128 || kHalf == 256),
+                "dims outside the Hopper kernel's range (the MMA widths hopper.cuh specialises)");
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
   // Block idx of warpgroup w's scoring order: its own V half (group A), then the rest (group B).
   static __device__ __forceinline__ int block_at(int w, int idx) {
