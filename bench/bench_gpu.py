@@ -146,7 +146,7 @@ def cupy_baseline(q, cache, table, scale):
     return cp.matmul(p.astype(np.float16), kv[..., :L])
 
 
-def bench_config(name, cfg, copy_bw, mm_rate, rng, with_baseline=True):
+def bench_config(name, cfg, copy_bw, mm_rate, rng, with_baseline=True, with_decode=True):
     batch, q_len, heads, seq = cfg["batch"], cfg["q_len"], cfg["heads"], cfg["seq"]
     q, cache, table, seqlens = make_config(batch, q_len, heads, seq, rng)
     scale = 1 / np.sqrt(DN + R)
@@ -178,6 +178,10 @@ def bench_config(name, cfg, copy_bw, mm_rate, rng, with_baseline=True):
         except cp.cuda.memory.OutOfMemoryError:
             row["cupy_baseline_us"] = None
         cp.get_default_memory_pool().free_all_blocks()
+    if not with_decode:
+        del q, cache, table, out
+        cp.get_default_memory_pool().free_all_blocks()
+        return row
     # Full decode (absorb + core + un-absorb) at the same shapes.
     qd = cp.asarray(rng.standard_normal((batch, q_len, heads, DN + R), dtype=np.float32).astype(BFLOAT16))
     w_kv = cp.asarray((rng.standard_normal((L, heads * (DN + DV)), dtype=np.float32) / np.sqrt(L)).astype(BFLOAT16))
@@ -296,12 +300,13 @@ def markdown(result) -> str:
     for r in result["configs"]:
         base = r.get("cupy_baseline_us")
         speed = f"{base / r['time_us']:.1f}x" if base else "n/a"
-        base_s = f"{base:.1f}" if base else "OOM"
+        base_s = f"{base:.1f}" if base else "OOM" if "cupy_baseline_us" in r else "not run"
         portable = f"{r['portable_us']:.1f}" if r.get("portable_us") else "(same kernel)"
+        decode = f"{r['decode_us']:.1f}" if "decode_us" in r else "not run"
         lines.append(
             f"| {r['config']} | {r['batch']} | {r['q_len']} | {r['heads']} | {r['seq']} | {r['time_us']:.1f} | "
             f"{r['tb_s']:.2f} | {r['tflop_s']:.0f} | {r['roofline_us']:.0f} | {r['pct_roofline']:.1f}% | "
-            f"{portable} | {base_s} | {speed} | {r['eager_us']:.1f} | {r['host_us']:.1f} | {r['decode_us']:.1f} |"
+            f"{portable} | {base_s} | {speed} | {r['eager_us']:.1f} | {r['host_us']:.1f} | {decode} |"
         )
     d = result.get("decompressed")
     if d:
@@ -334,6 +339,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "bench/results"))
     parser.add_argument("--configs", default="ABCDEF")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--core-only", action="store_true",
+                        help="only the latent-attention core of each config (no decode, prefill or serving shapes)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
@@ -343,13 +350,15 @@ def main(argv=None) -> int:
     print(f"{gpu}: copy {copy_bw / 1e12:.2f} TB/s, bf16 matmul {mm_rate / 1e12:.0f} TFLOP/s ({via})", flush=True)
     rows = []
     for name in args.configs:
-        row = bench_config(name, CONFIGS[name], copy_bw, mm_rate, rng, not args.no_baseline)
+        row = bench_config(name, CONFIGS[name], copy_bw, mm_rate, rng, not args.no_baseline, not args.core_only)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    decompressed = bench_decompressed(mm_rate, rng)
-    print(json.dumps(decompressed), flush=True)
-    serving = bench_serving(copy_bw, rng)
-    print(json.dumps(serving), flush=True)
+    decompressed = serving = None
+    if not args.core_only:
+        decompressed = bench_decompressed(mm_rate, rng)
+        print(json.dumps(decompressed), flush=True)
+        serving = bench_serving(copy_bw, rng)
+        print(json.dumps(serving), flush=True)
     date = datetime.date.today().isoformat()
     result = dict(date=date, gpu=gpu, copy_tb_s=copy_bw / 1e12, matmul_tflop_s=mm_rate / 1e12,
                   matmul_via=via, cupy=cp.__version__, configs=rows, decompressed=decompressed,

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Kernel variants side by side in one device call: the tree as it is, then
+# each docs/experiments/*.patch applied to a copy of it. For each: the GPU
+# tests that cover the Hopper kernel (its Hypothesis test, DeepSeek dims with
+# every split, the every-kernel test, graph capture) and the core benchmark.
+#   OUT=/tmp/out bash bench/run_variants.sh [configs]
+# Writes $OUT/<variant>/ (benchmark .md/.json) and prints one table per
+# variant; a variant whose tests fail is not benchmarked.
+set -u
+OUT=${OUT:-bench/results/variants}
+mkdir -p "$OUT"
+root=$(pwd)
+configs=${1:-ABCDEF}
+
+run_variant() {  # name, tree
+  local name=$1 tree=$2 site
+  site=$(mktemp -d)
+  if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index --target "$site" "$tree" >/dev/null 2>&1; then
+    echo "$name: install failed"
+    return
+  fi
+  if ! (cd "$tree/tests" && PYTHONPATH=$site timeout 200 python3 -m pytest -q -x -p no:cacheprovider -m gpu gpu \
+          -k "hopper or every_kernel or graph" >"$OUT/$name-tests.log" 2>&1); then
+    echo "$name: GPU tests FAILED"; tail -n 15 "$OUT/$name-tests.log"
+    return
+  fi
+  echo "$name: $(tail -n 1 "$OUT/$name-tests.log")"
+  (cd "$tree" && PYTHONPATH=$site timeout 200 python3 bench/bench_gpu.py --core-only --no-baseline \
+     --configs "$configs" --out "$OUT/$name" 2>&1) | grep "^| [A-F] " | sed "s/^/$name /"
+}
+
+run_variant main "$root"
+for patch in "$root"/docs/experiments/*.patch; do
+  [ -e "$patch" ] || continue
+  name=$(basename "$patch" .patch)
+  tree=$(mktemp -d)
+  cp -r "$root"/. "$tree"
+  if ! (cd "$tree" && patch -p1 -s <"$patch"); then
+    echo "$name: the patch does not apply"
+    continue
+  fi
+  run_variant "$name" "$tree"
+done
