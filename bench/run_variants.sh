@@ -3,14 +3,18 @@
 # each docs/experiments/*.patch applied to a copy of it. For each: the GPU
 # tests that cover the Hopper kernel (its Hypothesis test, DeepSeek dims with
 # every split, the every-kernel test, graph capture) and the core benchmark.
-#   OUT=/tmp/out bash bench/run_variants.sh [configs]
-# Writes $OUT/<variant>/ (benchmark .md/.json) and prints one table per
-# variant; a variant whose tests fail is not benchmarked.
+#   OUT=/tmp/out [VARIANTS="main cluster-multicast"] bash bench/run_variants.sh [configs]
+# VARIANTS picks some ("main" is the tree itself; default: all), e.g. to split
+# them over calls of limited length (~2.5 min a variant). Writes
+# $OUT/<variant>/ (benchmark .md/.json) and prints one table per variant; a
+# variant whose tests fail is not benchmarked.
 set -u
 OUT=${OUT:-bench/results/variants}
 mkdir -p "$OUT"
 root=$(pwd)
 configs=${1:-ABCDEF}
+
+wanted() { [ -z "${VARIANTS:-}" ] || [[ " $VARIANTS " == *" $1 "* ]]; }
 
 run_variant() {  # name, tree
   local name=$1 tree=$2 site
@@ -29,10 +33,11 @@ run_variant() {  # name, tree
      --configs "$configs" --out "$OUT/$name" 2>&1) | grep "^| [A-F] " | sed "s/^/$name /"
 }
 
-run_variant main "$root"
+wanted main && run_variant main "$root"
 for patch in "$root"/docs/experiments/*.patch; do
   [ -e "$patch" ] || continue
   name=$(basename "$patch" .patch)
+  wanted "$name" || continue
   tree=$(mktemp -d)
   cp -r "$root"/. "$tree"
   if ! (cd "$tree" && patch -p1 -s <"$patch"); then
