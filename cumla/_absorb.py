@@ -57,11 +57,12 @@ def absorb(w_kv: Any, heads: int, v_dim: int) -> tuple[Any, Any]:
     return w3[:, :, :nope].transpose(1, 2, 0), w3[:, :, nope:].transpose(1, 0, 2)
 
 
-def absorb_query(q: Any, w_uk: Any, rope_dim: int, xp: Any) -> Any:
+def absorb_query(q: Any, w_uk: Any, rope_dim: int, xp: Any, out: Any = None) -> Any:
     """[q_nope @ W_uk | q_rope]: (B, Sq, H, Dn+R) -> (B, Sq, H, L+R).
 
     NumPy: float32. CuPy: q's dtype, one cuBLAS call accumulating in float32
-    and writing the latent part in place (no float32 copies of q or W_uk).
+    and writing the latent part in place (no float32 copies of q or W_uk),
+    into ``out`` when it is a C-contiguous array of that dtype and shape.
     """
     batch, q_len, heads, qk_dim = q.shape
     nope, latent = qk_dim - rope_dim, w_uk.shape[2]
@@ -71,7 +72,10 @@ def absorb_query(q: Any, w_uk: Any, rope_dim: int, xp: Any) -> Any:
         q_lat = q_lat.reshape(heads, batch, q_len, latent).transpose(1, 2, 0, 3)
         return xp.concatenate([q_lat, q[..., nope:].astype(np.float32)], axis=-1)
     q = xp.ascontiguousarray(q)
-    q_lat = xp.empty((batch, q_len, heads, latent + rope_dim), dtype=q.dtype)
+    shape = (batch, q_len, heads, latent + rope_dim)
+    q_lat = out
+    if q_lat is None or q_lat.dtype != q.dtype or q_lat.shape != shape or not q_lat.flags.c_contiguous:
+        q_lat = xp.empty(shape, dtype=q.dtype)
     rows = batch * q_len
     batched_matmul(q.reshape(rows, heads, qk_dim)[:, :, :nope].transpose(1, 0, 2),
                    w_uk.astype(q.dtype, copy=False),

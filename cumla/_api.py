@@ -5,6 +5,8 @@ import math
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from . import _cpu
 from ._absorb import absorb, absorb_query, unabsorb
 from ._arrays import ingest
@@ -198,9 +200,14 @@ def decode(
     w3 = w_kv.reshape(problem.latent_dim, problem.heads, -1)
     if strategy == "absorbed":
         w_uk, w_uv = absorb(w3, problem.heads, problem.v_dim)
-        q_lat = absorb_query(q4, w_uk, problem.rope_dim, xp)
+        q_lat_buffer = o_lat_buffer = None
+        if plan is not None and xp is not np:  # the plan keeps the temporaries: nothing allocated per call
+            lead = (problem.batch, problem.q_len, problem.heads)
+            q_lat_buffer = plan.buffer("q_latent", lead + (problem.latent_dim + problem.rope_dim,), problem.dtype)
+            o_lat_buffer = plan.buffer("o_latent", lead + (problem.latent_dim,), problem.dtype)
+        q_lat = absorb_query(q4, w_uk, problem.rope_dim, xp, out=q_lat_buffer)
         o_lat, lse = backend.latent_attention(
-            problem.as_latent(), q_lat, cache, seqlens, block_table, scale, bool(causal), plan
+            problem.as_latent(), q_lat, cache, seqlens, block_table, scale, bool(causal), plan, o_lat_buffer
         )
         o = unabsorb(o_lat, w_uv, xp, out=out4)
     else:

@@ -19,9 +19,11 @@ class Plan:
     with the host. ``latent_attention(..., plan=plan, out=...)`` then launches
     kernels only, with no device allocation (the kernels' LSE goes to the
     plan's scratch buffer; ``return_lse=True`` returns a copy of it);
-    ``decode`` also allocates its absorbed queries and latent output. Refresh
-    it in place with :meth:`update` when the lengths change (that launch can
-    be captured in a CUDA graph too).
+    ``decode(..., plan=plan, out=...)`` too from its second call on (the plan
+    keeps its absorbed queries and latent output, :meth:`buffer`). Calls that
+    share a plan must run in stream order. Refresh it in place with
+    :meth:`update` when the lengths change (that launch can be captured in a
+    CUDA graph too).
 
     On NumPy inputs a plan holds no schedule: the CPU backend does not split.
     """
@@ -29,6 +31,7 @@ class Plan:
     def __init__(self, xp, batch: int, rows: int, v_dim: int, num_parts: int):
         self.xp, self.batch, self.rows, self.v_dim, self.num_parts = xp, batch, rows, v_dim, num_parts
         self.slots = num_parts + batch
+        self._buffers: dict[str, Any] = {}
         if xp is np:
             return
         self.work = xp.zeros((num_parts, 4), dtype=np.int32)
@@ -53,6 +56,16 @@ class Plan:
 
             run_schedule(self, self.xp.ascontiguousarray(seqlens), capacity)
         return self
+
+    def buffer(self, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+        """A device array the plan keeps for a call's temporaries: made on first
+        use and reused while ``shape`` and ``dtype`` stay the same, so planned
+        calls allocate nothing after their first (make that first call before
+        capturing a CUDA graph)."""
+        held = self._buffers.get(name)
+        if held is None or held.shape != tuple(shape) or held.dtype != np.dtype(dtype):
+            held = self._buffers[name] = self.xp.empty(shape, dtype=dtype)
+        return held
 
     def matches(self, batch: int, rows: int, v_dim: int) -> bool:
         return (self.batch, self.rows, self.v_dim) == (batch, rows, v_dim)

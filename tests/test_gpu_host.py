@@ -225,6 +225,27 @@ def test_planned_call_with_out_allocates_nothing(cp):
     assert not np.shares_memory(np.asarray(lse), np.asarray(plan.lse))
 
 
+def test_planned_decode_with_out_allocates_nothing_after_its_first_call(cp):
+    """decode(plan=, out=) keeps its absorbed queries and latent output in the
+    plan: from the second call on, nothing is allocated on the device."""
+    args = inputs(cp, heads=128, q_len=2)
+    plan = cumla.plan(args["seqlens"], heads=128, q_len=2, v_dim=L)
+    out = device(cp, np.zeros((3, 2, 128, DV), cumla.bfloat16))
+    call = dict(args, plan=plan, out=out, check=False)
+    assert cumla.decode(**call) is out  # makes the plan's buffers
+
+    def no_allocation(*a, **k):
+        raise AssertionError("allocated on a planned call")
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("empty", "zeros", "full", "empty_like", "zeros_like"):
+            patch.setattr(cp, name, no_allocation, raising=False)
+        assert cumla.decode(**call) is out
+    absorb, unabsorb = cp.gemms[-2:]
+    assert np.shares_memory(absorb[2], plan.buffer("q_latent", (3, 2, 128, L + R), cumla.bfloat16))
+    assert np.shares_memory(unabsorb[2], out)
+
+
 def test_a_cache_off_a_16_byte_boundary_is_refused(cp):
     args = inputs(cp, heads=16)
     flat = np.zeros(args["cache"].size + 1, cumla.bfloat16)

@@ -208,6 +208,33 @@ def test_graph_capture_replays_with_new_data():
     assert_close(out, ref_o, "bfloat16")
 
 
+def test_planned_decode_replays_in_a_cuda_graph():
+    """decode(plan=, out=) (cuBLAS absorption, core, un-absorption) captured
+    after a first eager call, replayed with new queries in the same buffer."""
+    cp = cupy()
+    case = MLACase(3, 2, 64, seqlens=(700, 5, 1300), capacity=1300, block_size=64, causal=True,
+                   dtype="bfloat16", scale=None, squeeze=False, seed=5, **DEEPSEEK)
+    args = make_inputs(case, cp)
+    plan = cumla.plan(args["seqlens"], heads=64, q_len=2, v_dim=512)
+    out = cp.empty((3, 2, 64, 128), dtype=case.np_dtype)
+    call = dict(args, plan=plan, out=out, check=False)
+    cumla.decode(**call)  # compiles, and makes the plan's buffers, outside the capture
+    cp.cuda.Device().synchronize()
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        cumla.decode(**call)
+        graph = stream.end_capture()
+    fresh = np.random.default_rng(98)
+    args["q"][...] = cp.asarray(fresh.standard_normal(args["q"].shape, dtype=np.float32).astype(case.np_dtype))
+    out.fill(np.nan)
+    cp.cuda.Device().synchronize()  # the capture stream does not wait for the default one
+    graph.launch(stream)
+    stream.synchronize()
+    ref_o, _ = reference.decode(**on_host(args))
+    assert_close(out, ref_o, "bfloat16")
+
+
 def test_bad_indices_never_fault_without_check():
     """check=False with lengths and block ids out of range: no fault, finite output."""
     cp = cupy()
