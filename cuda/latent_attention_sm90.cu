@@ -284,10 +284,8 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
       for (int h = 0; h < 2; ++h) scale0[h] = fast_exp2(run_max[h] * p.scale_log2 - offset_of(m0[h]));
 
       u32 pa[16];  // this warpgroup's P as the A operand of its own product
-      if (wg == 0) {
-        // P0 = exp(S0 - m0); O_L = O_L * scale0 + P0 V0_L.
-#pragma unroll
-        for (int h = 0; h < 2; ++h) base[h] = offset_of(m0[h]), run_sum[h] *= scale0[h];
+      // P = exp(S - base) in s, its row sums added, packed into pa.
+      auto exponentiate = [&] {
 #pragma unroll
         for (int k = 0; k < 32; ++k) {
           s[k] = fast_exp2(s[k] * p.scale_log2 - base[(k / 2) & 1]);
@@ -295,18 +293,57 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         }
 #pragma unroll
         for (int k = 0; k < 16; ++k) pa[k] = T::pack(s[2 * k], s[2 * k + 1]);
-        if (scale0[0] != 1.f || scale0[1] != 1.f) {  // the running max rarely moves after the first tiles
+      };
+      auto rescale = [&](const float (&factor)[2]) {
+        if (factor[0] != 1.f || factor[1] != 1.f) {  // the running max rarely moves after the first tiles
 #pragma unroll
-          for (int k = 0; k < kHalf / 2; ++k) o[k] *= scale0[(k / 2) & 1];
+          for (int k = 0; k < kHalf / 2; ++k) o[k] *= factor[(k / 2) & 1];
         }
-        const u64 v_desc = wgmma_desc(stage_at(0), kBlock, 1024);
-        wgmma_fence();
+      };
+      // P to shared memory for the other warpgroup; packed(k) holds columns k, k + 1 of row h(k).
+      auto store_p = [&](u32 dst, auto packed) {
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {  // k-step kk: P columns 16kk.., V rows (tokens) 16kk..
+        for (int k = 0; k < 32; k += 2) {
+          const int row = r_lo + 8 * ((k / 2) & 1), col = (k / 4) * 8 + cq;
+          asm volatile("st.shared.b32 [%0], %1;" ::"r"(dst + Rows::offset(row, col / 8) + (col % 8) * 2),
+                       "r"(packed(k)));
+        }
+        fence_async_shared();
+      };
+      // O[:, this warpgroup's half] += P V, k-step kk: P columns (tokens) 16kk.., V rows 16kk..;
+      // P from registers (pa) or from shared memory at p_smem; V is stage s's blocks from `first`.
+      auto product_from_registers = [&](int s, int first) {
+        const u64 v_desc = wgmma_desc(stage_at(s) + first * kBlock, kBlock, 1024);
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
           const u32(&a)[4] = *reinterpret_cast<const u32(*)[4]>(pa + 4 * kk);
-          WgmmaRegA<kHalf>::template run<T, 1>(o, a, v_desc + ((kk * 16 * 128) >> 4), 1);
+          Wgmma<kHalf>::template run<T, 1>(o, a, v_desc + ((kk * 16 * 128) >> 4), 1);
         }
         wgmma_commit();
+      };
+      auto product_from_shared = [&](u32 p_smem, int s, int first) {
+        const u64 p_desc = wgmma_desc(p_smem, 16, 1024), v_desc = wgmma_desc(stage_at(s) + first * kBlock, kBlock, 1024);
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          Wgmma<kHalf>::template run<T, 1>(o, p_desc + ((kk * 32) >> 4), v_desc + ((kk * 16 * 128) >> 4), 1);
+        wgmma_commit();
+      };
+      // Once every thread of this warpgroup is past its MMA wait, its issuing
+      // warp refills group g of stage s with the next pair's tile.
+      const bool next = i + 2 < t1;
+      auto refill = [&](int s, int g, int y_of_my_page) {
+        named_sync(BAR_OWN + wg, kGroupThreads);
+        if (issuer && next) fill_group(s, g, y_of_my_page);
+      };
+
+      if (wg == 0) {
+        // P0 = exp(S0 - m0); O_L = O_L * scale0 + P0 V0_L.
+#pragma unroll
+        for (int h = 0; h < 2; ++h) base[h] = offset_of(m0[h]), run_sum[h] *= scale0[h];
+        exponentiate();
+        rescale(scale0);
+        wgmma_fence();
+        product_from_registers(0, 0);
 
         // m1 from warpgroup 1; P0 * e^(m0 - m1) to shared memory for its V0_R product.
         mbar_wait(xbar(X_M1), phase);
@@ -316,40 +353,22 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
           scale1[h] = fast_exp2(m0[h] * p.scale_log2 - offset_of(m1[h]));
           run_sum[h] *= scale1[h];
         }
-#pragma unroll
-        for (int k = 0; k < 32; k += 2) {
-          const int h = (k / 2) & 1, row = r_lo + 8 * h, col = (k / 4) * 8 + cq;
-          asm volatile("st.shared.b32 [%0], %1;" ::"r"(p_at(0) + Rows::offset(row, col / 8) + (col % 8) * 2),
-                       "r"(T::pack(s[k] * scale1[h], s[k + 1] * scale1[h])));
-        }
-        fence_async_shared();
+        store_p(p_at(0), [&](int k) { return T::pack(s[k] * scale1[(k / 2) & 1], s[k + 1] * scale1[(k / 2) & 1]); });
         mbar_arrive(xbar(X_P0));
 
         wgmma_wait<0>();  // P0 V0_L: group A of stage 0 is free
         fence_registers(o);
         fence_registers(pa);
-        named_sync(BAR_OWN, kGroupThreads);
-        const bool next = i + 2 < t1;  // another pair follows
-        if (issuer && next) fill_group(0, 0, y_next[0]);
-        if (scale1[0] != 1.f || scale1[1] != 1.f) {
-#pragma unroll
-          for (int k = 0; k < kHalf / 2; ++k) o[k] *= scale1[(k / 2) & 1];
-        }
+        refill(0, 0, y_next[0]);
+        rescale(scale1);
         // O_L += P1 V1_L
         mbar_wait(xbar(X_P1), phase);
         mbar_wait(full_bar(1, 1), phase);  // (already complete: warpgroup 1 scored K1)
-        const u64 p_desc = wgmma_desc(p_at(1), 16, 1024), v1_desc = wgmma_desc(stage_at(1), kBlock, 1024);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          Wgmma<kHalf>::template run<T, 1>(o, p_desc + ((kk * 32) >> 4), v1_desc + ((kk * 16 * 128) >> 4), 1);
-        wgmma_commit();
+        product_from_shared(p_at(1), 1, 0);
         wgmma_wait<0>();  // group B of stage 1 is free
         fence_registers(o);
-        named_sync(BAR_OWN, kGroupThreads);
-        if (issuer && next) fill_group(1, 1, y_next[1]);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) run_max[h] = m1[h];
+        refill(1, 1, y_next[1]);
       } else {
         // P1 = exp(S1 - m1); O_R = O_R * scale0 * scale1 + P1 V1_R + (P0 scale1) V0_R.
 #pragma unroll
@@ -359,53 +378,25 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
           run_sum[h] *= scale0[h];
           base[h] = offset_of(m1[h]);
         }
-#pragma unroll
-        for (int k = 0; k < 32; ++k) {
-          s[k] = fast_exp2(s[k] * p.scale_log2 - base[(k / 2) & 1]);
-          run_sum[(k / 2) & 1] += s[k];
-        }
-#pragma unroll
-        for (int k = 0; k < 16; ++k) pa[k] = T::pack(s[2 * k], s[2 * k + 1]);
-#pragma unroll
-        for (int k = 0; k < 32; k += 2) {
-          const int row = r_lo + 8 * ((k / 2) & 1), col = (k / 4) * 8 + cq;
-          asm volatile("st.shared.b32 [%0], %1;" ::"r"(p_at(1) + Rows::offset(row, col / 8) + (col % 8) * 2),
-                       "r"(pa[k / 2]));
-        }
-        fence_async_shared();
+        exponentiate();
+        store_p(p_at(1), [&](int k) { return pa[k / 2]; });
         mbar_arrive(xbar(X_P1));
-        if (scale0[0] != 1.f || scale0[1] != 1.f) {
-#pragma unroll
-          for (int k = 0; k < kHalf / 2; ++k) o[k] *= scale0[(k / 2) & 1];
-        }
+        rescale(scale0);
         wgmma_fence();
-        const u64 v1_desc = wgmma_desc(stage_at(1) + kHB * kBlock, kBlock, 1024);
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          const u32(&a)[4] = *reinterpret_cast<const u32(*)[4]>(pa + 4 * kk);
-          WgmmaRegA<kHalf>::template run<T, 1>(o, a, v1_desc + ((kk * 16 * 128) >> 4), 1);
-        }
-        wgmma_commit();
+        product_from_registers(1, kHB);
         mbar_wait(xbar(X_P0), phase);
         mbar_wait(full_bar(0, 1), phase);  // (already complete: warpgroup 0 scored K0)
         wgmma_fence();
-        const u64 p_desc = wgmma_desc(p_at(0), 16, 1024), v0_desc = wgmma_desc(stage_at(0) + kHB * kBlock, kBlock, 1024);
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          Wgmma<kHalf>::template run<T, 1>(o, p_desc + ((kk * 32) >> 4), v0_desc + ((kk * 16 * 128) >> 4), 1);
-        wgmma_commit();
-        const bool next = i + 2 < t1;  // another pair follows
+        product_from_shared(p_at(0), 0, kHB);
         wgmma_wait<1>();  // P1 V1_R: group A of stage 1 is free
         fence_registers(pa);
-        named_sync(BAR_OWN + 1, kGroupThreads);
-        if (issuer && next) fill_group(1, 0, y_next[1]);
+        refill(1, 0, y_next[1]);
         wgmma_wait<0>();  // P0 V0_R: group B of stage 0 is free
         fence_registers(o);
-        named_sync(BAR_OWN + 1, kGroupThreads);
-        if (issuer && next) fill_group(0, 1, y_next[0]);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) run_max[h] = m1[h];
+        refill(0, 1, y_next[0]);
       }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) run_max[h] = m1[h];
       ++pairs;
     }
 

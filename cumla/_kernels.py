@@ -112,7 +112,7 @@ def _tiles_into_pages(block_size: int) -> bool:
 
 
 #: Output columns per warpgroup (L / 2) the Hopper kernel's P V MMAs come in
-#: (the Wgmma / WgmmaRegA widths cuda/hopper.cuh specialises).
+#: (the Wgmma widths cuda/hopper.cuh specialises).
 HOPPER_HALVES = (64, 128, 256)
 
 
