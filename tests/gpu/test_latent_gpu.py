@@ -182,6 +182,27 @@ def test_non_default_stream():
     assert_close(o, reference.latent_attention(**on_host(args))[0], "float16")
 
 
+def captured(call):
+    """``call`` captured once in a CUDA graph on a non-blocking stream, after an
+    eager run outside the capture (compiles, makes a plan's buffers); returns
+    a function that replays it and waits."""
+    cp = cupy()
+    call()
+    cp.cuda.Device().synchronize()
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        call()
+        graph = stream.end_capture()
+
+    def replay():
+        cp.cuda.Device().synchronize()  # the capture stream does not wait for the default one
+        graph.launch(stream)
+        stream.synchronize()
+
+    return replay
+
+
 def test_graph_capture_replays_with_new_data():
     """A planned call captured once, replayed after new data lands in the same buffers."""
     cp = cupy()
@@ -190,20 +211,13 @@ def test_graph_capture_replays_with_new_data():
     args = make_latent_inputs(case, cp)
     plan = cumla.plan(args["seqlens"], heads=64, v_dim=512)
     out = cp.empty((4, 64, 512), dtype=case.np_dtype)
-    cumla.latent_attention(**args, plan=plan, out=out, check=False)  # compile outside the capture
-    stream = cp.cuda.Stream(non_blocking=True)
-    with stream:
-        stream.begin_capture()
-        cumla.latent_attention(**args, plan=plan, out=out, check=False)
-        graph = stream.end_capture()
+    replay = captured(lambda: cumla.latent_attention(**args, plan=plan, out=out, check=False))
     fresh = np.random.default_rng(99)
     for name in ("q_latent", "cache"):
         shape = args[name].shape
         args[name][...] = cp.asarray(fresh.standard_normal(shape, dtype=np.float32).astype(case.np_dtype))
     out.fill(np.nan)
-    cp.cuda.Device().synchronize()  # the capture stream does not wait for the default one
-    graph.launch(stream)
-    stream.synchronize()
+    replay()
     ref_o, _ = reference.latent_attention(**on_host(args))
     assert_close(out, ref_o, "bfloat16")
 
@@ -217,20 +231,11 @@ def test_planned_decode_replays_in_a_cuda_graph():
     args = make_inputs(case, cp)
     plan = cumla.plan(args["seqlens"], heads=64, q_len=2, v_dim=512)
     out = cp.empty((3, 2, 64, 128), dtype=case.np_dtype)
-    call = dict(args, plan=plan, out=out, check=False)
-    cumla.decode(**call)  # compiles, and makes the plan's buffers, outside the capture
-    cp.cuda.Device().synchronize()
-    stream = cp.cuda.Stream(non_blocking=True)
-    with stream:
-        stream.begin_capture()
-        cumla.decode(**call)
-        graph = stream.end_capture()
+    replay = captured(lambda: cumla.decode(**args, plan=plan, out=out, check=False))
     fresh = np.random.default_rng(98)
     args["q"][...] = cp.asarray(fresh.standard_normal(args["q"].shape, dtype=np.float32).astype(case.np_dtype))
     out.fill(np.nan)
-    cp.cuda.Device().synchronize()  # the capture stream does not wait for the default one
-    graph.launch(stream)
-    stream.synchronize()
+    replay()
     ref_o, _ = reference.decode(**on_host(args))
     assert_close(out, ref_o, "bfloat16")
 
