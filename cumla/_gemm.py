@@ -59,8 +59,7 @@ def batched_matmul(a: Any, b: Any, out: Any) -> Any:
     op_b, ld_b = _transposed_operand(b)  # b^T (N x K)
     op_a, ld_a = _transposed_operand(a)  # a^T (K x M)
     ld_out = max(out.strides[1] // out.itemsize, cols)
-    kind = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}.get(a.dtype, a.dtype.name)
-    out_kind = "float32" if out.dtype == np.float32 else kind
+    kind, out_kind = a.dtype.name, out.dtype.name  # "float32", "float16" or "bfloat16"
     cublas.gemmStridedBatchedEx(
         cp.cuda.device.get_cublas_handle(), op_b, op_a, cols, m, k,
         _ONE.ctypes.data, b.data.ptr, _DATA_TYPE[kind], ld_b, b.strides[0] // b.itemsize,
