@@ -9,14 +9,17 @@ from typing import Any, Callable
 ENV_RANK, ENV_WORLD, ENV_LOCAL_RANK, ENV_ID_FILE = "CUMLA_RANK", "CUMLA_WORLD_SIZE", "CUMLA_LOCAL_RANK", "CUMLA_NCCL_ID_FILE"
 
 
-def share_unique_id(rank: int, id_file: str, timeout: float, make_id: Callable[[], tuple]) -> tuple:
+def share_unique_id(rank: int, id_file: str, timeout: float, make_id: Callable[[], Any]) -> Any:
     """Rank 0 makes the id (NCCL's unique id) and writes it to ``id_file``; the
-    others wait for the file (a shared folder works across hosts)."""
+    others wait for the file (a shared folder works across hosts). The id keeps
+    its type: CuPy hands it out as ``bytes`` or, in older releases, a tuple of
+    ints, and its communicator takes only what it hands out."""
     if rank == 0:
         uid = make_id()
+        record = {"hex": uid.hex()} if isinstance(uid, bytes) else {"ints": list(uid)}
         tmp = f"{id_file}.tmp{os.getpid()}"
         with open(tmp, "w") as f:
-            json.dump(list(uid), f)
+            json.dump(record, f)
         os.replace(tmp, id_file)  # atomic: readers never see half a file
         return uid
     deadline = time.monotonic() + timeout
@@ -25,7 +28,8 @@ def share_unique_id(rank: int, id_file: str, timeout: float, make_id: Callable[[
             raise TimeoutError(f"rank {rank}: no NCCL id in {id_file} after {timeout:.0f} s (did rank 0 start?)")
         time.sleep(0.01)
     with open(id_file) as f:
-        return tuple(json.load(f))
+        record = json.load(f)
+    return bytes.fromhex(record["hex"]) if "hex" in record else tuple(record["ints"])
 
 
 class Communicator:
