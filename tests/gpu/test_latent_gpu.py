@@ -192,8 +192,10 @@ def captured(call):
     stream = cp.cuda.Stream(non_blocking=True)
     with stream:
         stream.begin_capture()
-        call()
-        graph = stream.end_capture()
+        try:
+            call()
+        finally:  # a failed capture must not leave the stream capturing for later tests
+            graph = stream.end_capture()
 
     def replay():
         cp.cuda.Device().synchronize()  # the capture stream does not wait for the default one
