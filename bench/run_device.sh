@@ -29,7 +29,7 @@ timeout 240 python3 bench/bench_gpu.py --out "$OUT" --configs "${2:-ABCDEF}" 2>&
 if [ "${3:-1}" = 1 ]; then
   for tool in memcheck racecheck; do
     section "sanitizer $tool"
-    (cd tests && timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 \
+    (cd tests && CUMLA_LINEINFO=1 timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 \
        python3 -m pytest -q -p no:cacheprovider -m gpu gpu -k test_every_kernel_small 2>&1) \
        | grep -v "Host Frame\|host backtrace" | head -n 60 >>"$log"
   done

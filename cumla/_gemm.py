@@ -6,9 +6,18 @@ of a decode step then costs more than the attention. One strided-batched
 cuBLAS call (``cublasGemmStridedBatchedEx``) reads the strided views of
 q, w_kv and the latent output as they lie, and writes straight into the
 layout the next step reads.
+
+The call goes through ctypes on a cuBLAS handle of our own, not through
+CuPy's wrappers: those refuse any cuBLAS call while a stream is being
+captured, and a planned ``decode`` must be capturable in a CUDA graph.
+cuBLAS itself supports capture once a handle has a workspace of its own
+(then it allocates nothing), which is what each handle here gets.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import threading
 from typing import Any
 
 import numpy as np
@@ -17,6 +26,75 @@ import numpy as np
 _DATA_TYPE = {"float32": 0, "float16": 2, "bfloat16": 14}
 _COMPUTE_32F, _OP_N, _OP_T, _ALGO_DEFAULT = 68, 0, 1, -1
 _ONE, _ZERO = np.ones(1, np.float32), np.zeros(1, np.float32)  # host scalars (pointer mode host)
+#: Workspace per handle: the size cuBLAS's own default pool uses on Hopper.
+WORKSPACE_BYTES = 32 << 20
+
+
+def _library_path() -> str:
+    """The libcublas CuPy uses (so that both share one copy in the process)."""
+    import cupy as cp
+
+    cp.cuda.device.get_cublas_handle()  # makes CuPy load its cuBLAS
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if "/libcublas.so" in path:
+                    return path
+    except OSError:
+        pass
+    found = ctypes.util.find_library("cublas")
+    if found is None:
+        raise RuntimeError("libcublas not found (CuPy's cuBLAS is needed for decode's absorption products)")
+    return found
+
+
+class _Cublas:
+    """cuBLAS through ctypes: one handle and workspace per device, made outside
+    any capture (the first eager call) and reused by every later call."""
+
+    _lock = threading.Lock()
+    _lib: ctypes.CDLL | None = None
+    _handles: dict[int, tuple[ctypes.c_void_p, Any]] = {}
+
+    @classmethod
+    def lib(cls) -> ctypes.CDLL:
+        if cls._lib is None:
+            lib = ctypes.CDLL(_library_path())
+            lib.cublasCreate_v2.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+            lib.cublasSetStream_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+            lib.cublasSetWorkspace_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+            ll, i, p = ctypes.c_longlong, ctypes.c_int, ctypes.c_void_p
+            lib.cublasGemmStridedBatchedEx.argtypes = [
+                p, i, i, i, i, i, p, p, i, i, ll, p, i, i, ll, p, p, i, i, ll, i, i, i]
+            cls._lib = lib
+        return cls._lib
+
+    @classmethod
+    def handle(cls, stream_ptr: int) -> ctypes.c_void_p:
+        """This device's handle, bound to ``stream_ptr`` with its own workspace."""
+        import cupy as cp
+
+        device = cp.cuda.runtime.getDevice()
+        with cls._lock:
+            if device not in cls._handles:
+                if cp.cuda.runtime.streamIsCapturing(stream_ptr):
+                    raise RuntimeError("decode's first call on a device must run outside a CUDA-graph capture "
+                                       "(it creates the cuBLAS handle and compiles the kernels)")
+                handle = ctypes.c_void_p()
+                _check(cls.lib().cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
+                cls._handles[device] = (handle, cp.empty(WORKSPACE_BYTES, dtype=np.uint8))
+        handle, workspace = cls._handles[device]
+        lib = cls.lib()
+        _check(lib.cublasSetStream_v2(handle, stream_ptr), "cublasSetStream")
+        # Setting a stream resets the handle to cuBLAS's default workspace pool: set ours again.
+        _check(lib.cublasSetWorkspace_v2(handle, workspace.data.ptr, workspace.nbytes), "cublasSetWorkspace")
+        return handle
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise RuntimeError(f"{what} failed with cublasStatus_t {status}")
 
 
 def _transposed_operand(x: Any) -> tuple[int, int]:
@@ -40,7 +118,6 @@ def batched_matmul(a: Any, b: Any, out: Any) -> Any:
     product accumulates in float32 and is rounded once into ``out``.
     """
     import cupy as cp
-    from cupy_backends.cuda.libs import cublas
 
     n, m, k = a.shape
     n_b, k_b, cols = b.shape
@@ -60,10 +137,11 @@ def batched_matmul(a: Any, b: Any, out: Any) -> Any:
     op_a, ld_a = _transposed_operand(a)  # a^T (K x M)
     ld_out = max(out.strides[1] // out.itemsize, cols)
     kind, out_kind = a.dtype.name, out.dtype.name  # "float32", "float16" or "bfloat16"
-    cublas.gemmStridedBatchedEx(
-        cp.cuda.device.get_cublas_handle(), op_b, op_a, cols, m, k,
+    stream = cp.cuda.get_current_stream().ptr
+    _check(_Cublas.lib().cublasGemmStridedBatchedEx(
+        _Cublas.handle(stream), op_b, op_a, cols, m, k,
         _ONE.ctypes.data, b.data.ptr, _DATA_TYPE[kind], ld_b, b.strides[0] // b.itemsize,
         a.data.ptr, _DATA_TYPE[kind], ld_a, a.strides[0] // a.itemsize,
         _ZERO.ctypes.data, out.data.ptr, _DATA_TYPE[out_kind], ld_out, out.strides[0] // out.itemsize,
-        n, _COMPUTE_32F, _ALGO_DEFAULT)
+        n, _COMPUTE_32F, _ALGO_DEFAULT), "cublasGemmStridedBatchedEx")
     return out

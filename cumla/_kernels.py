@@ -5,6 +5,7 @@ these functions, so the tests compile exactly what runs.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -57,7 +58,10 @@ def arch_for(major: int, minor: int) -> str:
 
 
 def options(arch: str) -> tuple[str, ...]:
-    return ("-std=c++17", f"-arch={arch}")
+    """NVRTC options; ``CUMLA_LINEINFO=1`` adds source lines to the code
+    (compute-sanitizer and profilers then name lines instead of offsets)."""
+    lineinfo = ("-lineinfo",) if os.environ.get("CUMLA_LINEINFO") == "1" else ()
+    return ("-std=c++17", f"-arch={arch}") + lineinfo
 
 
 #: Hopper GPUs run the wgmma kernel wherever its dims allow. Tests switch this

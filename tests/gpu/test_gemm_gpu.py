@@ -47,3 +47,30 @@ def test_batched_matmul_rejects_mismatches():
         batched_matmul(a, cp.zeros((2, 4, 6), dtype=np.float32), cp.zeros((2, 3, 6), dtype=np.float32))
     with pytest.raises(ValueError, match="unit-stride"):
         batched_matmul(a, cp.zeros((2, 4, 6), dtype=np.float16), cp.zeros((2, 6, 3), dtype=np.float16).transpose(0, 2, 1))
+
+
+def test_batched_matmul_is_captured_in_a_cuda_graph():
+    """The product replays from a graph on new data in the same buffers, on
+    each of two streams (the handle follows the stream it is called on)."""
+    import cupy as cp
+
+    rng = np.random.default_rng(5)
+    a = cp.asarray(rng.standard_normal((3, 16, 64)).astype(cumla.bfloat16))
+    b = cp.asarray(rng.standard_normal((3, 64, 32)).astype(cumla.bfloat16))
+    out = cp.empty((3, 16, 32), dtype=np.float32)
+    batched_matmul(a, b, out)  # the first call on a device makes its handle, outside any capture
+    for _ in range(2):
+        stream = cp.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            try:
+                batched_matmul(a, b, out)
+            finally:
+                graph = stream.end_capture()
+        a[...] = cp.asarray(rng.standard_normal(a.shape).astype(cumla.bfloat16))
+        out.fill(np.nan)
+        cp.cuda.Device().synchronize()
+        graph.launch(stream)
+        stream.synchronize()
+        ref = to_numpy(a).astype(np.float64) @ to_numpy(b).astype(np.float64)
+        assert relative_error(out, ref) <= TOLERANCE["bfloat16"]
