@@ -3,9 +3,12 @@
     python -m cumla.launch -n 1 bench/bench_distributed.py --out $OUT   # one GPU
     python -m cumla.launch -n 2 bench/bench_distributed.py --out $OUT   # two GPUs
 
-Times the whole sharded decode (local decode + all-gather + merge) and, apart,
-the merge (all-gather of the partials + combine); rank 0 writes
-distributed-<N>gpu.json. Compare the two files for the speed-up.
+Times the whole sharded decode step (local decode + all-gather + merge) as
+GPU time per call, from planned calls replayed as one CUDA graph on every
+rank (the method of bench_gpu.py), and the local decode alone the same way:
+the merge's cost is the difference. Also the eager planned call and the
+eager call without a plan (host work included). Rank 0 writes
+distributed-<N>gpu.json; compare the two files for the speed-up.
 """
 from __future__ import annotations
 
@@ -17,9 +20,8 @@ import numpy as np
 
 import cupy as cp
 import cumla
-from bench_gpu import time_us
-from cumla.distributed import (Communicator, ShardedLatentCache, TokenSharding, gather_partials, local_partials,
-                               merge_partials)
+from bench_gpu import graph_time_us, time_us
+from cumla.distributed import Communicator, ShardedLatentCache, TokenSharding, sharded_decode
 
 L, R, DN, DV, BLOCK = 512, 64, 128, 128, 64
 
@@ -39,27 +41,38 @@ def main() -> None:
     shard = ShardedLatentCache(sharding, comm.rank, blocks, BLOCK, latent_dim=L, rope_dim=R, max_seqs=batch,
                                max_blocks_per_seq=-(-per_rank // BLOCK), dtype=cumla.bfloat16, xp=cp)
     ids = [shard.add_sequence() for _ in range(batch)]
-    step = 16384  # append in pieces: a few scatters, bounded temporaries
+    chunk = 16384  # append in pieces: a few scatters, bounded temporaries
     for seq_id in ids:
-        for begin in range(0, seq, step):
-            n = min(step, seq - begin)
+        for begin in range(0, seq, chunk):
+            n = min(chunk, seq - begin)
             rows = cp.random.standard_normal((n, L + R), dtype=np.float32).astype(cumla.bfloat16)
             shard.append([seq_id] * n, rows[:, :L], rows[:, L:])
     rng = np.random.default_rng(0)
     q = cp.asarray(rng.standard_normal((batch, heads, DN + R), dtype=np.float32).astype(cumla.bfloat16))
     w_kv = cp.asarray((rng.standard_normal((L, heads * (DN + DV)), dtype=np.float32) / 20).astype(cumla.bfloat16))
 
-    def whole():
-        o, lse = local_partials(q, shard, w_kv, seq_ids=ids, rope_dim=R)
-        merge_partials(*gather_partials(o, lse, comm))
+    plan = shard.plan(ids, heads=heads)
+    local = shard.batch(ids)
+    out = cp.empty((batch, heads, DV), dtype=cumla.bfloat16)
+    local_out = cp.empty_like(out)
 
-    o, lse = local_partials(q, shard, w_kv, seq_ids=ids, rope_dim=R)
-    total_us = time_us(whole, warmup=1, repeat=10)
-    merge_us = time_us(lambda: merge_partials(*gather_partials(o, lse, comm)), warmup=1, repeat=10)
+    def step():
+        sharded_decode(q, shard, w_kv, comm, seq_ids=ids, rope_dim=R, plan=plan, out=out, check=False)
+
+    def local_only():
+        cumla.decode(q, local["cache"], w_kv, rope_dim=R, seqlens=local["seqlens"], block_table=local["block_table"],
+                     plan=plan, out=local_out, check=False)
+
+    total_us, local_us = graph_time_us(step), graph_time_us(local_only)
+    eager_us = time_us(step, warmup=1, repeat=10)
+    unplanned_us = time_us(lambda: sharded_decode(q, shard, w_kv, comm, seq_ids=ids, rope_dim=R), warmup=1, repeat=10)
+    merge_us = total_us - local_us
     if comm.rank == 0:
         result = dict(gpus=comm.world, batch=batch, seq=seq, heads=heads, block=BLOCK, layout=sharding.layout,
                       gpu=cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
-                      time_us=total_us, merge_us=merge_us, merge_share=merge_us / total_us)
+                      time_us=total_us, local_us=local_us, merge_us=merge_us, merge_share=merge_us / total_us,
+                      eager_us=eager_us, eager_unplanned_us=unplanned_us,
+                      method="GPU time per call: 10 planned calls replayed as one CUDA graph, median of 10")
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, f"distributed-{comm.world}gpu.json"), "w") as f:
             json.dump(result, f, indent=1)

@@ -89,45 +89,74 @@ extern "C" __global__ void __launch_bounds__(1024) make_schedule(
   }
 }
 
-// Grid (ceil(rows / 8), batch, ceil(dv / 128)), 256 threads: one warp per
-// query row and 128 output columns, 4 adjacent ones per lane. The pieces' weights
-// exp(lse_k - max) / sum are computed once per lane for 32 pieces at a time
-// and broadcast, so the loop over pieces is independent vector loads.
-template <class T>
-__global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ AttnParams p, int dv) {
-  const int b = blockIdx.y, r = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int c = blockIdx.z * 128 + 4 * lane;
-  const int pieces = p.sched.piece_base[b + 1] - p.sched.piece_base[b];
-  if (pieces == 1 || r >= p.rows) return;  // single pieces are written by the attention kernel
-  const size_t first = static_cast<size_t>(p.sched.piece_base[b]);
-  const float* lse = p.part_lse + first * p.rows + r;  // piece k at lse[k * rows]
+// One warp merges `pieces` partial results of one query row by their LSE:
+// piece k has log-sum-exp lse_of(k) and values row_of(k)[0, dv). This lane
+// writes columns c..c+3 of `out`, lane 0 of the warp with c = 0 the merged
+// LSE to *lse_out. The weights exp(lse_k - max) / sum are computed once per
+// lane for 32 pieces at a time and broadcast, so the loop over pieces is
+// independent vector loads.
+template <class T, class LseOf, class RowOf>
+__device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of, int c, int dv,
+                                          typename T::storage* out, float* lse_out) {
+  const int lane = threadIdx.x % 32;
   float peak = CUMLA_NEG_INF;
-  for (int k = lane; k < pieces; k += 32) peak = fmaxf(peak, lse[static_cast<size_t>(k) * p.rows]);
+  for (int k = lane; k < pieces; k += 32) peak = fmaxf(peak, lse_of(k));
   for (int off = 16; off > 0; off /= 2) peak = fmaxf(peak, __shfl_xor_sync(0xffffffffu, peak, off));
   const float safe = peak == CUMLA_NEG_INF ? 0.f : peak;
   float total = 0.f;
-  for (int k = lane; k < pieces; k += 32) total += expf(lse[static_cast<size_t>(k) * p.rows] - safe);
+  for (int k = lane; k < pieces; k += 32) total += expf(lse_of(k) - safe);
   for (int off = 16; off > 0; off /= 2) total += __shfl_xor_sync(0xffffffffu, total, off);
   const float inv = total > 0.f ? 1.f / total : 0.f;
 
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  const float* part = p.part_out + (first * p.rows + r) * dv;  // piece k at part[k * rows * dv]
   for (int k0 = 0; k0 < pieces; k0 += 32) {
-    const float mine = k0 + lane < pieces ? expf(lse[static_cast<size_t>(k0 + lane) * p.rows] - safe) * inv : 0.f;
+    const float mine = k0 + lane < pieces ? expf(lse_of(k0 + lane) - safe) * inv : 0.f;
     const int count = min(32, pieces - k0);
 #pragma unroll 4
     for (int j = 0; j < count; ++j) {
       const float w = __shfl_sync(0xffffffffu, mine, j);
-      const float* v = part + static_cast<size_t>(k0 + j) * p.rows * dv;
+      const float* v = row_of(k0 + j);
 #pragma unroll
       for (int e = 0; e < 4; ++e)
         if (c + e < dv) acc[e] += w * v[c + e];
     }
   }
-  auto* out = static_cast<typename T::storage*>(p.out) + (static_cast<size_t>(b) * p.rows + r) * dv;
 #pragma unroll
   for (int e = 0; e < 4; ++e)
     if (c + e < dv) out[c + e] = T::from_float(acc[e]);
-  if (blockIdx.z == 0 && lane == 0)
-    p.lse[static_cast<size_t>(b) * p.rows + r] = total > 0.f ? safe + logf(total) : CUMLA_NEG_INF;
+  if (c == 0) *lse_out = total > 0.f ? safe + logf(total) : CUMLA_NEG_INF;
+}
+
+// Grid (ceil(rows / 8), batch, ceil(dv / 128)), 256 threads: one warp per
+// query row and 128 output columns, 4 adjacent ones per lane.
+template <class T>
+__global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ AttnParams p, int dv) {
+  const int b = blockIdx.y, r = blockIdx.x * 8 + threadIdx.x / 32;
+  const int c = blockIdx.z * 128 + 4 * (threadIdx.x % 32);
+  const int pieces = p.sched.piece_base[b + 1] - p.sched.piece_base[b];
+  if (pieces == 1 || r >= p.rows) return;  // single pieces are written by the attention kernel
+  const size_t first = static_cast<size_t>(p.sched.piece_base[b]);
+  const float* lse = p.part_lse + first * p.rows + r;           // piece k at lse[k * rows]
+  const float* part = p.part_out + (first * p.rows + r) * dv;  // piece k at part[k * rows * dv]
+  const size_t row = static_cast<size_t>(b) * p.rows + r;
+  merge_row<T>(
+      pieces, [&](int k) { return lse[static_cast<size_t>(k) * p.rows]; },
+      [&](int k) { return part + static_cast<size_t>(k) * p.rows * dv; }, c, dv,
+      static_cast<typename T::storage*>(p.out) + row * dv, p.lse + row);
+}
+
+// The merge of context-parallel ranks: gathered[k][r] = [o (dv) | lse] in
+// float32 is rank k's partial result for query row r, of `world` ranks.
+// Grid (ceil(rows / 8), ceil(dv / 128)), 256 threads, as combine_partials.
+template <class T>
+__global__ void __launch_bounds__(256) merge_ranks(const float* __restrict__ gathered, int world, int rows, int dv,
+                                                   typename T::storage* __restrict__ out, float* __restrict__ lse) {
+  const int r = blockIdx.x * 8 + threadIdx.x / 32;
+  const int c = blockIdx.y * 128 + 4 * (threadIdx.x % 32);
+  if (r >= rows) return;
+  const size_t rank_stride = static_cast<size_t>(rows) * (dv + 1);
+  const float* mine = gathered + static_cast<size_t>(r) * (dv + 1);
+  merge_row<T>(
+      world, [&](int k) { return mine[k * rank_stride + dv]; }, [&](int k) { return mine + k * rank_stride; }, c, dv,
+      out + static_cast<size_t>(r) * dv, lse + r);
 }

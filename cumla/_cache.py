@@ -295,6 +295,11 @@ class PagedLatentCache:
         ids = np.asarray(seq_ids, dtype=np.int64).reshape(-1)
         for seq_id in ids:
             self._check_live(int(seq_id))
-        index = self.xp.asarray(ids)
+        if ids.size and (ids == np.arange(ids[0], ids[0] + ids.size)).all():
+            # A run of ids: views, no copy and no host-to-device transfer, so a
+            # call on them can be captured in a CUDA graph and sees later appends.
+            index = slice(int(ids[0]), int(ids[0]) + ids.size)
+        else:
+            index = self.xp.asarray(ids)
         return dict(cache=self.pool, block_table=self.block_table[index], seqlens=self.seqlens[index],
                     cache_format=self.fp8)

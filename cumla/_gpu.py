@@ -9,7 +9,8 @@ import cupy as cp
 import numpy as np
 
 from ._kernels import (
-    SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, arch_for, decompressed_kernel, latent_kernel, options, source,
+    SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, arch_for, decompressed_kernel, element_of, latent_kernel, options,
+    source,
 )
 from . import _tma
 from ._launch import attn_params
@@ -68,6 +69,18 @@ def run_schedule(plan: Plan, seqlens, capacity: int = INT_MAX) -> None:
     fn((1,), (1024,), (seqlens, np.int32(plan.batch), np.int32(min(capacity, INT_MAX)),
                        np.int32(SCHEDULE_TILE), np.int32(plan.num_parts), plan.work, plan.first_part,
                        plan.piece_base, plan.prefix))
+
+
+def merge_ranks(gathered, out, lse) -> None:
+    """Merge the ranks' partial results ``gathered`` (world, rows, Dv + 1), float32
+    ``[o | lse]`` rows, into ``out`` (rows, Dv; 16-bit or float32) and ``lse`` (rows,)."""
+    world, rows, width = gathered.shape
+    v_dim = width - 1
+    if rows == 0:
+        return
+    fn = kernel("split_kv.cu", SPLIT_KV_NAMES, f"merge_ranks<{element_of(out.dtype)}>")
+    fn((math.ceil(rows / 8), math.ceil(v_dim / 128)), (THREADS,),
+       (gathered, np.int32(world), np.int32(rows), np.int32(v_dim), out, lse))
 
 
 def _dense_cache(problem: Problem, cache, block_table):

@@ -25,6 +25,11 @@ _INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.M)
 _ELEMENT = {np.dtype(np.float16): "f16_t", BFLOAT16: "bf16_t", np.dtype(np.float32): "f32_t"}
 
 
+def element_of(dtype: np.dtype) -> str:
+    """The kernels' element tag (common.cuh) of a dtype."""
+    return _ELEMENT[np.dtype(dtype)]
+
+
 def source_dir() -> Path:
     """The CUDA sources: inside the installed package, or cuda/ beside it in a checkout."""
     here = Path(__file__).resolve().parent
@@ -124,7 +129,7 @@ def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int, block_size: int | None 
     """The sm_90a wgmma kernel for these dims and cache layout, or None where it
     does not apply: float32; L+R not a multiple of 64; L not 128, 256 or 512
     (or above L+R); pages of fewer than 8 tokens or that do not tile 64 tokens."""
-    element = _ELEMENT[np.dtype(dtype)]
+    element = element_of(dtype)
     if (element == "f32_t" or dim % 64 or v_dim % 2 or v_dim // 2 not in HOPPER_HALVES or v_dim > dim
             or _hopper_smem(dim, v_dim) > SMEM_LIMIT):
         return None
@@ -164,7 +169,7 @@ def _choose(dtype: np.dtype, dim: int, v_dim: int, rows: int, hopper: bool, bloc
         spec = hopper_kernel(dtype, dim, v_dim, block_size)
         if spec is not None:
             return spec
-    element = _ELEMENT[np.dtype(dtype)]
+    element = element_of(dtype)
     if element == "f32_t":
         smem = (16 * (dim + 1) + 32 * (dim + 1) + 16 * 32 + 3 * 16) * 4
         name = f"latent_attention_simt<f32_t, {dim}, {v_dim}>"
@@ -197,7 +202,7 @@ def _rows_bytes(rows: int, width: int) -> int:
 
 def decompressed_kernel(dtype: np.dtype, latent: int, rope: int, nope: int, v_dim: int) -> DecompressedKernel:
     """The decompressed kernel for a 16-bit dtype and DeepSeek-style dims (multiples of 16)."""
-    element = _ELEMENT[np.dtype(dtype)]
+    element = element_of(dtype)
     if element == "f32_t":
         raise NotImplementedError(
             "the decompressed strategy has no float32 GPU kernel (tensor cores would round "
@@ -216,7 +221,8 @@ def decompressed_kernel(dtype: np.dtype, latent: int, rope: int, nope: int, v_di
 
 
 #: The split-KV module: the scheduler and the combine step for every element type.
-SPLIT_KV_NAMES = ("make_schedule",) + tuple(f"combine_partials<{e}>" for e in ("bf16_t", "f16_t", "f32_t"))
+SPLIT_KV_NAMES = ("make_schedule",) + tuple(f"{k}<{e}>" for k in ("combine_partials", "merge_ranks")
+                                               for e in ("bf16_t", "f16_t", "f32_t"))
 
 
 def check_matrix() -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:

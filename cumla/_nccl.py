@@ -81,18 +81,27 @@ class Communicator:
 
         return cls(MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size(), **kwargs)
 
-    def all_gather(self, array: Any) -> Any:
+    def all_gather(self, array: Any, out: Any = None) -> Any:
         """Every rank's ``array`` stacked along a new first axis, in rank order (as bytes:
-        any dtype), on the current stream; waits for it with the timeout."""
+        any dtype), on the current stream, into ``out`` if given (C-contiguous,
+        shape (world,) + array.shape, array's dtype). Waits for it with the
+        timeout, except while the stream is being captured in a CUDA graph
+        (a capture cannot wait; the replays run in stream order)."""
         import cupy as cp
         from cupy.cuda import nccl
 
         send = cp.ascontiguousarray(array)
-        recv = cp.empty((self.world,) + send.shape, dtype=send.dtype)
+        shape = (self.world,) + send.shape
+        if out is None:
+            out = cp.empty(shape, dtype=send.dtype)
+        elif out.shape != shape or out.dtype != send.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {send.dtype} array of shape {shape}, "
+                             f"got {out.dtype} {out.shape}")
         stream = cp.cuda.get_current_stream()
-        self._comm.allGather(send.data.ptr, recv.data.ptr, send.nbytes, nccl.NCCL_UINT8, stream.ptr)
-        self._wait(stream, "all_gather")
-        return recv
+        self._comm.allGather(send.data.ptr, out.data.ptr, send.nbytes, nccl.NCCL_UINT8, stream.ptr)
+        if not cp.cuda.runtime.streamIsCapturing(stream.ptr):
+            self._wait(stream, "all_gather")
+        return out
 
     def _wait(self, stream: Any, what: str) -> None:
         # Spin first: a gather of partials takes microseconds, and a sleep costs

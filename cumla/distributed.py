@@ -42,6 +42,7 @@ from ._arrays import array_module
 from ._cache import PagedLatentCache
 from ._combine import combine
 from ._nccl import Communicator
+from ._plan import Plan, plan as make_plan
 from ._sharding import TokenSharding
 
 __all__ = ["Communicator", "ShardedLatentCache", "TokenSharding", "gather_partials", "local_partials",
@@ -123,9 +124,16 @@ class ShardedLatentCache:
         np.add.at(self._lengths, ids, 1)
 
     def batch(self, seq_ids: Sequence[int]) -> dict[str, Any]:
-        """The local ``cache`` and ``block_table`` for these sequences."""
-        local = self.local.batch(seq_ids)
-        return dict(cache=local["cache"], block_table=local["block_table"])
+        """The local ``cache``, ``block_table``, ``seqlens`` (this rank's tokens of
+        each sequence, on the device) and ``cache_format``, as
+        :meth:`cumla.PagedLatentCache.batch`."""
+        return self.local.batch(seq_ids)
+
+    def plan(self, seq_ids: Sequence[int], *, heads: int, q_len: int = 1) -> Plan:
+        """A split-KV plan over this rank's tokens of these sequences, for
+        :func:`sharded_decode` (refresh it with ``plan.update(batch["seqlens"])``
+        after appends)."""
+        return make_plan(self.batch(seq_ids)["seqlens"], heads=heads, q_len=q_len, v_dim=self.local.latent_dim)
 
 
 def local_partials(q: Any, cache: ShardedLatentCache, w_kv: Any, *, seq_ids: Sequence[int], rope_dim: int,
@@ -153,7 +161,8 @@ def local_partials(q: Any, cache: ShardedLatentCache, w_kv: Any, *, seq_ids: Seq
         visible = lengths - q_len + i + 1 if causal else lengths
         counts = cache.sharding.local_count(visible, cache.rank).astype(np.int32)
         o, lse = decode(q4[:, i], local["cache"], w_kv, rope_dim=rope_dim, seqlens=xp.asarray(counts),
-                        block_table=local["block_table"], scale=scale, return_lse=True)
+                        block_table=local["block_table"], cache_format=local["cache_format"], scale=scale,
+                        return_lse=True)
         outs.append(o.astype(np.float32))
         lses.append(lse)
     o, lse = xp.stack(outs, axis=1), xp.stack(lses, axis=1)
@@ -177,21 +186,73 @@ def merge_partials(outputs: Any, lses: Any) -> tuple[Any, Any]:
 
 
 def sharded_decode(q: Any, cache: ShardedLatentCache, w_kv: Any, comm: Communicator, *, seq_ids: Sequence[int],
-                   rope_dim: int, scale: float | None = None, causal: bool = True,
-                   return_lse: bool = False) -> Any:
+                   rope_dim: int, scale: float | None = None, causal: bool = True, return_lse: bool = False,
+                   plan: Plan | None = None, out: Any = None, check: bool = True) -> Any:
     """:func:`cumla.decode` over a cache sharded across ``comm``'s ranks.
 
     Every rank passes the same ``q`` and gets the full output, bitwise the
     same on every rank (each merges the same gathered partials in rank order).
-    Only the float32 partial outputs and LSEs are exchanged (one all-gather
-    of B*Sq*H*(Dv+1) floats per rank, :func:`gather_partials`).
+    Only the partial outputs and LSEs are exchanged, as float32 (one
+    all-gather of B*Sq*H*(Dv+1) floats per rank, :func:`gather_partials`).
+
+    With Sq = 1 (or ``causal=False``) each rank makes one local decode call
+    over its own lengths, on the device. Then, on CuPy, with a ``plan`` from
+    :meth:`ShardedLatentCache.plan`, ``out``, ``check=False`` and consecutive
+    ``seq_ids``, a call launches kernels and the collective only: it
+    allocates nothing after its first call (the plan keeps the buffers) and
+    can be captured in a CUDA graph together with its all-gather. With Sq > 1
+    and the causal rule each query token is decoded with its own local lengths
+    (made on the host), and ``plan`` is refused.
 
     Returns
     -------
     o : ndarray, shape of ``q`` with Dv last, q's dtype
     lse : ndarray, float32, if ``return_lse``
     """
-    o, lse = local_partials(q, cache, w_kv, seq_ids=seq_ids, rope_dim=rope_dim, scale=scale, causal=causal)
-    merged, merged_lse = merge_partials(*gather_partials(o, lse, comm))
-    merged = merged.astype(q.dtype)
-    return (merged, merged_lse) if return_lse else merged
+    xp = cache.local.xp
+    q_len = 1 if q.ndim == 3 else q.shape[1]
+    if q_len == 1 or not causal:
+        o, lse = _local_decode(q, cache, w_kv, seq_ids, rope_dim, scale, causal, plan, check)
+    elif plan is not None:
+        raise ValueError("plan= needs Sq = 1 or causal=False: with Sq > 1 each causal query token "
+                         "has its own local lengths")
+    else:
+        o, lse = local_partials(q, cache, w_kv, seq_ids=seq_ids, rope_dim=rope_dim, scale=scale, causal=causal)
+    buffer = plan.buffer if plan is not None else (lambda name, shape, dtype: xp.empty(shape, dtype=dtype))
+    v_dim, rows = o.shape[-1], lse.size
+    packed = buffer("sharded_packed", (rows, v_dim + 1), np.float32)
+    packed[:, :v_dim] = o.reshape(rows, v_dim)
+    packed[:, v_dim] = lse.reshape(rows)
+    gathered = comm.all_gather(packed, out=buffer("sharded_gathered", (comm.world, rows, v_dim + 1), np.float32))
+    if out is None:
+        out = xp.empty(o.shape, dtype=q.dtype)
+    elif out.shape != o.shape or out.dtype != q.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {q.dtype} array of shape {o.shape}")
+    merged_lse = buffer("sharded_lse", lse.shape, np.float32)
+    if xp is np:
+        merged, merged_lse = merge_partials(gathered[..., :v_dim], gathered[..., v_dim])
+        out[...] = merged.reshape(out.shape)
+        merged_lse = merged_lse.reshape(lse.shape)
+    else:
+        from ._gpu import merge_ranks
+
+        merge_ranks(gathered, out.reshape(rows, v_dim), merged_lse.reshape(rows))
+    if not return_lse:
+        return out
+    return out, (merged_lse.copy() if plan is not None else merged_lse)  # a plan's buffer is reused by the next call
+
+
+def _local_decode(q, cache, w_kv, seq_ids, rope_dim, scale, causal, plan, check):
+    """This rank's decode when every query token sees all of the rank's tokens
+    (Sq = 1 or no causal rule): one call over the local lengths."""
+    local = cache.batch(seq_ids)
+    kwargs = dict(rope_dim=rope_dim, seqlens=local["seqlens"], block_table=local["block_table"],
+                  cache_format=local["cache_format"], scale=scale, causal=causal, check=check)
+    if plan is not None and cache.local.xp is not np:
+        # The plan keeps the output and its LSE scratch: no allocation, no copy.
+        heads, nope = q.shape[-2], q.shape[-1] - rope_dim
+        v_dim = w_kv.size // (w_kv.shape[0] * heads) - nope
+        o_buf = plan.buffer("sharded_local_o", q.shape[:-1] + (v_dim,), q.dtype)
+        o = decode(q, local["cache"], w_kv, plan=plan, out=o_buf, **kwargs)
+        return o, plan.lse
+    return decode(q, local["cache"], w_kv, plan=plan, return_lse=True, **kwargs)

@@ -116,22 +116,24 @@ class ThreadComm:
 
     def __init__(self, rank, board, barrier):
         self.rank, self.board, self.barrier = rank, board, barrier
-        self.calls = 0
+        self.world, self.calls = len(board), 0
 
-    def all_gather(self, array):
+    def all_gather(self, array, out=None):
         self.calls += 1
         self.board[self.rank] = np.array(array)
         self.barrier.wait()
-        gathered = np.stack(self.board)
+        gathered = np.stack(self.board, out=out)
         self.barrier.wait()  # nobody posts the next exchange before all have read this one
         return gathered
 
 
-def test_sharded_decode_over_two_ranks_equals_the_whole_cache():
+@pytest.mark.parametrize("q_len, causal, planned", [(2, True, False), (1, True, True), (2, False, True)])
+def test_sharded_decode_over_two_ranks_equals_the_whole_cache(q_len, causal, planned):
     """sharded_decode on every rank (threads, one all-gather each) returns the
-    unsharded decode, the same bits on every rank."""
+    unsharded decode, the same bits on every rank; with a plan from the shard
+    (Sq = 1 or no causal rule: one local call over the local lengths) too."""
     rng = np.random.default_rng(7)
-    lengths, heads, q_len = [13, 0, 21], 2, 2
+    lengths, heads = [13, 0, 21], 2
     sharding = TokenSharding(2, "round_robin", stripe=4)
     shards, rows = make_shards(sharding, lengths, rng)
     w_kv = rng.standard_normal((L, heads * (DN + DV)), dtype=np.float32)
@@ -141,8 +143,11 @@ def test_sharded_decode_over_two_ranks_equals_the_whole_cache():
     results = [None, None]
 
     def run(rank):
+        plan = shards[rank].plan([0, 1, 2], heads=heads, q_len=q_len) if planned else None
+        out = np.full(q.shape[:-1] + (DV,), np.nan, np.float32)
         results[rank] = sharded_decode(q, shards[rank], w_kv, comms[rank], seq_ids=[0, 1, 2], rope_dim=R,
-                                       return_lse=True)
+                                       causal=causal, return_lse=True, plan=plan, out=out)
+        assert results[rank][0] is out
 
     threads = [threading.Thread(target=run, args=(rank,)) for rank in range(2)]
     for t in threads:
@@ -156,11 +161,20 @@ def test_sharded_decode_over_two_ranks_equals_the_whole_cache():
     for b, r in enumerate(rows):
         cache[b, :len(r)] = r
     full_o, full_lse = cumla.decode(q, cache, w_kv, rope_dim=R, seqlens=np.array(lengths, np.int32),
-                                    return_lse=True)
+                                    causal=causal, return_lse=True)
     assert relative_error(o0, full_o) <= 1e-5
     seen = np.isfinite(full_lse)
     assert np.array_equal(seen, np.isfinite(lse0))
     np.testing.assert_allclose(lse0[seen], full_lse[seen], rtol=1e-5, atol=1e-5)
+
+
+def test_sharded_decode_refuses_a_plan_for_causal_query_tokens():
+    rng = np.random.default_rng(1)
+    shards, _ = make_shards(TokenSharding(1), [5], rng)
+    q = np.zeros((1, 2, 1, DN + R), np.float32)
+    with pytest.raises(ValueError, match="Sq = 1 or causal=False"):
+        sharded_decode(q, shards[0], np.zeros((L, DN + DV), np.float32), None, seq_ids=[0], rope_dim=R,
+                       plan=shards[0].plan([0], heads=1, q_len=2))
 
 
 SCRIPT = textwrap.dedent("""

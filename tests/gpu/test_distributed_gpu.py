@@ -25,7 +25,7 @@ def run_ranks(n, tmp_path, mode):
 def test_one_rank_over_nccl_equals_single_gpu_decode(tmp_path):
     run = run_ranks(1, tmp_path, "ok")
     assert run.returncode == 0, run.stderr
-    assert (tmp_path / "rank0.npy").exists()
+    assert (tmp_path / "rank0.npy").exists() and (tmp_path / "rank0-planned.npy").exists()
 
 
 def test_two_ranks_agree_bitwise_and_with_one_gpu(tmp_path):
@@ -33,7 +33,8 @@ def test_two_ranks_agree_bitwise_and_with_one_gpu(tmp_path):
         pytest.skip("needs two CUDA devices (NCCL ranks cannot share one)")
     run = run_ranks(2, tmp_path, "ok")
     assert run.returncode == 0, run.stderr
-    assert np.array_equal(np.load(tmp_path / "rank0.npy"), np.load(tmp_path / "rank1.npy"))
+    for name in ("", "-planned"):  # Sq = 2 eager; Sq = 1 planned, replayed from a CUDA graph
+        assert np.array_equal(np.load(tmp_path / f"rank0{name}.npy"), np.load(tmp_path / f"rank1{name}.npy"))
 
 
 def test_a_failing_rank_makes_the_run_fail_not_hang(tmp_path):
