@@ -299,3 +299,121 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
       }
   }
 }
+
+// float32 inputs: the same algorithm on CUDA cores in float32 throughout (the
+// tensor cores would round the inputs to 16 bits or tf32). One CTA of 256
+// threads owns head h, up to BQ query tokens of one request and a range of
+// the schedule's 64-token tiles, walked BN tokens at a time:
+//   1. decompress: thread c computes column c (and c + 256, ...) of
+//      [K_nope | V] = C [W_uk_h | W_uv_h] for the BN tokens, reading its W
+//      column from global memory once per tile and the latent rows from
+//      shared memory (broadcasts); the RoPE part of K comes from the cache.
+//   2. attend: thread (query qi, token j) scores one pair; the 16 threads of
+//      a query row reduce the online softmax by shuffles and accumulate
+//      O[qi] += P V, each for every 16th output column.
+template <int L, int R, int DN, int DV>
+__global__ void __launch_bounds__(256, 1) decompressed_attention_f32(const __grid_constant__ AttnParams p) {
+  constexpr int BN = 16, BQ = 16, TILE = 64, QK = DN + R, D = L + R, KP = QK + 1;  // KP: conflict-free rows
+  constexpr int kCols = DN + DV, kOut = (DV + 15) / 16;
+  static_assert(BQ * BN == 256, "one thread per (query, token) pair");
+  extern __shared__ __align__(16) unsigned char smem[];
+  float* sC = reinterpret_cast<float*>(smem);  // [BN][L]
+  float* sQ = sC + BN * L;                     // [BQ][QK]
+  float* sK = sQ + BQ * QK;                    // [BN][KP]
+  float* sV = sK + BN * KP;                    // [BN][DV]
+  float* sP = sV + BN * DV;                    // [BQ][BN]
+
+  const int h = blockIdx.z, i0 = blockIdx.y * BQ;
+  const int qi = threadIdx.x / 16, j = threadIdx.x % 16;  // this thread's query row and token (or column phase)
+  const float* q = static_cast<const float*>(p.q);
+  const float* cache = static_cast<const float*>(p.cache);
+  const float* w = static_cast<const float*>(p.w) + h * kCols;
+  const size_t w_ld = static_cast<size_t>(p.heads) * kCols;
+  const PartWork work(p.sched, blockIdx.x);
+
+  for (int b = work.first(); b <= work.last(p.batch); ++b) {
+    Segment seg;
+    if (!work.segment(p, b, TILE, seg)) continue;
+    const int n = seg.n, i = i0 + qi;
+    const int limit = p.causal ? n - p.q_len + i + 1 : n;
+    __syncthreads();  // the previous request's readers of sQ are done
+    for (int e = threadIdx.x; e < BQ * QK; e += blockDim.x) {
+      const int r = e / QK, c = e % QK;
+      sQ[e] = i0 + r < p.q_len ? q[((static_cast<size_t>(b) * p.q_len + i0 + r) * p.heads + h) * QK + c] : 0.f;
+    }
+    float o[kOut];
+#pragma unroll
+    for (int k = 0; k < kOut; ++k) o[k] = 0.f;
+    float run_max = CUMLA_NEG_INF, run_sum = 0.f;
+
+    const int end = min(seg.t1 * TILE, n);
+    for (int tok0 = seg.t0 * TILE; tok0 < end; tok0 += BN) {
+      __syncthreads();  // the previous step's readers of sC/sK/sV are done
+      for (int e = threadIdx.x; e < BN * D; e += blockDim.x) {
+        const int r = e / D, c = e % D;
+        const float* row = cache_row(p, cache, b, n, tok0 + r, D);  // null past n: zeros, never NaN
+        const float v = row != nullptr ? row[c] : 0.f;
+        if (c < L) sC[r * L + c] = v;
+        else sK[r * KP + DN + (c - L)] = v;
+      }
+      __syncthreads();
+      for (int col = threadIdx.x; col < kCols; col += blockDim.x) {
+        float acc[BN];
+#pragma unroll
+        for (int r = 0; r < BN; ++r) acc[r] = 0.f;
+#pragma unroll 4
+        for (int k = 0; k < L; ++k) {
+          const float wk = w[k * w_ld + col];
+#pragma unroll
+          for (int r = 0; r < BN; ++r) acc[r] = fmaf(sC[r * L + k], wk, acc[r]);
+        }
+#pragma unroll
+        for (int r = 0; r < BN; ++r) {
+          if (col < DN) sK[r * KP + col] = acc[r];
+          else sV[r * DV + (col - DN)] = acc[r];
+        }
+      }
+      __syncthreads();
+
+      const int tok = tok0 + j;
+      float s = 0.f;
+#pragma unroll 8
+      for (int c = 0; c < QK; ++c) s = fmaf(sQ[qi * QK + c], sK[j * KP + c], s);
+      if (tok >= limit || tok >= n) s = CUMLA_NEG_INF;
+      float m = s;
+#pragma unroll
+      for (int off = 8; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));  // the row's 16 lanes
+      m = fmaxf(m, run_max);
+      const float base = m == CUMLA_NEG_INF ? 0.f : m * p.scale_log2;
+      const float alpha = fast_exp2(run_max * p.scale_log2 - base), pr = fast_exp2(s * p.scale_log2 - base);
+      float sum = pr;
+#pragma unroll
+      for (int off = 8; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      run_sum = run_sum * alpha + sum;
+      run_max = m;
+      sP[qi * BN + j] = pr;
+      __syncwarp();  // a row's 16 threads share one warp
+#pragma unroll
+      for (int k = 0; k < kOut; ++k) {
+        const int c = j + 16 * k;
+        if (c < DV) {
+          float acc = o[k] * alpha;
+#pragma unroll
+          for (int r = 0; r < BN; ++r) acc = fmaf(sP[qi * BN + r], sV[r * DV + c], acc);
+          o[k] = acc;
+        }
+      }
+    }
+
+    if (i >= p.q_len) continue;
+    const int row = i * p.heads + h;
+    const float inv = run_sum > 0.f ? 1.f / run_sum : 0.f;
+    const size_t out_row = seg.out_row(p.rows, row);
+    if (j == 0)
+      (seg.final() ? p.lse : p.part_lse)[out_row] = run_sum > 0.f ? run_max * p.scale + logf(run_sum) : CUMLA_NEG_INF;
+    float* dst = seg.final() ? static_cast<float*>(p.out) + out_row * DV : p.part_out + out_row * DV;
+#pragma unroll
+    for (int k = 0; k < kOut; ++k)
+      if (j + 16 * k < DV) dst[j + 16 * k] = o[k] * inv;
+  }
+}

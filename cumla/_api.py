@@ -129,8 +129,7 @@ def decode(
     causal : bool, optional
         With Sq > 1, query i of request b sees tokens t < seqlens[b] - Sq + i + 1.
     strategy : {"auto", "absorbed", "decompressed"}, optional
-        "auto" picks the one with fewer FLOPs by :func:`cumla.cost` among
-        those the backend runs for the dtype (CuPy float32: absorbed only);
+        "auto" picks the one with fewer FLOPs by :func:`cumla.cost`;
         with a ``plan``, "absorbed" (plans schedule that strategy).
     return_lse : bool, optional
         Also return the natural-log sum-exp of the scaled scores.
@@ -194,8 +193,6 @@ def decode(
             latent_dim=problem.latent_dim, rope_dim=problem.rope_dim, nope_dim=problem.nope_dim,
             v_dim=problem.v_dim, itemsize=problem.dtype.itemsize,
         ).best
-        if strategy not in backend.strategies(problem.dtype):
-            strategy = "absorbed"
     q4, out4 = _as_4d(q), _out_4d(problem, out)
     w3 = w_kv.reshape(problem.latent_dim, problem.heads, -1)
     if strategy == "absorbed":

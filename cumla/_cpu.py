@@ -12,11 +12,6 @@ from ._validate import Problem
 CHUNK_TOKENS = 512
 
 
-def strategies(dtype) -> tuple[str, ...]:
-    """Strategies this backend runs for a dtype: both, for every dtype."""
-    return ("absorbed", "decompressed")
-
-
 class _OnlineSoftmax:
     """Running max, sum and weighted value accumulator over score chunks.
 

@@ -20,11 +20,6 @@ from ._validate import Problem
 LOG2E = 1.4426950408889634
 
 
-def strategies(dtype) -> tuple[str, ...]:
-    """Strategies with a kernel for a dtype: float32 has no decompressed kernel."""
-    return ("absorbed",) if np.dtype(dtype) == np.float32 else ("absorbed", "decompressed")
-
-
 @lru_cache(maxsize=None)
 def _arch_of(device_id: int) -> str:
     """NVRTC -arch of a device (sm_90a on Hopper); raises below sm_80."""

@@ -183,7 +183,7 @@ def _choose(dtype: np.dtype, dim: int, v_dim: int, rows: int, hopper: bool, bloc
 
 @dataclass(frozen=True)
 class DecompressedKernel:
-    """One specialisation of the tiled-decompression kernel (256 query tokens per CTA)."""
+    """One specialisation of the tiled-decompression kernel (``queries`` query tokens per CTA)."""
 
     name: str
     queries: int
@@ -201,23 +201,27 @@ def _rows_bytes(rows: int, width: int) -> int:
 
 
 def decompressed_kernel(dtype: np.dtype, latent: int, rope: int, nope: int, v_dim: int) -> DecompressedKernel:
-    """The decompressed kernel for a 16-bit dtype and DeepSeek-style dims (multiples of 16)."""
+    """The decompressed kernel for a dtype and dims (multiples of 16): tensor
+    cores for 16-bit inputs, CUDA cores in float32 for float32 inputs."""
     element = element_of(dtype)
-    if element == "f32_t":
-        raise NotImplementedError(
-            "the decompressed strategy has no float32 GPU kernel (tensor cores would round "
-            "float32 inputs); use strategy='absorbed' or 16-bit inputs"
-        )
     if any(d % 16 for d in (latent, rope, nope, v_dim)):
         raise ValueError(f"decompressed kernels need L, R, Dn, Dv multiples of 16, got {latent, rope, nope, v_dim}")
-    slice_ = 64 if latent % 64 == 0 else 32 if latent % 32 == 0 else 16
     qk = nope + rope
-    smem = (_rows_bytes(256, qk) + _rows_bytes(64, qk) + _rows_bytes(64, v_dim)
-            + 2 * (_rows_bytes(64, slice_) + _rows_bytes(slice_, 64)))
+    if element == "f32_t":
+        # decompressed.cu's float32 kernel: 16 query tokens x 16 cache tokens per step, float32 tiles.
+        smem = 4 * (16 * latent + 16 * qk + 16 * (qk + 1) + 16 * v_dim + 16 * 16)
+        name = f"decompressed_attention_f32<{latent}, {rope}, {nope}, {v_dim}>"
+        queries = 16
+    else:
+        slice_ = 64 if latent % 64 == 0 else 32 if latent % 32 == 0 else 16
+        smem = (_rows_bytes(256, qk) + _rows_bytes(64, qk) + _rows_bytes(64, v_dim)
+                + 2 * (_rows_bytes(64, slice_) + _rows_bytes(slice_, 64)))
+        name = f"decompressed_attention<{element}, {latent}, {rope}, {nope}, {v_dim}, {slice_}>"
+        queries = 256
     if smem > SMEM_LIMIT:
-        raise ValueError(f"Dn+R = {qk}, Dv = {v_dim} need {smem} bytes of shared memory, over {SMEM_LIMIT}")
-    name = f"decompressed_attention<{element}, {latent}, {rope}, {nope}, {v_dim}, {slice_}>"
-    return DecompressedKernel(name, 256, smem, element)
+        raise ValueError(f"L = {latent}, Dn+R = {qk}, Dv = {v_dim} need {smem} bytes of shared memory, "
+                         f"over {SMEM_LIMIT}")
+    return DecompressedKernel(name, queries, smem, element)
 
 
 #: The split-KV module: the scheduler and the combine step for every element type.
@@ -234,6 +238,7 @@ def check_matrix() -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
     for dtype in (BFLOAT16, np.dtype(np.float16)):
         for dim, v_dim in ((576, 512), (256, 128)):
             out.append(("latent_attention_sm90.cu", hopper_kernel(dtype, dim, v_dim).module, ("sm_90a",)))
+    for dtype in (BFLOAT16, np.dtype(np.float16), np.dtype(np.float32)):
         for dims in ((512, 64, 128, 128), (48, 0, 32, 16)):
             out.append(("decompressed.cu", (decompressed_kernel(dtype, *dims).name,), CHECK_ARCHS))
     return out

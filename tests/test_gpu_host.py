@@ -155,7 +155,7 @@ def test_plan_and_out_are_used_as_given(cp):
     assert field(attend, "causal") == 1 and combine.grid == (32, 3, 4)
 
 
-def test_decompressed_launches_and_dtype_fallbacks(cp):
+def test_decompressed_launches_for_every_dtype(cp):
     args = inputs(cp, q_len=300, heads=4)
     cumla.decode(**args, strategy="decompressed")
     names = [launch.name for launch in cp.launches]
@@ -165,11 +165,12 @@ def test_decompressed_launches_and_dtype_fallbacks(cp):
     assert attend.grid == (132 // (4 * 2), 2, 4) and attend.shared_mem == spec.smem == attend.limit
     assert field(attend, "w") == args["w_kv"].data.ptr
     f32 = inputs(cp, q_len=300, heads=4, dtype=np.float32)
-    with pytest.raises(NotImplementedError, match="no float32 GPU kernel"):
-        cumla.decode(**f32, strategy="decompressed")
     cp.launches.clear()
-    cumla.decode(**f32)  # auto: the cost model says decompressed, float32 runs absorbed
-    assert cp.launches[1].name == "latent_attention_simt<f32_t, 576, 512>"
+    cumla.decode(**f32)  # auto: the cost model says decompressed, float32 too
+    spec = _kernels.decompressed_kernel(np.float32, L, R, DN, DV)
+    assert [launch.name for launch in cp.launches] == ["make_schedule", spec.name, "combine_partials<f32_t>"]
+    assert spec.name == "decompressed_attention_f32<512, 64, 128, 128>" and spec.queries == 16
+    assert cp.launches[1].grid == (132 // (4 * 19), 19, 4) and cp.launches[1].shared_mem == spec.smem
 
 
 def test_device_validation_without_a_device(cp):

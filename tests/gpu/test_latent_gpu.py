@@ -58,10 +58,6 @@ def test_latent_attention_matches_reference(case):
 def test_decode_matches_reference(case, strategy):
     args = make_inputs(case, cupy())
     out = poisoned(args["q"].shape[:-1] + (case.v_dim,), case.np_dtype)
-    if case.dtype == "float32" and strategy == "decompressed":
-        with pytest.raises(NotImplementedError, match="no float32 GPU kernel"):
-            cumla.decode(**args, strategy=strategy)
-        strategy = "auto"  # falls back to the absorbed kernel
     o, lse = cumla.decode(**args, strategy=strategy, out=out, return_lse=True)
     ref_o, ref_lse = reference.decode(**on_host(args))
     assert_close(o, ref_o, case.dtype, lse, ref_lse)
@@ -114,14 +110,15 @@ def test_deepseek_dims_with_every_split(dtype, heads, q_len, seqlens, block, par
     assert_close(o, ref_o, dtype, lse, ref_lse)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
 @pytest.mark.parametrize("q_len,seqlens,block,causal", [
     (300, (700, 0, 257), 64, True),
     (256, (4096,), None, True),
     (5, (1000, 63), 1, False),
 ])
 def test_decompressed_deepseek_dims(dtype, q_len, seqlens, block, causal):
-    """The tiled-decompression kernel at DeepSeek dims: several query tiles, causal, paged."""
+    """The tiled-decompression kernels at DeepSeek dims (tensor cores for 16-bit
+    inputs, CUDA cores for float32): several query tiles, causal, paged."""
     case = MLACase(len(seqlens), q_len, 4, seqlens=tuple(seqlens), capacity=max(seqlens), block_size=block,
                    causal=causal, dtype=dtype, scale=None, squeeze=False, seed=8, **DEEPSEEK)
     args = make_inputs(case, cupy())
