@@ -90,6 +90,15 @@ __device__ __forceinline__ void ldsm_x4_trans(u32 (&r)[4], u32 addr) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
+// Traps when a launch gives less dynamic shared memory than the kernel lays
+// out: the host mirrors each layout's size (cumla/_kernels.py), and a mirror
+// that falls behind must fail loudly instead of corrupting memory.
+__device__ __forceinline__ void require_dynamic_smem(unsigned bytes) {
+  unsigned given;
+  asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(given));
+  if (given < bytes) __trap();
+}
+
 // 16-byte async copy global -> shared; zero-fills the destination when !valid
 // (then nothing is read: `src` only has to be some mapped address).
 __device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {

@@ -71,6 +71,7 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
   constexpr int kVPairs = DV / 16;
 
   extern __shared__ __align__(128) unsigned char smem[];
+  require_dynamic_smem(Tile::kSmemBytes);
   const u32 sQ = smem_addr(smem);
   const u32 sK = sQ + Tile::kQBytes;
   const u32 sV = sK + Tile::kKBytes;
@@ -315,8 +316,10 @@ template <int L, int R, int DN, int DV>
 __global__ void __launch_bounds__(256, 1) decompressed_attention_f32(const __grid_constant__ AttnParams p) {
   constexpr int BN = 16, BQ = 16, TILE = 64, QK = DN + R, D = L + R, KP = QK + 1;  // KP: conflict-free rows
   constexpr int kCols = DN + DV, kOut = (DV + 15) / 16;
+  constexpr int kSmemBytes = 4 * (BN * L + BQ * QK + BN * KP + BN * DV + BQ * BN);
   static_assert(BQ * BN == 256, "one thread per (query, token) pair");
   extern __shared__ __align__(16) unsigned char smem[];
+  require_dynamic_smem(kSmemBytes);
   float* sC = reinterpret_cast<float*>(smem);  // [BN][L]
   float* sQ = sC + BN * L;                     // [BQ][QK]
   float* sK = sQ + BQ * QK;                    // [BN][KP]

@@ -51,6 +51,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
   constexpr int WN = Tile::WN, BM = Tile::BM;
 
   extern __shared__ __align__(128) unsigned char smem[];
+  require_dynamic_smem(Tile::kSmemBytes);
   const u32 sQ = smem_addr(smem);
   const u32 sKV = sQ + Tile::kQBytes;
   const u32 sP = sKV + Tile::kStages * Tile::kKVBytes;
@@ -308,6 +309,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_simt(const __grid_con
   constexpr int kPitch = D + 1;  // odd pitch: column walks hit distinct banks
   using S = typename T::storage;
   extern __shared__ __align__(16) unsigned char smem[];
+  require_dynamic_smem((kRows * kPitch + kTok * kPitch + kRows * kTok + 3 * kRows) * 4);
   float* sQ = reinterpret_cast<float*>(smem);  // kRows x kPitch
   float* sKV = sQ + kRows * kPitch;             // kTok x kPitch
   float* sP = sKV + kTok * kPitch;              // kRows x kTok

@@ -46,7 +46,7 @@ struct HopperTile {
   static constexpr int kPBytes = Rows::bytes(1);            // P: 64 x 64 16-bit values
   static constexpr bool kPInStage = D - DV >= 64;           // a block past DV holds P
   static constexpr int kOwnPBytes = kPInStage ? 0 : 2 * kPBytes;
-  static constexpr int kRedBytes = 4 * BM * 4;              // m0, m1 and both warpgroups' row sums
+  static constexpr int kRedBytes = 6 * BM * 4;              // m0, m1; both warpgroups' row sums, two buffers
   static constexpr int kBarBytes = 8 * 8;                   // mbarriers: 4 for copies, 4 for exchanges
   static constexpr int kSmemBytes = 1024 + 3 * kTileBytes + kOwnPBytes + kRedBytes + kBarBytes;  // 1024: alignment
   static_assert(D % 64 == 0 && DV <= D && (kHalf == 64 || kHalf == 128 || kHalf == 256),
@@ -79,12 +79,13 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
 
   // wgmma's swizzle is anchored at 1024-byte boundaries.
   extern __shared__ __align__(1024) unsigned char smem[];
+  require_dynamic_smem(Tile::kSmemBytes);
   const u32 raw = smem_addr(smem);
   const u32 sQ = (raw + 1023u) & ~1023u;
   const u32 sKV = sQ + Tile::kTileBytes;  // stage s at sKV + s * kTileBytes
   const u32 sOwnP = sKV + 2 * Tile::kTileBytes;
   float* sM = reinterpret_cast<float*>(smem + (sOwnP + Tile::kOwnPBytes - raw));  // [2][BM]: m0, m1
-  float* sSum = sM + 2 * Tile::BM;                                                  // [2][BM]
+  float* sSums = sM + 2 * Tile::BM;  // [request parity][warpgroup][BM]: a request's sums never overwrite the last one's
   const u32 sBar = sOwnP + Tile::kOwnPBytes + Tile::kRedBytes;  // [stage][group] copy mbarriers, then exchanges
   auto stage_at = [&](int s) { return sKV + s * Tile::kTileBytes; };
   auto p_at = [&](int s) {  // where P of stage s's tile goes
@@ -113,7 +114,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
   }
   // Pairs done so far: the current pair's tiles complete phase `pairs % 2` of
   // their stage's group barriers (every pair fills both stages once).
-  u32 pairs = 0;
+  u32 pairs = 0, requests = 0;
 
   for (int b = work.first(); b <= work.last(p.batch); ++b) {
     Segment seg;
@@ -401,6 +402,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
     }
 
     // Row sums: over the quad, then over both warpgroups.
+    float* sSum = sSums + (requests++ & 1) * 2 * Tile::BM;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       run_sum[h] += __shfl_xor_sync(0xffffffffu, run_sum[h], 1);
