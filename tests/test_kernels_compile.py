@@ -63,6 +63,7 @@ def test_hopper_kernel_runs_on_warpgroup_mma():
     assert CUOBJDUMP is not None, "cuobjdump missing: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm"
     hopper = _kernels.latent_kernel(_kernels.BFLOAT16, 576, 512, 128, "sm_90a")
     built = _compile.compile_source(NVRTC, _kernels.source(hopper.file), _kernels.options("sm_90a"), hopper.module)
+    assert built.ok, built.log
     listing = _compile.sass(built.cubin, CUOBJDUMP)
     # Scores 64 x 64 per warpgroup; P V with P from shared memory and from registers.
     assert "HGMMA.64x64x16.F32.BF16" in listing and "HGMMA.64x256x16.F32.BF16 R" in listing
@@ -71,5 +72,6 @@ def test_hopper_kernel_runs_on_warpgroup_mma():
     assert "C7519" not in built.log, built.log
     portable = _kernels.latent_kernel(_kernels.BFLOAT16, 576, 512, 128, "sm_80")
     built = _compile.compile_source(NVRTC, _kernels.source(portable.file), _kernels.options("sm_90a"), portable.module)
+    assert built.ok, built.log
     listing = _compile.sass(built.cubin, CUOBJDUMP)
     assert "HMMA.16816.F32.BF16" in listing and "HGMMA" not in listing
