@@ -38,14 +38,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._api import decode
-from ._arrays import array_module
 from ._cache import PagedLatentCache
 from ._combine import combine
 from ._nccl import Communicator
 from ._plan import Plan, plan as make_plan
 from ._sharding import TokenSharding
 
-__all__ = ["Communicator", "ShardedLatentCache", "TokenSharding", "gather_partials", "local_partials",
+__all__ = ["Communicator", "ShardedLatentCache", "TokenSharding", "local_partials",
            "merge_partials", "sharded_decode"]
 
 
@@ -169,17 +168,6 @@ def local_partials(q: Any, cache: ShardedLatentCache, w_kv: Any, *, seq_ids: Seq
     return (o[:, 0], lse[:, 0]) if squeeze else (o, lse)
 
 
-def gather_partials(o: Any, lse: Any, comm: Any) -> tuple[Any, Any]:
-    """Every rank's partials stacked along a new first axis (world, ...), in rank
-    order, through one all-gather of ``[o | lse]`` packed in float32 (one
-    collective, one wait, instead of two)."""
-    xp = array_module(o=o, lse=lse)
-    v_dim = o.shape[-1]
-    packed = xp.concatenate([o.astype(np.float32), lse.astype(np.float32)[..., None]], axis=-1)
-    gathered = comm.all_gather(packed)
-    return gathered[..., :v_dim], gathered[..., v_dim]
-
-
 def merge_partials(outputs: Any, lses: Any) -> tuple[Any, Any]:
     """Merge stacked partials (world, ...) by their LSE: :func:`cumla.combine`."""
     return combine(list(outputs), list(lses))
@@ -192,8 +180,8 @@ def sharded_decode(q: Any, cache: ShardedLatentCache, w_kv: Any, comm: Communica
 
     Every rank passes the same ``q`` and gets the full output, bitwise the
     same on every rank (each merges the same gathered partials in rank order).
-    Only the partial outputs and LSEs are exchanged, as float32 (one
-    all-gather of B*Sq*H*(Dv+1) floats per rank, :func:`gather_partials`).
+    Only the partial outputs and LSEs are exchanged: one all-gather of
+    ``[o | lse]`` packed in float32, B*Sq*H*(Dv+1) values per rank.
 
     With Sq = 1 (or ``causal=False``) each rank makes one local decode call
     over its own lengths, on the device. Then, on CuPy, with a ``plan`` from
