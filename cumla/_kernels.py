@@ -201,11 +201,13 @@ def _rows_bytes(rows: int, width: int) -> int:
 
 
 def decompressed_kernel(dtype: np.dtype, latent: int, rope: int, nope: int, v_dim: int) -> DecompressedKernel:
-    """The decompressed kernel for a dtype and dims (multiples of 16): tensor
-    cores for 16-bit inputs, CUDA cores in float32 for float32 inputs."""
+    """The decompressed kernel for a dtype and dims: tensor cores for 16-bit
+    inputs (L, R, Dn, Dv multiples of 16), CUDA cores in float32 for float32
+    inputs (any dims)."""
     element = element_of(dtype)
-    if any(d % 16 for d in (latent, rope, nope, v_dim)):
-        raise ValueError(f"decompressed kernels need L, R, Dn, Dv multiples of 16, got {latent, rope, nope, v_dim}")
+    if element != "f32_t" and any(d % 16 for d in (latent, rope, nope, v_dim)):
+        raise ValueError(f"16-bit decompressed kernels need L, R, Dn, Dv multiples of 16, "
+                         f"got {latent, rope, nope, v_dim}")
     qk = nope + rope
     if element == "f32_t":
         # decompressed.cu's float32 kernel: 16 query tokens x 16 cache tokens per step, float32 tiles.
@@ -241,4 +243,5 @@ def check_matrix() -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
     for dtype in (BFLOAT16, np.dtype(np.float16), np.dtype(np.float32)):
         for dims in ((512, 64, 128, 128), (48, 0, 32, 16)):
             out.append(("decompressed.cu", (decompressed_kernel(dtype, *dims).name,), CHECK_ARCHS))
+    out.append(("decompressed.cu", (decompressed_kernel(np.float32, 20, 6, 10, 7).name,), CHECK_ARCHS))
     return out

@@ -173,6 +173,20 @@ def test_decompressed_launches_for_every_dtype(cp):
     assert cp.launches[1].grid == (132 // (4 * 19), 19, 4) and cp.launches[1].shared_mem == spec.smem
 
 
+def test_float32_decompressed_launches_for_odd_dims(cp):
+    """float32 decompression has no multiple-of-16 rule (CUDA cores); 16-bit keeps it."""
+    rng = np.random.default_rng(2)
+    q = device(cp, rng.standard_normal((2, 3, 5, 16), dtype=np.float32))
+    cache = device(cp, rng.standard_normal((2, 40, 26), dtype=np.float32))
+    w_kv = device(cp, rng.standard_normal((20, 5 * 17), dtype=np.float32))
+    o = cumla.decode(q, cache, w_kv, rope_dim=6, strategy="decompressed")
+    assert o.shape == (2, 3, 5, 7)
+    assert cp.launches[1].name == "decompressed_attention_f32<20, 6, 10, 7>"
+    with pytest.raises(ValueError, match="multiples of 16"):
+        cumla.decode(q.astype(np.float16), cache.astype(np.float16), w_kv.astype(np.float16), rope_dim=6,
+                     strategy="decompressed")
+
+
 def test_device_validation_without_a_device(cp):
     args = inputs(cp)
     bad = dict(args, seqlens=device(cp, np.array([300, 1, 400], np.int32)))

@@ -128,6 +128,18 @@ def test_decompressed_deepseek_dims(dtype, q_len, seqlens, block, causal):
     assert_close(o, ref_o, dtype, lse, ref_lse)
 
 
+@pytest.mark.parametrize("block", [None, 4])
+def test_float32_decompressed_takes_any_dims(block):
+    """float32 inputs decompress on CUDA cores for dims that are not multiples of 16."""
+    case = MLACase(3, 3, 5, latent_dim=20, rope_dim=6, nope_dim=10, v_dim=7, seqlens=(37, 0, 70), capacity=70,
+                   block_size=block, causal=True, dtype="float32", scale=None, squeeze=False, seed=11)
+    args = make_inputs(case, cupy())
+    out = poisoned(args["q"].shape[:-1] + (case.v_dim,), case.np_dtype)
+    o, lse = cumla.decode(**args, strategy="decompressed", out=out, return_lse=True)
+    ref_o, ref_lse = reference.decode(**on_host(args))
+    assert_close(o, ref_o, "float32", lse, ref_lse)
+
+
 def test_every_kernel_small():
     """One small call per kernel path (paged/contiguous, split/unsplit, both strategies):
     the subset run under compute-sanitizer memcheck and racecheck."""
