@@ -12,6 +12,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+from ._libs import loaded_library
+
 
 def _candidates() -> list[str]:
     found = []
@@ -24,9 +26,22 @@ def _candidates() -> list[str]:
     return [f for f in found if "builtins" not in f]
 
 
+def _cupys_nvrtc() -> str | None:
+    """The libnvrtc CuPy compiles with, where CuPy is installed: the compile
+    check then builds with exactly the library the kernels run from."""
+    try:
+        import cupy
+
+        cupy.cuda.nvrtc.getVersion()  # loads it; needs no GPU
+    except Exception:  # no CuPy, or a CuPy without its NVRTC: use the candidates
+        return None
+    return loaded_library("/libnvrtc.so")
+
+
 def load_nvrtc() -> ctypes.CDLL | None:
-    """The NVRTC library, or None when none is installed."""
-    for path in _candidates():
+    """The NVRTC library, or None when none is installed: CuPy's where CuPy is
+    installed, else pip's nvidia-cuda-nvrtc or a CUDA toolkit's."""
+    for path in filter(None, [_cupys_nvrtc()] + _candidates()):
         try:
             return ctypes.CDLL(path)
         except OSError:

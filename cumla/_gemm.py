@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ._libs import loaded_library
+
 # cudaDataType_t / cublasComputeType_t / cublasOperation_t / cublasGemmAlgo_t values (cuBLAS API).
 _DATA_TYPE = {"float32": 0, "float16": 2, "bfloat16": 14}
 _COMPUTE_32F, _OP_N, _OP_T, _ALGO_DEFAULT = 68, 0, 1, -1
@@ -35,15 +37,7 @@ def _library_path() -> str:
     import cupy as cp
 
     cp.cuda.device.get_cublas_handle()  # makes CuPy load its cuBLAS
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                path = line.split()[-1]
-                if "/libcublas.so" in path:
-                    return path
-    except OSError:
-        pass
-    found = ctypes.util.find_library("cublas")
+    found = loaded_library("/libcublas.so") or ctypes.util.find_library("cublas")
     if found is None:
         raise RuntimeError("libcublas not found (CuPy's cuBLAS is needed for decode's absorption products)")
     return found
