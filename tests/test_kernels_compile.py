@@ -75,3 +75,35 @@ def test_hopper_kernel_runs_on_warpgroup_mma():
     assert built.ok, built.log
     listing = _compile.sass(built.cubin, CUOBJDUMP)
     assert "HMMA.16816.F32.BF16" in listing and "HGMMA" not in listing
+
+
+def _args(name: str) -> list[str]:
+    """Template arguments of a kernel name, e.g. 'k<bf16_t, 576, 512>' -> ['bf16_t', '576', '512']."""
+    return [a.strip() for a in name[name.index("<") + 1:name.rindex(">")].split(",")]
+
+
+def test_shared_memory_sizes_match_the_kernels():
+    """The host's shared-memory sizes (cumla/_kernels.py) equal each tile's
+    kSmemBytes, checked by static_assert in the kernel sources themselves
+    (a launch with less traps on the device; this finds it without one)."""
+    probes: dict[str, list[str]] = {}
+    for dtype in (_kernels.BFLOAT16, _kernels.np.dtype("float16")):
+        for dim, v_dim in ((576, 512), (192, 128), (320, 256), (48, 32)):
+            for rows in (16, 32, 64):
+                spec = _kernels.latent_kernel(dtype, dim, v_dim, rows, "sm_80")
+                element, d, dv, wm, bn = _args(spec.name)
+                probes.setdefault(spec.file, []).append(
+                    f"LatentTile<{element}, {d}, {dv}, {wm}, {bn}>::kSmemBytes == {spec.smem}")
+            hopper = _kernels.hopper_kernel(dtype, dim, v_dim)
+            if hopper is not None:
+                probes.setdefault(hopper.file, []).append(f"HopperTile<{dim}, {v_dim}>::kSmemBytes == {hopper.smem}")
+        for dims in ((512, 64, 128, 128), (48, 0, 32, 16), (96, 32, 64, 32)):
+            spec = _kernels.decompressed_kernel(dtype, *dims)
+            latent, rope, nope, v_dim, slice_ = _args(spec.name)[1:]
+            probes.setdefault("decompressed.cu", []).append(
+                f"DecompTile<{latent}, {rope}, {nope}, {v_dim}, {slice_}>::kSmemBytes == {spec.smem}")
+    assert len(probes) == 3 and sum(map(len, probes.values())) >= 30
+    for file, checks in probes.items():
+        code = _kernels.source(file) + "".join(f'\nstatic_assert({c}, "{c}");' for c in checks)
+        result = _compile.compile_source(NVRTC, code, _kernels.options("sm_90a"), (), verbose=False)
+        assert result.ok, result.log
