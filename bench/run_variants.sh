@@ -3,9 +3,11 @@
 # each docs/experiments/*.patch applied to a copy of it. For each: the GPU
 # tests that cover the Hopper kernel (its Hypothesis test, DeepSeek dims with
 # every split, the every-kernel test, graph capture) and the core benchmark.
-#   OUT=/tmp/out [VARIANTS="main cluster-multicast"] bash bench/run_variants.sh [configs]
+#   OUT=/tmp/out [VARIANTS="main inkernel-combine"] [BENCH_ARGS=...] bash bench/run_variants.sh [configs]
 # VARIANTS picks some ("main" is the tree itself; default: all), e.g. to split
-# them over calls of limited length (~2.5 min a variant). Writes
+# them over calls of limited length (~1.5 min a variant). BENCH_ARGS are
+# bench_gpu.py's options (default "--core-only --no-baseline"; "--no-baseline"
+# adds the uneven-batch, head-slice and page-size rows, ~1 min more). Writes
 # $OUT/<variant>/ (benchmark .md/.json) and prints one table per variant; a
 # variant whose tests fail is not benchmarked.
 set -u
@@ -29,8 +31,8 @@ run_variant() {  # name, tree
     return
   fi
   echo "$name: $(tail -n 1 "$OUT/$name-tests.log")"
-  (cd "$tree" && PYTHONPATH=$site timeout 200 python3 bench/bench_gpu.py --core-only --no-baseline \
-     --configs "$configs" --out "$OUT/$name" 2>&1) | grep "^| [A-F] " | sed "s/^/$name /"
+  (cd "$tree" && PYTHONPATH=$site timeout 300 python3 bench/bench_gpu.py ${BENCH_ARGS:---core-only --no-baseline} \
+     --configs "$configs" --out "$OUT/$name" 2>&1) | grep -E "^\| ([A-F]|even|random|one) " | sed "s/^/$name /"
 }
 
 wanted main && run_variant main "$root"
