@@ -44,12 +44,13 @@ def _library_path() -> str:
 
 
 class _Cublas:
-    """cuBLAS through ctypes: one handle and workspace per device, made outside
-    any capture (the first eager call) and reused by every later call."""
+    """cuBLAS through ctypes: one handle and workspace per thread and device
+    (a handle carries its stream: threads must not share one), made outside
+    any capture (the thread's first eager call) and reused by later calls."""
 
     _lock = threading.Lock()
     _lib: ctypes.CDLL | None = None
-    _handles: dict[int, tuple[ctypes.c_void_p, Any]] = {}
+    _handles: dict[tuple[int, int], tuple[ctypes.c_void_p, Any]] = {}  # (thread, device): handle, workspace
 
     @classmethod
     def lib(cls) -> ctypes.CDLL:
@@ -66,19 +67,20 @@ class _Cublas:
 
     @classmethod
     def handle(cls, stream_ptr: int) -> ctypes.c_void_p:
-        """This device's handle, bound to ``stream_ptr`` with its own workspace."""
+        """This thread's handle on the current device, bound to ``stream_ptr``
+        with its own workspace."""
         import cupy as cp
 
-        device = cp.cuda.runtime.getDevice()
+        key = (threading.get_ident(), cp.cuda.runtime.getDevice())
         with cls._lock:
-            if device not in cls._handles:
+            if key not in cls._handles:
                 if cp.cuda.runtime.streamIsCapturing(stream_ptr):
-                    raise RuntimeError("decode's first call on a device must run outside a CUDA-graph capture "
-                                       "(it creates the cuBLAS handle and compiles the kernels)")
+                    raise RuntimeError("decode's first call in a thread on a device must run outside a CUDA-graph "
+                                       "capture (it creates the thread's cuBLAS handle and compiles the kernels)")
                 handle = ctypes.c_void_p()
                 _check(cls.lib().cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
-                cls._handles[device] = (handle, cp.empty(WORKSPACE_BYTES, dtype=np.uint8))
-        handle, workspace = cls._handles[device]
+                cls._handles[key] = (handle, cp.empty(WORKSPACE_BYTES, dtype=np.uint8))
+        handle, workspace = cls._handles[key]
         lib = cls.lib()
         _check(lib.cublasSetStream_v2(handle, stream_ptr), "cublasSetStream")
         # Setting a stream resets the handle to cuBLAS's default workspace pool: set ours again.
