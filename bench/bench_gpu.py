@@ -22,6 +22,7 @@ import cupy as cp
 import cumla
 from cumla import _gpu, _kernels
 from cumla._arrays import BFLOAT16
+from cumla.testing import capture_graph
 
 L, R, DN, DV, BLOCK = 512, 64, 128, 128, 64
 D = L + R
@@ -67,14 +68,7 @@ def graph_time_us(fn, calls: int = 10, repeat: int = 10) -> float:
     """Median GPU time per call of ``fn`` captured ``calls`` times back to back in
     one CUDA graph: no host launch cost inside the measurement (what an engine
     replaying graphs gets). ``fn`` must be capturable (a planned call, check=False)."""
-    fn()  # compile and warm up outside the capture, on the current stream;
-    cp.cuda.Device().synchronize()  # a non-blocking stream would not wait for it
-    stream = cp.cuda.Stream(non_blocking=True)
-    with stream:
-        stream.begin_capture()
-        for _ in range(calls):
-            fn()
-        graph = stream.end_capture()
+    graph, stream = capture_graph(fn, calls)  # after a warm-up call outside the capture
     graph.launch(stream)
     times = []
     for _ in range(repeat):

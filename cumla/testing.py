@@ -215,3 +215,25 @@ def assert_close(out: Any, ref: np.ndarray, dtype: str, lse: Any = None, ref_lse
         gap = np.abs(got[~empty] - ref_lse[~empty]).max()
         bound = tol * (1 + np.abs(ref_lse[~empty]).max())
         assert gap <= bound, f"lse error {gap:.3e} > {bound:.3e} ({dtype})"
+
+
+def capture_graph(call: Any, calls: int = 1) -> tuple[Any, Any]:
+    """``call`` run once eagerly (it compiles, makes a plan's buffers), then
+    captured ``calls`` times back to back in one CUDA graph on a fresh
+    non-blocking stream. Returns ``(graph, stream)``: replay with
+    ``graph.launch(stream)`` after synchronising the device (that stream does
+    not wait for work on the default one). A failing call ends the capture
+    before the error propagates, so the stream is not left capturing."""
+    import cupy as cp
+
+    call()
+    cp.cuda.Device().synchronize()
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        try:
+            for _ in range(calls):
+                call()
+        finally:
+            graph = stream.end_capture()
+    return graph, stream

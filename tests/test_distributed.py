@@ -98,8 +98,12 @@ def test_merged_shards_equal_the_whole_cache(sharding, lengths, q_len, causal, s
     parts = [local_partials(q, shard, w_kv, seq_ids=list(range(len(lengths))), rope_dim=R, causal=causal)
              for shard in shards]
     o, lse = merge_partials(np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts]))
-    capacity = max(lengths + [1])
-    cache = np.zeros((len(lengths), capacity, L + R), np.float32)
+    assert_equals_whole_cache(o, lse, q, w_kv, rows, lengths, causal)
+
+
+def assert_equals_whole_cache(o, lse, q, w_kv, rows, lengths, causal):
+    """(o, lse) equal decode over the unsharded cache of these rows and lengths."""
+    cache = np.zeros((len(lengths), max(lengths + [1]), L + R), np.float32)
     for b, r in enumerate(rows):
         cache[b, :len(r)] = r
     full_o, full_lse = cumla.decode(q, cache, w_kv, rope_dim=R, seqlens=np.array(lengths, np.int32),
@@ -157,15 +161,7 @@ def test_sharded_decode_over_two_ranks_equals_the_whole_cache(q_len, causal, pla
     assert all(c.calls == 1 for c in comms)
     (o0, lse0), (o1, lse1) = results
     assert np.array_equal(o0, o1) and np.array_equal(lse0, lse1)
-    cache = np.zeros((len(lengths), max(lengths), L + R), np.float32)
-    for b, r in enumerate(rows):
-        cache[b, :len(r)] = r
-    full_o, full_lse = cumla.decode(q, cache, w_kv, rope_dim=R, seqlens=np.array(lengths, np.int32),
-                                    causal=causal, return_lse=True)
-    assert relative_error(o0, full_o) <= 1e-5
-    seen = np.isfinite(full_lse)
-    assert np.array_equal(seen, np.isfinite(lse0))
-    np.testing.assert_allclose(lse0[seen], full_lse[seen], rtol=1e-5, atol=1e-5)
+    assert_equals_whole_cache(o0, lse0, q, w_kv, rows, lengths, causal)
 
 
 def test_sharded_decode_refuses_a_plan_for_causal_query_tokens():

@@ -8,7 +8,7 @@ import numpy as np
 import cupy as cp
 import cumla
 from cumla.distributed import Communicator, ShardedLatentCache, TokenSharding, sharded_decode
-from cumla.testing import relative_error
+from cumla.testing import capture_graph, relative_error
 
 L, R, DN, DV, H = 512, 64, 128, 128, 16
 
@@ -43,16 +43,8 @@ def main(out_dir: str, mode: str) -> None:
     # replayed after new queries land in the same buffer.
     q1 = cp.ascontiguousarray(q[:, 0])
     plan, out = shard.plan(ids, heads=H), cp.empty((len(lengths), H, DV), dtype=cumla.bfloat16)
-    step = lambda: sharded_decode(q1, shard, w_kv, comm, seq_ids=ids, rope_dim=R, plan=plan, out=out, check=False)
-    step()
-    cp.cuda.Device().synchronize()
-    stream = cp.cuda.Stream(non_blocking=True)
-    with stream:
-        stream.begin_capture()
-        try:
-            step()
-        finally:
-            graph = stream.end_capture()
+    graph, stream = capture_graph(
+        lambda: sharded_decode(q1, shard, w_kv, comm, seq_ids=ids, rope_dim=R, plan=plan, out=out, check=False))
     q1[...] = cp.asarray(rng.standard_normal(q1.shape, dtype=np.float32).astype(cumla.bfloat16))
     out.fill(np.nan)
     cp.cuda.Device().synchronize()

@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 import cumla
 from cumla._gemm import batched_matmul
-from cumla.testing import TOLERANCE, relative_error, to_numpy
+from cumla.testing import TOLERANCE, capture_graph, relative_error, to_numpy
 
 pytestmark = pytest.mark.gpu
 
@@ -58,15 +58,8 @@ def test_batched_matmul_is_captured_in_a_cuda_graph():
     a = cp.asarray(rng.standard_normal((3, 16, 64)).astype(cumla.bfloat16))
     b = cp.asarray(rng.standard_normal((3, 64, 32)).astype(cumla.bfloat16))
     out = cp.empty((3, 16, 32), dtype=np.float32)
-    batched_matmul(a, b, out)  # the first call on a device makes its handle, outside any capture
-    for _ in range(2):
-        stream = cp.cuda.Stream(non_blocking=True)
-        with stream:
-            stream.begin_capture()
-            try:
-                batched_matmul(a, b, out)
-            finally:
-                graph = stream.end_capture()
+    for _ in range(2):  # the eager call before each capture makes the thread's handle on the first
+        graph, stream = capture_graph(lambda: batched_matmul(a, b, out))
         a[...] = cp.asarray(rng.standard_normal(a.shape).astype(cumla.bfloat16))
         out.fill(np.nan)
         cp.cuda.Device().synchronize()

@@ -5,7 +5,8 @@ from hypothesis import given, settings, strategies as st
 
 import cumla
 from cumla import _kernels, reference
-from cumla.testing import MLACase, assert_close, make_inputs, make_latent_inputs, mla_cases, to_numpy
+from cumla.testing import (MLACase, assert_close, capture_graph, make_inputs, make_latent_inputs, mla_cases,
+                           to_numpy)
 
 pytestmark = pytest.mark.gpu
 
@@ -196,15 +197,7 @@ def captured(call):
     eager run outside the capture (compiles, makes a plan's buffers); returns
     a function that replays it and waits."""
     cp = cupy()
-    call()
-    cp.cuda.Device().synchronize()
-    stream = cp.cuda.Stream(non_blocking=True)
-    with stream:
-        stream.begin_capture()
-        try:
-            call()
-        finally:  # a failed capture must not leave the stream capturing for later tests
-            graph = stream.end_capture()
+    graph, stream = capture_graph(call)
 
     def replay():
         cp.cuda.Device().synchronize()  # the capture stream does not wait for the default one
