@@ -50,7 +50,8 @@ class _Cublas:
 
     _lock = threading.Lock()
     _lib: ctypes.CDLL | None = None
-    _handles: dict[tuple[int, int], tuple[ctypes.c_void_p, Any]] = {}  # (thread, device): handle, workspace
+    # (thread, device) -> [handle, workspace, the stream the handle is bound to]
+    _handles: dict[tuple[int, int], list[Any]] = {}
 
     @classmethod
     def lib(cls) -> ctypes.CDLL:
@@ -79,12 +80,15 @@ class _Cublas:
                                        "capture (it creates the thread's cuBLAS handle and compiles the kernels)")
                 handle = ctypes.c_void_p()
                 _check(cls.lib().cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
-                cls._handles[key] = (handle, cp.empty(WORKSPACE_BYTES, dtype=np.uint8))
-        handle, workspace = cls._handles[key]
-        lib = cls.lib()
-        _check(lib.cublasSetStream_v2(handle, stream_ptr), "cublasSetStream")
-        # Setting a stream resets the handle to cuBLAS's default workspace pool: set ours again.
-        _check(lib.cublasSetWorkspace_v2(handle, workspace.data.ptr, workspace.nbytes), "cublasSetWorkspace")
+                cls._handles[key] = [handle, cp.empty(WORKSPACE_BYTES, dtype=np.uint8), None]
+        entry = cls._handles[key]
+        handle, workspace, bound = entry
+        if bound != stream_ptr:  # a decode step calls twice on one stream: bind once
+            lib = cls.lib()
+            _check(lib.cublasSetStream_v2(handle, stream_ptr), "cublasSetStream")
+            # Setting a stream resets the handle to cuBLAS's default workspace pool: set ours again.
+            _check(lib.cublasSetWorkspace_v2(handle, workspace.data.ptr, workspace.nbytes), "cublasSetWorkspace")
+            entry[2] = stream_ptr
         return handle
 
 

@@ -216,7 +216,6 @@ def sharded_decode(q: Any, cache: ShardedLatentCache, w_kv: Any, comm: Communica
         out = xp.empty(o.shape, dtype=q.dtype)
     elif out.shape != o.shape or out.dtype != q.dtype or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous {q.dtype} array of shape {o.shape}")
-    merged_lse = buffer("sharded_lse", lse.shape, np.float32)
     if xp is np:
         merged, merged_lse = merge_partials(gathered[..., :v_dim], gathered[..., v_dim])
         out[...] = merged.reshape(out.shape)
@@ -224,6 +223,7 @@ def sharded_decode(q: Any, cache: ShardedLatentCache, w_kv: Any, comm: Communica
     else:
         from ._gpu import merge_ranks
 
+        merged_lse = buffer("sharded_lse", lse.shape, np.float32)
         merge_ranks(gathered, out.reshape(rows, v_dim), merged_lse.reshape(rows))
     if not return_lse:
         return out
