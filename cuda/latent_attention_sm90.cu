@@ -301,13 +301,14 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
           for (int k = 0; k < kHalf / 2; ++k) o[k] *= factor[(k / 2) & 1];
         }
       };
-      // P to shared memory for the other warpgroup; packed(k) holds columns k, k + 1 of row h(k).
-      auto store_p = [&](u32 dst, auto packed) {
+      // P to shared memory for the other warpgroup; packed[k / 2] holds columns k, k + 1 of row h(k).
+      // (No generic lambda here: NVRTC 13.0 compiles those as host code unless -default-device.)
+      auto store_p = [&](u32 dst, const u32 (&packed)[16]) {
 #pragma unroll
         for (int k = 0; k < 32; k += 2) {
           const int row = r_lo + 8 * ((k / 2) & 1), col = (k / 4) * 8 + cq;
           asm volatile("st.shared.b32 [%0], %1;" ::"r"(dst + Rows::offset(row, col / 8) + (col % 8) * 2),
-                       "r"(packed(k)));
+                       "r"(packed[k / 2]));
         }
         fence_async_shared();
       };
@@ -354,7 +355,11 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
           scale1[h] = fast_exp2(m0[h] * p.scale_log2 - offset_of(m1[h]));
           run_sum[h] *= scale1[h];
         }
-        store_p(p_at(0), [&](int k) { return T::pack(s[k] * scale1[(k / 2) & 1], s[k + 1] * scale1[(k / 2) & 1]); });
+        u32 p0_scaled[16];
+#pragma unroll
+        for (int k = 0; k < 32; k += 2)
+          p0_scaled[k / 2] = T::pack(s[k] * scale1[(k / 2) & 1], s[k + 1] * scale1[(k / 2) & 1]);
+        store_p(p_at(0), p0_scaled);
         mbar_arrive(xbar(X_P0));
 
         wgmma_wait<0>();  // P0 V0_L: group A of stage 0 is free
@@ -380,7 +385,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
           base[h] = offset_of(m1[h]);
         }
         exponentiate();
-        store_p(p_at(1), [&](int k) { return pa[k / 2]; });
+        store_p(p_at(1), pa);
         mbar_arrive(xbar(X_P1));
         rescale(scale0);
         wgmma_fence();
