@@ -9,12 +9,17 @@
 // scores for rows [16wm, 16wm+16) and tokens [wn*BN/WN, ...), the row max
 // and the probabilities P go through shared memory, then the same warp
 // accumulates O[rows, its DV/WN columns] += P V on tensor cores (mma.sync).
+//
+// G > 0: the cache holds FP8 rows (fp8.cuh; DV = L). Rows are copied raw,
+// kStages tiles ahead, and each tile is dequantised into the one 16-bit tile
+// the MMAs read, so the cache is read once at its FP8 size.
 #include "common.cuh"
 #include "params.cuh"
+#include "fp8.cuh"
 
 namespace {
 
-template <class T, int D, int DV, int WM, int BN>
+template <class T, int D, int DV, int WM, int BN, int G = 0>
 struct LatentTile {
   static constexpr int kWarps = 8;
   static constexpr int WN = kWarps / WM;
@@ -30,12 +35,24 @@ struct LatentTile {
   // in registers (4 per 16 columns): shared memory then holds a third cache
   // stage instead, and the score loop reads only K from shared memory.
   static constexpr bool kQInRegs = WM == 1 && D <= 576;
-  static constexpr int kStages = kQInRegs ? 3 : 2;
+  static constexpr bool kFp8 = G > 0;
+  static constexpr int kRawBytes = kFp8 ? DV + 4 * (DV / (kFp8 ? G : 1)) + 2 * (D - DV) : 0;  // an FP8 row
   static constexpr int kQBytes = kQInRegs ? 0 : Rows::bytes(BM);
   static constexpr int kKVBytes = Rows::bytes(BN);
+  static constexpr int kStageBytes = kFp8 ? BN * kRawBytes : kKVBytes;
+  static constexpr int kTileBytes = kFp8 ? kKVBytes : 0;  // the dequantised tile
   static constexpr int kPBytes = PRows::bytes(BM);
   static constexpr int kRedBytes = WN * BM * 4;
-  static constexpr int kSmemBytes = kQBytes + kStages * kKVBytes + kPBytes + kRedBytes;
+  // Copies in flight: 16-bit tiles (the MMAs read each stage in place), or raw
+  // FP8 tiles beside the one dequantised tile: up to 3 with Q in registers, 2
+  // for 32 rows, 1 for 64, fewer where shared memory holds fewer.
+  static constexpr int kRawFit = (227 * 1024 - kQBytes - kTileBytes - kPBytes - kRedBytes) / (kFp8 ? kStageBytes : 1);
+  static constexpr int kRawWanted = kQInRegs ? 3 : WM == 2 ? 2 : 1;
+  static constexpr int kStages = kFp8 ? (kRawFit < kRawWanted ? kRawFit : kRawWanted) : kQInRegs ? 3 : 2;
+  static_assert(kStages >= 1, "FP8 rows too wide for shared memory");
+  static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes + kTileBytes + kPBytes + kRedBytes;
+  // Tiles copied ahead of the one being computed.
+  static constexpr int kAhead = kFp8 ? kStages : kStages - 1;
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
   static_assert(D % 16 == 0 && DV % 16 == 0 && DV <= D, "dims must be multiples of 16");
   static_assert(kTokPerWarp % 8 == 0 && BN % 16 == 0, "tile shape");
@@ -43,9 +60,9 @@ struct LatentTile {
 
 }  // namespace
 
-template <class T, int D, int DV, int WM, int BN>
+template <class T, int D, int DV, int WM, int BN, int G = 0>
 __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant__ AttnParams p) {
-  using Tile = LatentTile<T, D, DV, WM, BN>;
+  using Tile = LatentTile<T, D, DV, WM, BN, G>;
   using Rows = typename Tile::Rows;
   using PRows = typename Tile::PRows;
   constexpr int WN = Tile::WN, BM = Tile::BM;
@@ -53,9 +70,10 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
   extern __shared__ __align__(128) unsigned char smem[];
   require_dynamic_smem(Tile::kSmemBytes);
   const u32 sQ = smem_addr(smem);
-  const u32 sKV = sQ + Tile::kQBytes;
-  const u32 sP = sKV + Tile::kStages * Tile::kKVBytes;
-  float* sRed = reinterpret_cast<float*>(smem + Tile::kQBytes + Tile::kStages * Tile::kKVBytes + Tile::kPBytes);
+  const u32 sKV = sQ + Tile::kQBytes;  // stage s at sKV + s * kStageBytes
+  const u32 sTile = sKV + Tile::kStages * Tile::kStageBytes;  // FP8: the dequantised tile
+  const u32 sP = sTile + Tile::kTileBytes;
+  float* sRed = reinterpret_cast<float*>(smem + (sP - sQ) + Tile::kPBytes);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int wm = warp % WM, wn = warp / WM;
@@ -89,15 +107,22 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
       load_rows<D / 8>(sQ, BM, 0, q, [&](int r) { return r < live_rows ? q_rows + static_cast<size_t>(r) * D : nullptr; });
     }
     // One cp.async group per tile, empty ones past t1, so that waiting for
-    // "all but the kStages - 2 newest groups" always means "tile t is in".
+    // "all but the kAhead - 1 newest groups" always means "tile t is in".
+    auto stage_of = [&](int t) { return sKV + ((t - t0) % Tile::kStages) * Tile::kStageBytes; };
     auto load_tile = [&](int t) {
-      if (t < t1)
-        load_rows<D / 8>(sKV + ((t - t0) % Tile::kStages) * Tile::kKVBytes, BN, 0, cache,
-                         [&](int r) { return cache_row(p, cache, b, n, t * BN + r, D); });
+      if (t < t1) {
+        if constexpr (Tile::kFp8) {
+          constexpr int kRawChunks = Tile::kRawBytes / 16;
+          load_rows<kRawChunks, kRawChunks, PlainRows<Tile::kRawBytes>>(
+              stage_of(t), BN, 0, cache, [&](int r) { return cache_row(p, cache, b, n, t * BN + r, Tile::kRawBytes / 2); });
+        } else {
+          load_rows<D / 8>(stage_of(t), BN, 0, cache, [&](int r) { return cache_row(p, cache, b, n, t * BN + r, D); });
+        }
+      }
       cp_async_commit();
     };
 #pragma unroll
-    for (int i = 0; i < Tile::kStages - 1; ++i) load_tile(t0 + i);
+    for (int i = 0; i < Tile::kAhead; ++i) load_tile(t0 + i);
 
     // Per thread: rows g and g+8 of the warp's 16.
     float acc[Tile::kPairsPerWarp][2][4];
@@ -114,10 +139,14 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
     for (int h = 0; h < 2; ++h) limit[h] = visible_limit(n, my_row[h], p.heads, p.q_len, p.causal);
 
     for (int t = t0; t < t1; ++t) {
-      cp_async_wait<Tile::kStages - 2>();
+      cp_async_wait<Tile::kAhead - 1>();
       __syncthreads();  // tile t is in; everyone is done with tile t-1 and its stage
-      load_tile(t + Tile::kStages - 1);
-      const u32 sK = sKV + ((t - t0) % Tile::kStages) * Tile::kKVBytes;
+      if constexpr (Tile::kFp8) {
+        dequantize_rows<T, D, DV, G, Tile::kRawBytes, Rows>(smem + (stage_of(t) - sQ), sTile, BN);
+        __syncthreads();  // the tile is whole; its raw stage is free for tile t + kAhead
+      }
+      load_tile(t + Tile::kAhead);
+      const u32 sK = Tile::kFp8 ? sTile : stage_of(t);
 
       // S = Q K^T for this warp's 16 rows x kTokPerWarp tokens, the k-steps
       // spread over kChains accumulator sets so consecutive mma do not wait

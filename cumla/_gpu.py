@@ -79,9 +79,10 @@ def merge_ranks(gathered, out, lse) -> None:
 
 
 def _dense_cache(problem: Problem, cache, block_table):
-    """An FP8 cache as rows of the input dtype for the kernels, which do not read
-    FP8 yet: the blocks the block table names (every row of a contiguous cache),
-    dequantised in one pass of array operations. Correct, not fast; it allocates."""
+    """An FP8 cache as rows of the input dtype, for the kernels that do not read
+    FP8 (decompressed, float32, layouts ``fp8_in_kernel`` refuses): the blocks the
+    block table names (every row of a contiguous cache), dequantised in one pass
+    of array operations. Correct, not fast; it allocates."""
     fmt = problem.cache_format
     if fmt is None:
         return problem, cache, block_table
@@ -144,18 +145,23 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     o = out if out is not None else cp.empty((batch, q_len, heads, v_dim), dtype=problem.dtype)
     if batch == 0:
         return o, cp.empty((batch, q_len, heads), dtype=np.float32)
-    problem, cache, block_table = _dense_cache(problem, cache, block_table)
+    arch = _arch_of(cp.cuda.Device().id)
+    paged = block_table is not None
+    spec = None
+    if problem.cache_format is not None:  # a kernel that reads the FP8 rows, else dequantise first
+        spec = latent_kernel(problem.dtype, dim, v_dim, rows, arch, fp8=problem.cache_format)
+        if spec is None:
+            problem, cache, block_table = _dense_cache(problem, cache, block_table)
     q = _on_16_bytes(cp.ascontiguousarray(q_lat.astype(problem.dtype, copy=False)))
     _check_aligned("cache", cache)
     seqlens, block_table = _index_arrays(problem, seqlens, block_table)
     if plan is None:
         plan = Plan(cp, batch, rows, v_dim, default_parts(rows)).update(seqlens, problem.capacity)
     lse = plan.lse.reshape(batch, q_len, heads)  # scratch: with plan= and out=, nothing is allocated
-    paged = block_table is not None
     cache_rows = problem.num_blocks * problem.block_size  # (num_blocks or B) x (block_size or S)
     tma_ready = 0 < cache_rows < 2**31
-    spec = latent_kernel(problem.dtype, dim, v_dim, rows, _arch_of(cp.cuda.Device().id),
-                         problem.block_size if paged else None, tma_ready)
+    if spec is None:
+        spec = latent_kernel(problem.dtype, dim, v_dim, rows, arch, problem.block_size if paged else None, tma_ready)
     args = (_params(problem, plan, q, cache, seqlens, block_table, o, lse, scale, causal),)
     if spec.tma:
         box_rows = min(problem.block_size, 64) if paged else 64

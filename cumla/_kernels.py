@@ -10,10 +10,12 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ._arrays import BFLOAT16
+from ._fp8 import fp8_format
 
 #: Archs the compile check builds for (the portable and the Hopper target).
 CHECK_ARCHS = ("sm_80", "sm_90a")
@@ -91,12 +93,26 @@ class LatentKernel:
         return f"combine_partials<{self.element}>"
 
 
-def _tc_smem(dim: int, rows: int, tile: int) -> int:
-    """Mirror of LatentTile::kSmemBytes (cuda/latent_attention.cu)."""
+def _tc_smem(dim: int, rows: int, tile: int, raw_bytes: int = 0) -> int:
+    """Mirror of LatentTile::kSmemBytes (cuda/latent_attention.cu); ``raw_bytes``:
+    the FP8 row size of a kernel that dequantises (0 for 16-bit rows)."""
     q_in_regs = rows == 16 and dim <= 576
-    stages = 3 if q_in_regs else 2
-    q_rows = 0 if q_in_regs else rows
-    return (q_rows + stages * tile) * (-(-dim // 64) * 64) * 2 + rows * tile * 2 + (8 // (rows // 16)) * rows * 4
+    tile_bytes = tile * (-(-dim // 64) * 64) * 2
+    q_bytes = 0 if q_in_regs else rows * (-(-dim // 64) * 64) * 2
+    rest = q_bytes + rows * tile * 2 + (8 // (rows // 16)) * rows * 4  # Q, P, row reductions
+    if raw_bytes:  # raw stages (as many as wanted and fit, at least one) and the dequantised tile
+        fit = (SMEM_LIMIT - rest - tile_bytes) // (tile * raw_bytes)
+        stages = max(1, min(3 if q_in_regs else 2 if rows == 32 else 1, fit))
+        return rest + stages * tile * raw_bytes + tile_bytes
+    return rest + (3 if q_in_regs else 2) * tile_bytes
+
+
+def fp8_in_kernel(fmt: Any, v_dim: int) -> bool:
+    """Whether the tensor-core kernel reads this FP8 row layout itself: values are
+    L = v_dim, 8-value chunks stay in one scale group, RoPE and rows are 16-byte
+    aligned. Other layouts are dequantised into 16-bit rows first."""
+    return (fmt.latent_dim == v_dim and fmt.group % 8 == 0 and fmt.rope_dim % 8 == 0
+            and (fmt.latent_dim + 4 * fmt.groups) % 16 == 0 and fmt.row_bytes % 16 == 0)
 
 
 def _hopper_smem(dim: int, v_dim: int) -> int:
@@ -139,31 +155,40 @@ def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int, block_size: int | None 
     return LatentKernel("latent_attention_sm90.cu", (name,), name, 64, _hopper_smem(dim, v_dim), element, tma=True)
 
 
-def _portable(element: str, dim: int, v_dim: int, rows: int) -> tuple[str, int, int]:
-    """(name, rows per CTA, shared memory) of the portable tensor-core kernel."""
+def _portable(element: str, dim: int, v_dim: int, rows: int, fmt: Any = None) -> tuple[str, int, int]:
+    """(name, rows per CTA, shared memory) of the portable tensor-core kernel
+    (reading FP8 rows of layout ``fmt`` itself when given)."""
     warps_m = 1 if rows <= 16 else 2 if rows <= 32 else 4
-    smem = _tc_smem(dim, 16 * warps_m, SCHEDULE_TILE)
+    smem = _tc_smem(dim, 16 * warps_m, SCHEDULE_TILE, 0 if fmt is None else fmt.row_bytes)
     if smem > SMEM_LIMIT:
         raise ValueError(f"L+R = {dim} needs {smem} bytes of shared memory per CTA, over {SMEM_LIMIT}")
-    return f"latent_attention<{element}, {dim}, {v_dim}, {warps_m}, {SCHEDULE_TILE}>", 16 * warps_m, smem
+    group = "" if fmt is None else f", {fmt.group}"
+    return f"latent_attention<{element}, {dim}, {v_dim}, {warps_m}, {SCHEDULE_TILE}{group}>", 16 * warps_m, smem
 
 
 def latent_kernel(dtype: np.dtype, dim: int, v_dim: int, rows: int, arch: str, block_size: int | None = None,
-                  tma_ready: bool = True) -> LatentKernel:
+                  tma_ready: bool = True, fp8: Any = None) -> LatentKernel | None:
     """The kernel for a dtype, query/cache width ``dim``, ``v_dim``, M = Sq*H rows, an
     arch and the cache's page size (None: contiguous).
 
     On sm_90a the wgmma kernel (64 rows per CTA) where its dims and the cache
     allow (``tma_ready``: TMA can address the cache); otherwise 16-bit types
     run on mma.sync tensor cores with 16, 32 or 64 rows per CTA (the fewest
-    that hold M), and float32 on CUDA cores.
+    that hold M), and float32 on CUDA cores. With ``fp8`` (an FP8 row layout)
+    the tensor-core kernel that dequantises those rows itself, or None where
+    no kernel reads them (float32, or a layout ``fp8_in_kernel`` refuses).
     """
+    if fp8 is not None:
+        if element_of(np.dtype(dtype)) == "f32_t" or not fp8_in_kernel(fp8, v_dim):
+            return None
+        return _choose(np.dtype(dtype), dim, v_dim, rows, False, block_size, fp8)
     return _choose(np.dtype(dtype), dim, v_dim, rows, arch == "sm_90a" and USE_HOPPER_KERNEL and tma_ready,
                    block_size)
 
 
 @lru_cache(maxsize=None)
-def _choose(dtype: np.dtype, dim: int, v_dim: int, rows: int, hopper: bool, block_size: int | None) -> LatentKernel:
+def _choose(dtype: np.dtype, dim: int, v_dim: int, rows: int, hopper: bool, block_size: int | None,
+            fp8: Any = None) -> LatentKernel:
     """latent_kernel's choice, once per distinct call shape (decode asks every call)."""
     if hopper:
         spec = hopper_kernel(dtype, dim, v_dim, block_size)
@@ -176,8 +201,8 @@ def _choose(dtype: np.dtype, dim: int, v_dim: int, rows: int, hopper: bool, bloc
         return LatentKernel("latent_attention.cu", (name,), name, 16, smem, element)
     if dim % 16 or v_dim % 16:
         raise ValueError(f"16-bit kernels need L+R and L multiples of 16, got {dim} and {v_dim}")
-    name, block_rows, smem = _portable(element, dim, v_dim, rows)
-    module = tuple(sorted({_portable(element, dim, v_dim, r)[0] for r in (16, 32, 64)}))
+    name, block_rows, smem = _portable(element, dim, v_dim, rows, fp8)
+    module = tuple(sorted({_portable(element, dim, v_dim, r, fp8)[0] for r in (16, 32, 64)}))
     return LatentKernel("latent_attention.cu", module, name, block_rows, smem, element)
 
 
@@ -237,6 +262,11 @@ def check_matrix() -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
     for dtype in (BFLOAT16, np.dtype(np.float16), np.dtype(np.float32)):
         for dim, v_dim in ((576, 512), (48, 32)):
             out.append(("latent_attention.cu", latent_kernel(dtype, dim, v_dim, 16, "sm_80").module, CHECK_ARCHS))
+    for dtype in (BFLOAT16, np.dtype(np.float16)):  # FP8 rows: FlashMLA's layout and a small one
+        for fmt in (fp8_format(512, 64, 128), fp8_format(32, 16, 8)):
+            dim, v_dim = fmt.width, fmt.latent_dim
+            out.append(("latent_attention.cu", latent_kernel(dtype, dim, v_dim, 16, "sm_80", fp8=fmt).module,
+                        CHECK_ARCHS))
     for dtype in (BFLOAT16, np.dtype(np.float16)):
         for dim, v_dim in ((576, 512), (256, 128)):
             out.append(("latent_attention_sm90.cu", hopper_kernel(dtype, dim, v_dim).module, ("sm_90a",)))

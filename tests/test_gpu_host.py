@@ -196,11 +196,28 @@ def test_device_validation_without_a_device(cp):
         cumla.decode(**dict(args, w_kv=np.asarray(args["w_kv"])))
 
 
-def test_fp8_cache_reaches_the_kernels_dequantised(cp):
-    """The kernels read 16-bit rows: the FP8 blocks the table names are dequantised
-    into a compact pool and the block table renumbered (-1 kept for unused entries)."""
+def test_fp8_cache_reaches_the_kernel_raw(cp):
+    """FlashMLA's FP8 layout goes to the tensor-core kernel that dequantises it
+    itself: the pool and block table as given, nothing dequantised before."""
     args = inputs(cp)
     fmt = cumla.fp8_format(L, R, 128)
+    pool = device(cp, fmt.quantize(np.asarray(args["cache"])))
+    cumla.decode(**dict(args, cache=pool), cache_format=fmt, strategy="absorbed")
+    attend = cp.launches[1]
+    rows = args["q"].shape[1] * args["q"].shape[2]
+    spec = _kernels.latent_kernel(cumla.bfloat16, L + R, L, rows, "sm_90a", fp8=fmt)
+    assert attend.name == spec.name and spec.name.endswith(", 64, 128>") and not spec.tma
+    assert field(attend, "cache") == pool.data.ptr and field(attend, "block_table") == args["block_table"].data.ptr
+    assert attend.shared_mem == spec.smem
+
+
+def test_fp8_layouts_no_kernel_reads_are_dequantised_first(cp):
+    """One scale per token (644-byte rows, not 16-byte aligned): the FP8 blocks the
+    table names are dequantised into a compact pool and the block table
+    renumbered (-1 kept for unused entries), then the 16-bit kernel runs."""
+    args = inputs(cp)
+    fmt = cumla.fp8_format(L, R, L)
+    assert not _kernels.fp8_in_kernel(fmt, L) and _kernels.fp8_in_kernel(cumla.fp8_format(L, R, 128), L)
     pool = device(cp, fmt.quantize(np.asarray(args["cache"])))
     table = np.asarray(args["block_table"]).copy()
     table[2, 1:] = -1  # the empty request names one block only

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+import cumla
 from cumla import _compile, _kernels
 
 NVRTC = _compile.load_nvrtc()
@@ -94,6 +95,12 @@ def test_shared_memory_sizes_match_the_kernels():
                 element, d, dv, wm, bn = _args(spec.name)
                 probes.setdefault(spec.file, []).append(
                     f"LatentTile<{element}, {d}, {dv}, {wm}, {bn}>::kSmemBytes == {spec.smem}")
+            for group in (8, 16, 32):  # FP8 rows dequantised in the kernel: raw stages + one tile
+                fmt = cumla.fp8_format(v_dim, dim - v_dim, group)
+                for rows in (16, 32, 64) if _kernels.fp8_in_kernel(fmt, v_dim) else ():
+                    spec = _kernels.latent_kernel(dtype, dim, v_dim, rows, "sm_80", fp8=fmt)
+                    element, d, dv, wm, bn, g = _args(spec.name)
+                    probes[spec.file].append(f"LatentTile<{element}, {d}, {dv}, {wm}, {bn}, {g}>::kSmemBytes == {spec.smem}")
             hopper = _kernels.hopper_kernel(dtype, dim, v_dim)
             if hopper is not None:
                 probes.setdefault(hopper.file, []).append(f"HopperTile<{dim}, {v_dim}>::kSmemBytes == {hopper.smem}")
@@ -102,7 +109,7 @@ def test_shared_memory_sizes_match_the_kernels():
             latent, rope, nope, v_dim, slice_ = _args(spec.name)[1:]
             probes.setdefault("decompressed.cu", []).append(
                 f"DecompTile<{latent}, {rope}, {nope}, {v_dim}, {slice_}>::kSmemBytes == {spec.smem}")
-    assert len(probes) == 3 and sum(map(len, probes.values())) >= 30
+    assert len(probes) == 3 and sum(map(len, probes.values())) >= 60
     for file, checks in probes.items():
         code = _kernels.source(file) + "".join(f'\nstatic_assert({c}, "{c}");' for c in checks)
         result = _compile.compile_source(NVRTC, code, _kernels.options("sm_90a"), (), verbose=False)

@@ -158,6 +158,13 @@ def test_every_kernel_small():
                 dargs = make_inputs(case, cp)
                 o = cumla.decode(**dargs, strategy="decompressed")
                 assert_close(o, reference.decode(**on_host(dargs))[0], dtype)
+                # FP8 rows dequantised inside the tensor-core kernel.
+                fmt = cumla.fp8_format(64, 64, 8)
+                rows = fmt.quantize(args["cache"])
+                o, lse = cumla.latent_attention(**dict(args, cache=rows), cache_format=fmt, plan=plan, return_lse=True)
+                ref_o, ref_lse = reference.latent_attention(
+                    **dict(on_host(args), cache=fmt.dequantize(to_numpy(rows), case.np_dtype)))
+                assert_close(o, ref_o, dtype, lse, ref_lse)
     # The sm_90a kernel's dims (run by the wgmma kernel on Hopper): 80 rows = two CTA row tiles.
     for block, parts in ((None, 1), (16, 5)):
         case = MLACase(2, 2, 40, latent_dim=128, rope_dim=64, nope_dim=32, v_dim=32, seqlens=(150, 40),

@@ -1,0 +1,83 @@
+"""FP8 cache rows read and dequantised inside the tensor-core kernel (run on a
+GPU; skipped without one), against the float64 reference on the same rows
+dequantised by the NumPy format code."""
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings, strategies as st
+
+import cumla
+from cumla import _kernels, reference
+from cumla.testing import MLACase, assert_close, make_latent_inputs, mla_cases, to_numpy
+
+pytestmark = pytest.mark.gpu
+
+
+def fp8_inputs(case, group):
+    """latent_attention arguments whose cache is FP8 rows of ``group`` values per
+    scale, and the reference's arguments over those rows dequantised to the
+    input dtype (what the kernel's MMAs read)."""
+    import cupy as cp
+
+    fmt = cumla.fp8_format(case.latent_dim, case.rope_dim, group)
+    args = make_latent_inputs(case, cp)
+    rows = fmt.quantize(args["cache"])
+    host = {k: to_numpy(v) if hasattr(v, "__cuda_array_interface__") else v for k, v in args.items()}
+    host["cache"] = fmt.dequantize(to_numpy(rows), case.np_dtype)
+    return dict(args, cache=rows, cache_format=fmt), host
+
+
+def check(case, group, **extra):
+    import cupy as cp
+
+    args, host = fp8_inputs(case, group)
+    out = cp.full(args["q_latent"].shape[:-1] + (case.latent_dim,), np.nan, dtype=case.np_dtype)
+    o, lse = cumla.latent_attention(**args, out=out, return_lse=True, **extra)
+    ref_o, ref_lse = reference.latent_attention(**host)
+    assert_close(o, ref_o, case.dtype, lse, ref_lse)
+
+
+# Few dims and groups: each (dtype, L, R, group) is a kernel build on the device.
+@settings(max_examples=25, deadline=None)
+@given(case=mla_cases(dims=(32, 64), rope_dims=(0, 16), dtypes=("bfloat16", "float16"), max_heads=40,
+                      max_seq=200, max_batch=3),
+       group=st.sampled_from([8, 16]))
+def test_fp8_rows_read_in_the_kernel_match_reference(case, group):
+    fmt = cumla.fp8_format(case.latent_dim, case.rope_dim, group)
+    assume(_kernels.fp8_in_kernel(fmt, case.latent_dim))
+    check(case, group)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("heads,q_len,seqlens,block", [
+    (16, 1, (4096, 1, 0, 777), 64),
+    (128, 2, (2049, 5), 64),
+    (64, 1, (1000, 65), None),
+    (32, 1, (300, 17), 1),
+])
+@pytest.mark.parametrize("parts", [None, 7])
+def test_flashmla_fp8_layout_at_deepseek_dims(dtype, heads, q_len, seqlens, block, parts):
+    """The 656-byte rows (512 e4m3, 4 float32 scales, 64 bfloat16 RoPE) through 16,
+    32 and 64 query rows per CTA (3, 2 and 1 raw stages), split and unsplit."""
+    import cupy as cp
+
+    case = MLACase(len(seqlens), q_len, heads, latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128,
+                   seqlens=tuple(seqlens), capacity=max(seqlens), block_size=block, causal=True, dtype=dtype,
+                   scale=None, squeeze=False, seed=3)
+    plan = None if parts is None else cumla.plan(cp.asarray(np.array(seqlens, np.int32)), heads=heads, q_len=q_len,
+                                                 v_dim=512, num_parts=parts)
+    check(case, 128, plan=plan)
+
+
+def test_fp8_rows_in_the_kernel_are_deterministic():
+    """Two calls over FlashMLA's layout give identical bits, from the kernel that
+    dequantises (which pointer it gets is checked without a GPU, test_gpu_host.py)."""
+    import cupy as cp
+
+    case = MLACase(3, 1, 16, latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128, seqlens=(500, 64, 1),
+                   capacity=500, block_size=64, causal=False, dtype="bfloat16", scale=None, squeeze=False, seed=9)
+    args, _ = fp8_inputs(case, 128)
+    first = cumla.latent_attention(**args)
+    second = cumla.latent_attention(**args)
+    np.testing.assert_array_equal(to_numpy(first).view(np.uint16), to_numpy(second).view(np.uint16))
+    spec = _kernels.latent_kernel(cumla.bfloat16, 576, 512, 16, "sm_90a", fp8=args["cache_format"])
+    assert spec is not None and spec.name == "latent_attention<bf16_t, 576, 512, 1, 64, 128>"
