@@ -102,9 +102,9 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
   // 8j + cq and 8j + cq + 1 of every 8-column group j.
   const int r_lo = 16 * warp + lane / 4, cq = 2 * (lane % 4);
   const bool issuer = warp == 0;  // warp 0 of each warpgroup issues that warpgroup's copies
-  const int row0 = blockIdx.y * Tile::BM;
+  const int row0 = blockIdx.x * Tile::BM;  // row groups of a part are adjacent CTAs
   const u16* q = static_cast<const u16*>(p.q);
-  const PartWork work(p.sched, blockIdx.x);
+  const PartWork work(p.sched, blockIdx.y);
   const int box_rows = p.block_table == nullptr || p.block_size > Tile::BN ? Tile::BN : p.block_size;
   const int pages = Tile::BN / box_rows;
   if (threadIdx.x == 0) {

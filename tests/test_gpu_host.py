@@ -84,7 +84,7 @@ def test_absorbed_decode_launches(cp):
     assert len(attend.args) == 2 and attend.args[1].dtype == _tma.TMA_MAP
     assert cp.tma_maps == [(args["cache"].data.ptr, 15 * 64, 576, 64)]  # the pool's rows, one page per box
     assert schedule.grid == (1,) and schedule.block == (1024,)
-    assert attend.grid == (parts, 1) and attend.block == (256,)
+    assert attend.grid == (1, parts) and attend.block == (256,)
     assert attend.shared_mem == spec.smem == attend.limit
     assert combine.grid == (2, 3, 4)  # 16 rows, 3 requests, 512 columns in 128s
     assert field(attend, "rows") == 16 and field(attend, "heads") == 16 and field(attend, "q_len") == 1
@@ -150,7 +150,7 @@ def test_plan_and_out_are_used_as_given(cp):
                                  block_table=args["block_table"], plan=plan, out=out, check=False)
     assert res is out
     attend, combine = cp.launches  # no schedule launch: the plan's is reused
-    assert attend.grid == (7, 4)  # 256 rows in tiles of 64
+    assert attend.grid == (4, 7)  # 256 rows in tiles of 64, adjacent per part
     assert field(attend, "out") == out.data.ptr and field(attend, "work") == plan.work.data.ptr
     assert field(attend, "causal") == 1 and combine.grid == (32, 3, 4)
 
