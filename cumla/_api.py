@@ -145,9 +145,12 @@ def decode(
         indices give unspecified values but never out-of-bounds accesses.
     cache_format : Fp8Format, optional
         From :func:`cumla.fp8_format`: ``cache`` is then uint8 FP8 rows of
-        ``cache_format.row_bytes`` bytes. On CuPy the blocks the call reads
-        are dequantised by a separate pass before the kernels (correct, no
-        speed gain yet: the kernels do not read FP8).
+        ``cache_format.row_bytes`` bytes. On CuPy the absorbed strategy's
+        tensor-core kernel reads the rows and dequantises them itself
+        (16-bit q, ``group`` a multiple of 8, 16-byte aligned rows, e.g.
+        FlashMLA's 656-byte rows); otherwise (float32, the decompressed
+        strategy, other layouts) the blocks the call reads are dequantised
+        by a separate pass first, which allocates.
 
     Returns
     -------
