@@ -3,11 +3,13 @@
 # each docs/experiments/*.patch applied to a copy of it. For each: the GPU
 # tests that cover the Hopper kernel (its Hypothesis test, DeepSeek dims with
 # every split, the every-kernel test, graph capture) and the core benchmark.
-#   OUT=/tmp/out [VARIANTS="main inkernel-combine"] [BENCH_ARGS=...] bash bench/run_variants.sh [configs]
+#   OUT=/tmp/out [VARIANTS="main fp8-fast-convert"] [BENCH_ARGS=...] [TESTS=...] bash bench/run_variants.sh [configs]
 # VARIANTS picks some ("main" is the tree itself; default: all), e.g. to split
 # them over calls of limited length (~1.5 min a variant). BENCH_ARGS are
 # bench_gpu.py's options (default "--core-only --no-baseline"; "--no-baseline"
-# adds the uneven-batch, head-slice and page-size rows, ~1 min more). Writes
+# adds the FP8, uneven-batch, head-slice and page-size rows, ~1.5 min more);
+# TESTS the pytest -k expression of the GPU tests (default "hopper or
+# every_kernel or graph"; add "or fp8" for kernels that read FP8). Writes
 # $OUT/<variant>/ (benchmark .md/.json) and prints one table per variant; a
 # variant whose tests fail is not benchmarked.
 set -u
@@ -26,7 +28,7 @@ run_variant() {  # name, tree
     return
   fi
   if ! (cd "$tree/tests" && PYTHONPATH=$site timeout 200 python3 -m pytest -q -x -p no:cacheprovider -m gpu gpu \
-          -k "hopper or every_kernel or graph" >"$OUT/$name-tests.log" 2>&1); then
+          -k "${TESTS:-hopper or every_kernel or graph}" >"$OUT/$name-tests.log" 2>&1); then
     echo "$name: GPU tests FAILED"; tail -n 15 "$OUT/$name-tests.log"
     return
   fi
