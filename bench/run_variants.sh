@@ -9,7 +9,9 @@
 # bench_gpu.py's options (default "--core-only --no-baseline"; "--no-baseline"
 # adds the FP8, uneven-batch, head-slice and page-size rows, ~1.5 min more);
 # TESTS the pytest -k expression of the GPU tests (default "hopper or
-# every_kernel or graph"; add "or fp8" for kernels that read FP8). Writes
+# every_kernel or graph"; add "or fp8" for kernels that read FP8);
+# RACECHECK=N runs compute-sanitizer racecheck N times on the small
+# every-kernel test of each variant (its summaries are printed). Writes
 # $OUT/<variant>/ (benchmark .md/.json) and prints one table per variant; a
 # variant whose tests fail is not benchmarked.
 set -u
@@ -33,6 +35,10 @@ run_variant() {  # name, tree
     return
   fi
   echo "$name: $(tail -n 1 "$OUT/$name-tests.log")"
+  for _ in $(seq "${RACECHECK:-0}"); do
+    (cd "$tree/tests" && PYTHONPATH=$site timeout 120 compute-sanitizer --tool racecheck python3 -m pytest -q \
+       -p no:cacheprovider -m gpu gpu -k test_every_kernel_small 2>&1) | grep "RACECHECK SUMMARY" | sed "s/^/$name /"
+  done
   (cd "$tree" && PYTHONPATH=$site timeout 300 python3 bench/bench_gpu.py ${BENCH_ARGS:---core-only --no-baseline} \
      --configs "$configs" --out "$OUT/$name" 2>&1) | grep -E "^\| ([A-F]|even|random|one) " | sed "s/^/$name /"
 }
