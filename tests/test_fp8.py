@@ -107,3 +107,18 @@ def test_e4m3_codec_matches_ml_dtypes_bit_for_bit():
     x = np.concatenate([x, -x]).astype(np.float32)
     np.testing.assert_array_equal(e4m3_encode(x), x.astype(E4M3).view(np.uint8))
     assert e4m3_encode(np.array([np.nan], np.float32))[0] & 0x7F == 0x7F
+
+
+def test_kernel_e4m3_bit_trick_gives_every_code_exactly():
+    """cuda/fp8.cuh's decode without a hardware conversion: byte x placed as
+    x << 8 in a 16-bit lane, sign kept and the other bits moved one right, is
+    the fp16 number x * 2^-8 for all 254 finite codes (subnormals included),
+    and the NaN codes are the pattern the kernel tests for."""
+    from cumla._fp8 import E4M3_VALUES
+
+    lane = np.arange(256, dtype=np.uint32) << 8
+    half = ((lane & 0x8000) | ((lane >> 1) & 0x3F80)).astype(np.uint16)
+    value = half.view(np.float16).astype(np.float32) * np.float32(256)
+    finite = ~np.isnan(E4M3_VALUES)
+    np.testing.assert_array_equal(value[finite], E4M3_VALUES[finite])
+    np.testing.assert_array_equal((half & 0x7FFF) == 0x3F80, ~finite)  # 0x7F and 0xFF, nothing else
