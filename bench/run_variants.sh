@@ -4,7 +4,8 @@
 # tests that cover the Hopper kernel (its Hypothesis test, DeepSeek dims with
 # every split, the every-kernel test, graph capture) and the core benchmark.
 #   OUT=/tmp/out [VARIANTS="main fp8-fast-convert"] [BENCH_ARGS=...] [TESTS=...] bash bench/run_variants.sh [configs]
-# VARIANTS picks some ("main" is the tree itself; default: all), e.g. to split
+# VARIANTS picks some ("main" is the tree itself, "a+b" patches a then b;
+# default: main and each patch), e.g. to split
 # them over calls of limited length (~1.5 min a variant). BENCH_ARGS are
 # bench_gpu.py's options (default "--core-only --no-baseline"; "--no-baseline"
 # adds the FP8, uneven-batch, head-slice and page-size rows, ~1.5 min more);
@@ -19,8 +20,6 @@ OUT=${OUT:-bench/results/variants}
 mkdir -p "$OUT"
 root=$(pwd)
 configs=${1:-ABCDEF}
-
-wanted() { [ -z "${VARIANTS:-}" ] || [[ " $VARIANTS " == *" $1 "* ]]; }
 
 run_variant() {  # name, tree
   local name=$1 tree=$2 site
@@ -43,15 +42,26 @@ run_variant() {  # name, tree
      --configs "$configs" --out "$OUT/$name" 2>&1) | grep -E "^\| ([A-F]|even|random|one) " | sed "s/^/$name /"
 }
 
-wanted main && run_variant main "$root"
-for patch in "$root"/docs/experiments/*.patch; do
-  [ -e "$patch" ] || continue
-  name=$(basename "$patch" .patch)
-  wanted "$name" || continue
+apply_into() {  # tree, variant name: its patches, "a+b" for a then b
+  local tree=$1 part
+  for part in ${2//+/ }; do
+    [ -e "$root/docs/experiments/$part.patch" ] && (cd "$tree" && patch -p1 -s <"$root/docs/experiments/$part.patch") \
+      || return 1
+  done
+}
+
+# The variants: VARIANTS as given (combinations "a+b" included), else main and
+# every patch.
+names=${VARIANTS:-main $(cd "$root/docs/experiments" 2>/dev/null && ls *.patch 2>/dev/null | sed 's/\.patch$//')}
+for name in $names; do
+  if [ "$name" = main ]; then
+    run_variant main "$root"
+    continue
+  fi
   tree=$(mktemp -d)
   cp -r "$root"/. "$tree"
-  if ! (cd "$tree" && patch -p1 -s <"$patch"); then
-    echo "$name: the patch does not apply"
+  if ! apply_into "$tree" "$name"; then
+    echo "$name: a patch is missing or does not apply"
     continue
   fi
   run_variant "$name" "$tree"
