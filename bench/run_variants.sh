@@ -39,7 +39,7 @@ run_variant() {  # name, tree
        -p no:cacheprovider -m gpu gpu -k test_every_kernel_small 2>&1) | grep "RACECHECK SUMMARY" | sed "s/^/$name /"
   done
   (cd "$tree" && PYTHONPATH=$site timeout 300 python3 bench/bench_gpu.py ${BENCH_ARGS:---core-only --no-baseline} \
-     --configs "$configs" --out "$OUT/$name" 2>&1) | grep -E "^\| ([A-F]|even|random|one) " | sed "s/^/$name /"
+     --configs "$configs" --out "$OUT/$name" 2>&1) | grep -E "^\| ([A-F]|even|random|one|[0-9]+\.[0-9]) " | sed "s/^/$name /"
 }
 
 apply_into() {  # tree, variant name: its patches, "a+b" for a then b
