@@ -41,5 +41,6 @@ for n in 1 $([ "$gpus" -ge 2 ] && echo 2); do
   timeout 150 python3 -m cumla.launch -n $n bench/bench_distributed.py --out "$OUT" 2>&1 | tee -a "$log"
 done
 section examples
-(python3 examples/mla_decode.py --batch 8 --seq-len 4096 --heads 128 && python3 examples/serve_loop.py --steps 100) \
+(python3 examples/mla_decode.py --batch 8 --seq-len 4096 --heads 128 && python3 examples/serve_loop.py --steps 100 &&
+ python3 examples/serve_loop.py --steps 100 --fp8) \
   2>&1 | tr '\r' '\n' | grep -v "steps$" | tee -a "$log"

@@ -4,7 +4,10 @@ Random weights, a batch of sequences with different prompt lengths, a few
 hundred steps; GPU when CuPy sees one, else CPU. Prints the cache memory,
 tokens per second and a progress bar.
 
-    python examples/serve_loop.py [--steps 200] [--batch 4] [--heads 16] [--cpu]
+    python examples/serve_loop.py [--steps 200] [--batch 4] [--heads 16] [--fp8] [--cpu]
+
+--fp8 keeps the cache as FP8 rows (FlashMLA's 656-byte layout, quantised by
+`append`, dequantised inside the decode kernel on the GPU).
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--max-prompt", type=int, default=300)
+    parser.add_argument("--fp8", action="store_true", help="FP8 cache rows (e4m3 + float32 scales + bf16 RoPE)")
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args(argv)
     xp = pick_module(args.cpu)
@@ -54,7 +58,8 @@ def main(argv=None) -> int:
     longest = int(prompts.max()) + args.steps
     blocks_per_seq = -(-longest // BLOCK)
     cache = cumla.PagedLatentCache(B * blocks_per_seq, BLOCK, latent_dim=L, rope_dim=R, max_seqs=B,
-                                   max_blocks_per_seq=blocks_per_seq, dtype=dtype, xp=xp)
+                                   max_blocks_per_seq=blocks_per_seq, dtype=dtype, xp=xp,
+                                   fp8=cumla.fp8_format(L, R, 128) if args.fp8 else None)
     seqs = [cache.add_sequence() for _ in range(B)]
     for s, n in zip(seqs, prompts):  # prefill: encode the prompt tokens
         rows = layer.encode(device(rng.standard_normal((int(n), HIDDEN), dtype=np.float32)), xp.arange(int(n)))
@@ -63,7 +68,8 @@ def main(argv=None) -> int:
     print(f"{'GPU (CuPy)' if xp is not np else 'CPU (NumPy)'}: {B} sequences, prompts {prompts.tolist()}, "
           f"H={H}, {cumla.memory_report(heads=H, head_dim=DN, latent=L, rope=R, seq_len=longest, batch=B, layers=1).ratio:.1f}x "
           f"smaller than an MHA cache")
-    print(f"latent cache pool: {pool_bytes / 2**20:.1f} MiB ({cache.pool.shape[0]} blocks of {BLOCK} tokens)")
+    print(f"latent cache pool: {pool_bytes / 2**20:.1f} MiB ({cache.pool.shape[0]} blocks of {BLOCK} tokens"
+          f"{', FP8 rows' if args.fp8 else ''})")
 
     start = time.perf_counter()
     checksum = 0.0

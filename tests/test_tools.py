@@ -91,12 +91,14 @@ def test_example_runs_on_the_cpu():
     assert "-> OK" in done.stdout and "strategy='auto' picks: absorbed" in done.stdout
 
 
-def test_serve_loop_runs_on_the_cpu():
+@pytest.mark.parametrize("fp8", [False, True])
+def test_serve_loop_runs_on_the_cpu(fp8):
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "serve_loop.py"), "--cpu", "--steps", "20",
-                           "--batch", "3", "--heads", "4", "--max-prompt", "70"],
+                           "--batch", "3", "--heads", "4", "--max-prompt", "70"] + (["--fp8"] if fp8 else []),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "tokens/s" in done.stdout and "latent cache pool" in done.stdout
+    assert ("FP8 rows" in done.stdout) == fp8
 
 
 def test_plan_update_checks_lengths():
