@@ -5,7 +5,11 @@
 #pragma once
 #include "common.cuh"
 
-// Two e4m3 codes (bytes `lo_sel`, `hi_sel` of w, as __byte_perm selectors)
+// Bytes of an FP8 row (0 for G = 0, 16-bit rows) and where its RoPE part starts.
+__host__ __device__ constexpr int fp8_rope_offset(int L, int G) { return G > 0 ? L + 4 * (L / G) : 0; }
+__host__ __device__ constexpr int fp8_row_bytes(int L, int R, int G) { return G > 0 ? fp8_rope_offset(L, G) + 2 * R : 0; }
+
+// Two e4m3 codes (the bytes of w that `selector` picks for __byte_perm)
 // times `scale`, packed as T. An e4m3 byte x placed as (x << 8) in a 16-bit
 // lane is, after moving its exponent and mantissa one bit right, the fp16
 // number x * 2^-8 exactly (subnormals included: fp16 has 8 more exponent
@@ -24,13 +28,14 @@ __device__ __forceinline__ u32 e4m3x2_scaled(u32 w, u32 selector, float scale) {
   return T::pack(lo, hi);
 }
 
-// Dequantise `rows` raw rows of RAW_BYTES bytes (row r at raw + r * RAW_BYTES)
-// into rows of D = L + R elements of T laid out by Rows (chunks of 8).
-template <class T, int D, int L, int G, int RAW_BYTES, class Rows>
+// Dequantise `rows` raw FP8 rows (row r at raw + r * fp8_row_bytes) into rows
+// of D = L + R elements of T laid out by Rows (chunks of 8).
+template <class T, int D, int L, int G, class Rows>
 __device__ __forceinline__ void dequantize_rows(const unsigned char* raw, u32 tile, int rows) {
-  static_assert(G % 8 == 0 && L % G == 0 && (L + 4 * (L / G)) % 16 == 0 && RAW_BYTES % 16 == 0,
+  constexpr int RAW_BYTES = fp8_row_bytes(L, D - L, G), kRope = fp8_rope_offset(L, G);
+  static_assert(G % 8 == 0 && L % G == 0 && kRope % 16 == 0 && (D - L) % 8 == 0,
                 "FP8 rows: 8-value chunks within one scale group, 16-byte aligned RoPE and rows");
-  constexpr int kChunks = D / 8, kLatentChunks = L / 8, kRope = L + 4 * (L / G);
+  constexpr int kChunks = D / 8, kLatentChunks = L / 8;
   for (int i = threadIdx.x; i < rows * kChunks; i += blockDim.x) {
     const int r = i / kChunks, c = i % kChunks;
     const unsigned char* row = raw + r * RAW_BYTES;

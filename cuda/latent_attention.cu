@@ -36,7 +36,7 @@ struct LatentTile {
   // stage instead, and the score loop reads only K from shared memory.
   static constexpr bool kQInRegs = WM == 1 && D <= 576;
   static constexpr bool kFp8 = G > 0;
-  static constexpr int kRawBytes = kFp8 ? DV + 4 * (DV / (kFp8 ? G : 1)) + 2 * (D - DV) : 0;  // an FP8 row
+  static constexpr int kRawBytes = fp8_row_bytes(DV, D - DV, G);  // an FP8 row (0: 16-bit rows)
   static constexpr int kQBytes = kQInRegs ? 0 : Rows::bytes(BM);
   static constexpr int kKVBytes = Rows::bytes(BN);
   static constexpr int kStageBytes = kFp8 ? BN * kRawBytes : kKVBytes;
@@ -142,7 +142,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
       cp_async_wait<Tile::kAhead - 1>();
       __syncthreads();  // tile t is in; everyone is done with tile t-1 and its stage
       if constexpr (Tile::kFp8) {
-        dequantize_rows<T, D, DV, G, Tile::kRawBytes, Rows>(smem + (stage_of(t) - sQ), sTile, BN);
+        dequantize_rows<T, D, DV, G, Rows>(smem + (stage_of(t) - sQ), sTile, BN);
         __syncthreads();  // the tile is whole; its raw stage is free for tile t + kAhead
       }
       load_tile(t + Tile::kAhead);

@@ -112,7 +112,7 @@ def fp8_in_kernel(fmt: Any, v_dim: int) -> bool:
     L = v_dim, 8-value chunks stay in one scale group, RoPE and rows are 16-byte
     aligned. Other layouts are dequantised into 16-bit rows first."""
     return (fmt.latent_dim == v_dim and fmt.group % 8 == 0 and fmt.rope_dim % 8 == 0
-            and (fmt.latent_dim + 4 * fmt.groups) % 16 == 0 and fmt.row_bytes % 16 == 0)
+            and (fmt.latent_dim + 4 * fmt.groups) % 16 == 0)  # fp8.cuh's static_assert
 
 
 def _hopper_smem(dim: int, v_dim: int) -> int:
@@ -181,7 +181,7 @@ def latent_kernel(dtype: np.dtype, dim: int, v_dim: int, rows: int, arch: str, b
     if fp8 is not None:
         if element_of(np.dtype(dtype)) == "f32_t" or not fp8_in_kernel(fp8, v_dim):
             return None
-        return _choose(np.dtype(dtype), dim, v_dim, rows, False, block_size, fp8)
+        return _choose(np.dtype(dtype), dim, v_dim, rows, False, None, fp8)  # any page size
     return _choose(np.dtype(dtype), dim, v_dim, rows, arch == "sm_90a" and USE_HOPPER_KERNEL and tma_ready,
                    block_size)
 
