@@ -167,10 +167,7 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
         box_rows = min(problem.block_size, 64) if paged else 64
         args += (_tma.rows_map(cache.data.ptr, cache_rows, dim, box_rows),)
     attend = kernel(spec.file, spec.module, spec.name, spec.smem)
-    groups = math.ceil(rows / spec.rows)
-    # Hopper: a part's row groups are adjacent CTAs (near SMs, one L2 side).
-    grid = (groups, plan.num_parts) if spec.tma else (plan.num_parts, groups)
-    attend(grid, (THREADS,), args, shared_mem=spec.smem)
+    attend(spec.grid(plan.num_parts, rows), (THREADS,), args, shared_mem=spec.smem)
     _combine(spec.combine, args[0], rows, batch, v_dim)
     return o, lse
 

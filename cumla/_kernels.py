@@ -92,6 +92,14 @@ class LatentKernel:
     def combine(self) -> str:
         return f"combine_partials<{self.element}>"
 
+    def grid(self, parts: int, rows: int) -> tuple[int, int]:
+        """Launch grid for ``parts`` schedule parts and ``rows`` query rows: the
+        wgmma kernel takes (row groups, parts), so a part's row groups, which
+        read the same tiles, are adjacent CTAs (near SMs, one L2 side); the
+        others (parts, row groups)."""
+        groups = -(-rows // self.rows)
+        return (groups, parts) if self.file == "latent_attention_sm90.cu" else (parts, groups)
+
 
 def _tc_smem(dim: int, rows: int, tile: int, raw_bytes: int = 0) -> int:
     """Mirror of LatentTile::kSmemBytes (cuda/latent_attention.cu); ``raw_bytes``:
