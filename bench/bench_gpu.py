@@ -233,6 +233,7 @@ def bench_serving(copy_bw, rng):
     return dict(uneven=uneven, heads=heads_rows, pages=page_rows)
 
 
+EXTRAS = "fp8,decompressed,serving"  # the sections beyond configs A-F
 FP8_CONFIGS = "CF"  # the FP8 targets: at most 0.6x the bf16 time
 
 
@@ -382,6 +383,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--core-only", action="store_true",
                         help="only the latent-attention core of each config (no decode, prefill or serving shapes)")
+    parser.add_argument("--extras", default=None,
+                        help="comma-separated extra sections among fp8,decompressed,serving "
+                             "(default: all of them, none with --core-only)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
@@ -394,12 +398,18 @@ def main(argv=None) -> int:
         row = bench_config(name, CONFIGS[name], copy_bw, mm_rate, rng, not args.no_baseline, not args.core_only)
         print(json.dumps(row), flush=True)
         rows.append(row)
+    extras = EXTRAS if args.extras is None and not args.core_only else (args.extras or "")
+    unknown = set(extras.split(",")) - set(EXTRAS.split(",")) - {""}
+    if unknown:
+        parser.error(f"unknown extras {sorted(unknown)}; known: {EXTRAS}")
     decompressed = serving = fp8 = None
-    if not args.core_only:
+    if "fp8" in extras:
         fp8 = bench_fp8(copy_bw, rng)
         print(json.dumps(fp8), flush=True)
+    if "decompressed" in extras:
         decompressed = bench_decompressed(mm_rate, rng)
         print(json.dumps(decompressed), flush=True)
+    if "serving" in extras:
         serving = bench_serving(copy_bw, rng)
         print(json.dumps(serving), flush=True)
     date = datetime.date.today().isoformat()

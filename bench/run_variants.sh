@@ -8,7 +8,8 @@
 # default: main and each patch), e.g. to split
 # them over calls of limited length (~1.5 min a variant). BENCH_ARGS are
 # bench_gpu.py's options (default "--core-only --no-baseline"; "--no-baseline"
-# adds the FP8, uneven-batch, head-slice and page-size rows, ~1.5 min more);
+# adds the FP8, uneven-batch, head-slice and page-size rows, ~1.5 min more;
+# "--core-only --no-baseline --extras fp8,decompressed" picks some of them);
 # TESTS the pytest -k expression of the GPU tests (default "hopper or
 # every_kernel or graph"; add "or fp8" for kernels that read FP8);
 # RACECHECK=N runs compute-sanitizer racecheck N times on the small
@@ -22,7 +23,7 @@ root=$(pwd)
 configs=${1:-ABCDEF}
 
 run_variant() {  # name, tree
-  local name=$1 tree=$2 site
+  local name=$1 tree=$2 site start=$SECONDS
   site=$(mktemp -d)
   if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index --target "$site" "$tree" >/dev/null 2>&1; then
     echo "$name: install failed"
@@ -40,6 +41,7 @@ run_variant() {  # name, tree
   done
   (cd "$tree" && PYTHONPATH=$site timeout 300 python3 bench/bench_gpu.py ${BENCH_ARGS:---core-only --no-baseline} \
      --configs "$configs" --out "$OUT/$name" 2>&1) | grep -E "^\| ([A-F]|even|random|one|[0-9]+\.[0-9]) " | sed "s/^/$name /"
+  echo "$name: $((SECONDS - start)) s"
 }
 
 apply_into() {  # tree, variant name: its patches, "a+b" for a then b
