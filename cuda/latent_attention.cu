@@ -142,7 +142,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
       cp_async_wait<Tile::kAhead - 1>();
       __syncthreads();  // tile t is in; everyone is done with tile t-1 and its stage
       if constexpr (Tile::kFp8) {
-        dequantize_rows<T, D, DV, G, Rows>(smem + (stage_of(t) - sQ), sTile, BN);
+        dequantize_rows<T, D, DV, G, Rows, BN>(smem + (stage_of(t) - sQ), sTile);
         __syncthreads();  // the tile is whole; its raw stage is free for tile t + kAhead
       }
       load_tile(t + Tile::kAhead);
