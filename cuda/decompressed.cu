@@ -16,9 +16,9 @@
 
 namespace {
 
-template <int L, int R, int DN, int DV, int KC>
+template <int L, int R, int DN, int DV, int KC, int STAGES>
 struct DecompTile {
-  static constexpr int BN = 64, BM = 256, kWarps = 8;
+  static constexpr int BN = 64, BM = 256, kThreads = 256;
   static constexpr int QK = DN + R;
   using QRows = SwizzledRows<QK / 8>;   // queries and keys [K_nope | rope]
   using VRows = SwizzledRows<DV / 8>;
@@ -29,28 +29,42 @@ struct DecompTile {
   static constexpr int kVBytes = VRows::bytes(BN);
   static constexpr int kCBytes = CRows::bytes(BN);
   static constexpr int kWBytes = WRows::bytes(KC);
-  static constexpr int kSmemBytes = kQBytes + kKBytes + kVBytes + 2 * (kCBytes + kWBytes);
+  static constexpr int kStageBytes = kCBytes + kWBytes;
+  static constexpr int kSmemBytes = kQBytes + kKBytes + kVBytes + STAGES * kStageBytes;
   static constexpr int kSlices = L / KC;
-  static_assert(L % KC == 0 && KC % 16 == 0 && R % 8 == 0, "latent slices");
+  // Decompression passes: 64-column blocks of K_nope (W_uk_h), then of V (W_uv_h).
+  static constexpr int kKeyPasses = (DN + 63) / 64, kPasses = kKeyPasses + (DV + 63) / 64;
+  static constexpr int kSteps = kPasses * kSlices;  // slice copies per tile
+  static constexpr bool kFullPasses = DN % 64 == 0 && DV % 64 == 0;  // every pass 64 columns wide
+  // Each thread's share of a step's copies: chunk (tid % chunks) of rows
+  // tid / chunks + j * (kThreads / chunks).
+  static constexpr int kCChunks = KC / 8, kCRowStep = kThreads / kCChunks;
+  static constexpr int kCRows = (BN + kCRowStep - 1) / kCRowStep;
+  static constexpr int kWRowStep = kThreads / 8;
+  static constexpr int kWRows = (KC + kWRowStep - 1) / kWRowStep;
+  static_assert(L % KC == 0 && KC % 16 == 0 && kThreads % kCChunks == 0 && R % 8 == 0, "latent slices");
+  static_assert(STAGES >= 2 && STAGES <= kSteps, "slice ring");
   static_assert(DN % 16 == 0 && DV % 16 == 0 && QK % 16 == 0, "head dims must be multiples of 16");
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
 };
 
-// acc[16 tokens x 32 columns of this warp] += C slice @ W slice (shared memory).
-template <class T, int KC, class CRows, class WRows>
-__device__ __forceinline__ void decompress_slice(float (&acc)[2][2][4], u32 sC, u32 sW, int row0,
-                                                 int pair0, int pairs, int lane) {
+// acc[16 tokens x 32 columns of this warp] += C slice @ W slice of one ring
+// stage. a_row: the lane's ldmatrix walk along its row of the C slice;
+// b_off[j]: its ldmatrix.trans address of column pair j in the W slice at
+// k = 0 (k moves 16 rows down, which keeps the swizzle); both relative to the
+// stage. FULL: both pairs are live (64-column passes).
+template <class T, int KC, bool FULL>
+__device__ __forceinline__ void decompress_slice(float (&acc)[2][2][4], u32 stage, const RowWalk<KC / 8>& a_row,
+                                                 const u32 (&b_off)[2], const bool (&pair_live)[2]) {
 #pragma unroll
   for (int k = 0; k < KC / 16; ++k) {
     u32 a[4];
-    ldsm_x4(a, sC + CRows::offset(row0 + (lane & 15), 2 * k + (lane >> 4)));
+    ldsm_x4(a, stage + a_row.at(k / 4, k % 4));
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const int pair = pair0 + j;
-      if (pair < pairs) {
+      if (FULL || pair_live[j]) {
         u32 bfrag[4];
-        ldsm_x4_trans(bfrag, sW + WRows::offset(16 * k + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                                2 * pair + (lane >> 4)));
+        ldsm_x4_trans(bfrag, stage + b_off[j] + k * 16 * SwizzledRows<8>::kStride * 16);
         T::mma(acc[j][0], a, bfrag[0], bfrag[1]);
         T::mma(acc[j][1], a, bfrag[2], bfrag[3]);
       }
@@ -60,31 +74,44 @@ __device__ __forceinline__ void decompress_slice(float (&acc)[2][2][4], u32 sC, 
 
 }  // namespace
 
-template <class T, int L, int R, int DN, int DV, int KC>
+template <class T, int L, int R, int DN, int DV, int KC, int STAGES>
 __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_constant__ AttnParams p) {
-  using Tile = DecompTile<L, R, DN, DV, KC>;
+  using Tile = DecompTile<L, R, DN, DV, KC, STAGES>;
   using QRows = typename Tile::QRows;
   using VRows = typename Tile::VRows;
   using CRows = typename Tile::CRows;
   using WRows = typename Tile::WRows;
   constexpr int BN = Tile::BN, BM = Tile::BM, QK = Tile::QK, D = L + R;
   constexpr int kVPairs = DV / 16;
+  constexpr int kKeyPasses = Tile::kKeyPasses, kSlices = Tile::kSlices, kSteps = Tile::kSteps;
 
   extern __shared__ __align__(128) unsigned char smem[];
   require_dynamic_smem(Tile::kSmemBytes);
   const u32 sQ = smem_addr(smem);
   const u32 sK = sQ + Tile::kQBytes;
   const u32 sV = sK + Tile::kKBytes;
-  const u32 sC = sV + Tile::kVBytes;           // 2 stages
-  const u32 sW = sC + 2 * Tile::kCBytes;        // 2 stages
+  const u32 sStages = sV + Tile::kVBytes;       // STAGES x [C slice | W slice]
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, tq = lane % 4;
   const int part = blockIdx.x, m_tile = blockIdx.y, h = blockIdx.z;
   const u16* q = static_cast<const u16*>(p.q);
   const u16* cache = static_cast<const u16*>(p.cache);
-  const u16* w = static_cast<const u16*>(p.w);
   const size_t w_ld = static_cast<size_t>(p.heads) * (DN + DV);
+
+  // This thread's copies of a step, fixed for the whole kernel: C chunk
+  // c_chunk of rows c_row0 + j * kCRowStep, W chunk w_chunk of rows
+  // w_row0 + j * kWRowStep (of the slice), at fixed shared-memory offsets.
+  const int c_chunk = threadIdx.x % Tile::kCChunks, c_row0 = threadIdx.x / Tile::kCChunks;
+  const int w_chunk = threadIdx.x % 8, w_row0 = threadIdx.x / 8;
+  const u16* w_mine = static_cast<const u16*>(p.w) + static_cast<size_t>(h) * (DN + DV) + w_chunk * 8;
+  // The warp's share of a pass: 16 tokens (rows row0..) x column pairs pair0, pair0 + 1.
+  const int row0 = 16 * (warp % 4), pair0 = 2 * (warp / 4);
+  const RowWalk<KC / 8> a_row(0, row0 + (lane & 15), lane >> 4);
+  u32 b_off[2];
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+    b_off[j] = Tile::kCBytes + WRows::offset((lane & 7) + ((lane >> 3) & 1) * 8, 2 * (pair0 + j) + (lane >> 4));
 
   const PartWork work(p.sched, part);
 
@@ -123,74 +150,98 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
       }
     const bool warp_live = 32 * warp < live;
 
-    // Decompression passes: 64-column blocks of K_nope (W_uk_h), then of V (W_uv_h).
-    constexpr int kKeyPasses = (DN + 63) / 64, kPasses = kKeyPasses + (DV + 63) / 64;
-    constexpr int kSteps = kPasses * Tile::kSlices;
     auto pass_cols = [](int pass) {
       return pass < kKeyPasses ? min(64, DN - 64 * pass) : min(64, DV - 64 * (pass - kKeyPasses));
     };
-    for (int t = t0; t < t1; ++t) {
-      // ---- 1. decompress the tile, one 64-column block per pass.
-      auto token = [&](int r) { return cache_row(p, cache, b, n, t * BN + r, D); };
-      auto load_slice = [&](int step, int stage) {
-        const int pass = step / Tile::kSlices, slice = step % Tile::kSlices;
-        load_rows<KC / 8>(sC + stage * Tile::kCBytes, BN, 0, cache, [&](int r) {
-          const u16* row = token(r);
-          return row != nullptr ? row + slice * KC : nullptr;
-        });
-        const int cols = pass_cols(pass);
-        const int col0 = pass < kKeyPasses ? 64 * pass : DN + 64 * (pass - kKeyPasses);
-        const u16* w_slice = w + static_cast<size_t>(slice) * KC * w_ld + h * (DN + DV) + col0;
-        const u32 dst = sW + stage * Tile::kWBytes;
-        for (int i = threadIdx.x; i < KC * 8; i += blockDim.x) {  // KC rows of up to 8 chunks
-          const int r = i / 8, c = i % 8;
-          if (c < cols / 8) cp_async16(dst + WRows::offset(r, c), w_slice + r * w_ld + c * 8, true);
+    // The latent rows this thread copies in tile t (null: zeros), looked up
+    // once a tile instead of once a slice.
+    const u16* c_rows[Tile::kCRows];
+    auto find_rows = [&](int t) {
+#pragma unroll
+      for (int j = 0; j < Tile::kCRows; ++j) {
+        const int r = c_row0 + j * Tile::kCRowStep;
+        c_rows[j] = r < BN ? cache_row(p, cache, b, n, t * BN + r, D) : nullptr;
+      }
+    };
+    // Copy step `step`'s C and W slices into its ring stage; one commit
+    // group per step, empty past the last step, so waits count steps.
+    auto copy_step = [&](int step) {
+      if (step < kSteps) {
+        const int pass = step / kSlices, slice = step % kSlices;
+        const u32 stage = sStages + (step % STAGES) * Tile::kStageBytes;
+#pragma unroll
+        for (int j = 0; j < Tile::kCRows; ++j) {
+          const int r = c_row0 + j * Tile::kCRowStep;
+          if (r < BN)
+            cp_async16(stage + CRows::offset(r, c_chunk), c_rows[j] != nullptr ? c_rows[j] + slice * KC + c_chunk * 8 : cache,
+                       c_rows[j] != nullptr);
         }
-        cp_async_commit();
-      };
-      __syncthreads();  // the previous tile's readers of sK/sV/sC/sW are done
+        const int col0 = pass < kKeyPasses ? 64 * pass : DN + 64 * (pass - kKeyPasses);
+        const u16* w_slice = w_mine + static_cast<size_t>(slice) * KC * w_ld + col0;
+        const bool chunk_live = Tile::kFullPasses || w_chunk < pass_cols(pass) / 8;
+#pragma unroll
+        for (int j = 0; j < Tile::kWRows; ++j) {
+          const int r = w_row0 + j * Tile::kWRowStep;
+          if (r < KC && chunk_live)
+            cp_async16(stage + Tile::kCBytes + WRows::offset(r, w_chunk), w_slice + r * w_ld, true);
+        }
+      }
+      cp_async_commit();
+    };
+    auto start_tile = [&](int t) {  // the first STAGES - 1 steps of tile t in flight
+      find_rows(t);
+#pragma unroll
+      for (int step = 0; step < STAGES - 1; ++step) copy_step(step);
+    };
+
+    if (t0 < t1) start_tile(t0);  // the ring is free: the barrier above follows the previous request
+    for (int t = t0; t < t1; ++t) {
+      // ---- 1. decompress the tile, one 64-column block per pass, its KC-wide
+      // slices streamed through the ring (started by the previous tile).
+      auto token = [&](int r) { return cache_row(p, cache, b, n, t * BN + r, D); };
+      __syncthreads();  // the previous tile's readers of sK/sV are done
       if constexpr (R > 0) load_rows<QK / 8, R / 8>(sK, BN, DN / 8, cache, [&](int r) {
         const u16* row = token(r);
         return row != nullptr ? row + L : nullptr;
       });
-      load_slice(0, 0);
-      float acc[2][2][4];
-      const int row0 = 16 * (warp % 4), pair0 = 2 * (warp / 4);
+      int step = 0;
 #pragma unroll 1
-      for (int step = 0; step < kSteps; ++step) {
-        const int pass = step / Tile::kSlices, slice = step % Tile::kSlices;
-        if (slice == 0) {
-#pragma unroll
-          for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[j][0][e] = acc[j][1][e] = 0.f;
-        }
-        cp_async_wait<0>();
-        __syncthreads();
-        if (step + 1 < kSteps) load_slice(step + 1, (step + 1) & 1);
+      for (int pass = 0; pass < Tile::kPasses; ++pass) {
         const int cols = pass_cols(pass);
-        decompress_slice<T, KC, CRows, WRows>(acc, sC + (step & 1) * Tile::kCBytes,
-                                              sW + (step & 1) * Tile::kWBytes, row0, pair0, cols / 16, lane);
-        if (slice == Tile::kSlices - 1) {  // this block of columns is complete: store it as T
-          const bool keys = pass < kKeyPasses;
-          const int col0 = 64 * (keys ? pass : pass - kKeyPasses);
+        const bool pair_live[2] = {pair0 < cols / 16, pair0 + 1 < cols / 16};
+        float acc[2][2][4];
 #pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            const int pair = pair0 + j;
-            if (pair >= cols / 16) continue;
+        for (int j = 0; j < 2; ++j)
 #pragma unroll
-            for (int half = 0; half < 2; ++half)
+          for (int e = 0; e < 4; ++e) acc[j][0][e] = acc[j][1][e] = 0.f;
+#pragma unroll 1
+        for (int slice = 0; slice < kSlices; ++slice, ++step) {
+          cp_async_wait<STAGES - 2>();  // this step's slices have landed (for this thread)
+          __syncthreads();              // ... for all threads; the stage refilled next was read at step - 1
+          copy_step(step + STAGES - 1);
+          const u32 stage = sStages + (step % STAGES) * Tile::kStageBytes;
+          decompress_slice<T, KC, Tile::kFullPasses>(acc, stage, a_row, b_off, pair_live);
+        }
+        // This block of columns is complete: store it as T.
+        const bool keys = pass < kKeyPasses;
+        const int col0 = 64 * (keys ? pass : pass - kKeyPasses);
 #pragma unroll
-              for (int hh = 0; hh < 2; ++hh) {
-                const int col = col0 + 16 * pair + 8 * half + 2 * tq, row = row0 + g + 8 * hh;
-                const float lo = acc[j][half][2 * hh], hi = acc[j][half][2 * hh + 1];
-                if (keys) store_pair<T, QK / 8>(sK, row, col, lo, hi);
-                else store_pair<T, DV / 8>(sV, row, col, lo, hi);
-              }
-          }
+        for (int j = 0; j < 2; ++j) {
+          if (!Tile::kFullPasses && !pair_live[j]) continue;
+#pragma unroll
+          for (int half = 0; half < 2; ++half)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              const int col = col0 + 16 * (pair0 + j) + 8 * half + 2 * tq, row = row0 + g + 8 * hh;
+              const float lo = acc[j][half][2 * hh], hi = acc[j][half][2 * hh + 1];
+              if (keys) store_pair<T, QK / 8>(sK, row, col, lo, hi);
+              else store_pair<T, DV / 8>(sV, row, col, lo, hi);
+            }
         }
       }
-      __syncthreads();  // K and V are complete
+      cp_async_wait<0>();  // the RoPE part of K (only empty step groups remain)
+      __syncthreads();  // K and V are complete; the ring is free
+      if (t + 1 < t1) start_tile(t + 1);  // the next tile's first slices load while this one is attended
 
       // ---- 2. attend: each warp its 32 query rows, the tile in two halves.
       if (warp_live) {

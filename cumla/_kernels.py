@@ -22,6 +22,7 @@ CHECK_ARCHS = ("sm_80", "sm_90a")
 SCHEDULE_TILE = 64  # tokens per schedule tile (the tensor-core kernel's BN)
 THREADS = 256
 SMEM_LIMIT = 227 * 1024  # opt-in shared memory per block on sm_80 and sm_90
+DECOMPRESSED_STAGES = 4  # most latent/W slice stages the decompressed kernel keeps in flight
 
 _INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.M)
 _ELEMENT = {np.dtype(np.float16): "f16_t", BFLOAT16: "bf16_t", np.dtype(np.float32): "f32_t"}
@@ -249,9 +250,13 @@ def decompressed_kernel(dtype: np.dtype, latent: int, rope: int, nope: int, v_di
         queries = 16
     else:
         slice_ = 64 if latent % 64 == 0 else 32 if latent % 32 == 0 else 16
-        smem = (_rows_bytes(256, qk) + _rows_bytes(64, qk) + _rows_bytes(64, v_dim)
-                + 2 * (_rows_bytes(64, slice_) + _rows_bytes(slice_, 64)))
-        name = f"decompressed_attention<{element}, {latent}, {rope}, {nope}, {v_dim}, {slice_}>"
+        fixed = _rows_bytes(256, qk) + _rows_bytes(64, qk) + _rows_bytes(64, v_dim)
+        stage = _rows_bytes(64, slice_) + _rows_bytes(slice_, 64)  # one latent slice and one W slice
+        steps = (latent // slice_) * (-(-nope // 64) - (-v_dim // 64))
+        # A ring of up to DECOMPRESSED_STAGES slice stages (at least 2), as many as fit.
+        stages = max(2, min(DECOMPRESSED_STAGES, steps, (SMEM_LIMIT - fixed) // stage))
+        smem = fixed + stages * stage
+        name = f"decompressed_attention<{element}, {latent}, {rope}, {nope}, {v_dim}, {slice_}, {stages}>"
         queries = 256
     if smem > SMEM_LIMIT:
         raise ValueError(f"L = {latent}, Dn+R = {qk}, Dv = {v_dim} need {smem} bytes of shared memory, "

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# ncu profiles in one device call: the stall and pipe sections plus the
+# per-instruction SASS page (execution counts, stall samples) of one kernel.
+#   OUT=/tmp/out bash bench/profile_device.sh SHAPE KERNEL_REGEX [patch[+patch]] ...
+# SHAPE is profile_one.py's argument (A-F, C-fp8, prefill); each trailing
+# argument names docs/experiments patches applied to a copy of the tree first
+# ("main" is the tree itself). Writes $OUT/ncu-<SHAPE>-<variant>.txt and .csv.
+set -u
+OUT=${OUT:-bench/results/profiles}
+mkdir -p "$OUT"
+root=$(pwd)
+shape=$1 kernel=$2
+shift 2
+sections="--section SpeedOfLight --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis
+          --section MemoryWorkloadAnalysis --section Occupancy --section SourceCounters"
+for variant in "${@:-main}"; do
+  tree=$root
+  if [ "$variant" != main ]; then
+    tree=$(mktemp -d)
+    cp -r "$root"/. "$tree"
+    for part in ${variant//+/ }; do
+      (cd "$tree" && patch -p1 -s <"$root/docs/experiments/$part.patch") || { echo "$variant: patch failed"; continue 2; }
+    done
+  fi
+  site=$(mktemp -d)
+  python3 -m pip install -q --no-deps --no-build-isolation --no-index --target "$site" "$tree" >/dev/null 2>&1
+  stem="$OUT/ncu-$shape-$variant"
+  (cd "$tree/bench" && export PYTHONPATH=$site &&
+   python3 profile_one.py "$shape" &&  # compiles outside the profiler
+   timeout 200 ncu --clock-control none -k "regex:$kernel" -c 1 $sections --print-details all \
+     -o "$stem" python3 profile_one.py "$shape" >/dev/null 2>&1 &&
+   ncu -i "$stem.ncu-rep" --print-details all > "$stem.txt" 2>&1 &&
+   ncu -i "$stem.ncu-rep" --page source --print-source sass --csv > "$stem.csv" 2>&1)
+  rm -f "$stem.ncu-rep"
+  echo "$variant: $(grep -m1 "Duration" "$stem.txt")"
+done
