@@ -106,9 +106,9 @@ def test_shared_memory_sizes_match_the_kernels():
                 probes.setdefault(hopper.file, []).append(f"HopperTile<{dim}, {v_dim}>::kSmemBytes == {hopper.smem}")
         for dims in ((512, 64, 128, 128), (48, 0, 32, 16), (96, 32, 64, 32)):
             spec = _kernels.decompressed_kernel(dtype, *dims)
-            latent, rope, nope, v_dim, slice_ = _args(spec.name)[1:]
+            latent, rope, nope, v_dim, slice_, stages = _args(spec.name)[1:]
             probes.setdefault("decompressed.cu", []).append(
-                f"DecompTile<{latent}, {rope}, {nope}, {v_dim}, {slice_}>::kSmemBytes == {spec.smem}")
+                f"DecompTile<{latent}, {rope}, {nope}, {v_dim}, {slice_}, {stages}>::kSmemBytes == {spec.smem}")
     assert len(probes) == 3 and sum(map(len, probes.values())) >= 60
     for file, checks in probes.items():
         code = _kernels.source(file) + "".join(f'\nstatic_assert({c}, "{c}");' for c in checks)
