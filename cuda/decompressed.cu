@@ -3,9 +3,12 @@
 // One CTA of 8 warps owns one head h, up to 256 query tokens of one request
 // and a range of 64-token cache tiles from the split-KV schedule. Per tile:
 //   1. decompress: K_nope = C W_uk_h (64 x DN) and V = C W_uv_h (64 x DV) on
-//      tensor cores, streaming C (the latent part of the tile) and W_h in
-//      KC-wide slices of L through shared memory; the RoPE part of the tile
-//      is copied next to K_nope. K and V exist only in shared memory.
+//      tensor cores, one 64-column pass at a time, streaming C (the latent
+//      part of the tile) and W_h in KC-wide slices of L through a ring of
+//      STAGES shared-memory stages (one barrier per slice; the next tile's
+//      first slices are copied while this tile is attended); the RoPE part
+//      of the tile is copied next to K_nope. K and V exist only in shared
+//      memory.
 //   2. attend: warp w owns query rows [32w, 32w+32) and, for each half of the
 //      tile, computes its full score rows, the online softmax in registers
 //      and O += P V (P reused from the score registers as mma A fragments).
