@@ -2,7 +2,7 @@
 # ncu profiles in one device call: the stall and pipe sections plus the
 # per-instruction SASS page (execution counts, stall samples) of one kernel.
 #   OUT=/tmp/out bash bench/profile_device.sh SHAPE KERNEL_REGEX [patch[+patch]] ...
-# SHAPE is profile_one.py's argument (A-F, C-fp8, prefill); each trailing
+# SHAPE is profile_one.py's argument (A-F, C-fp8, A-portable, prefill); each trailing
 # argument names docs/experiments patches applied to a copy of the tree first
 # ("main" is the tree itself). Writes $OUT/ncu-<SHAPE>-<variant>.txt and .csv.
 set -u

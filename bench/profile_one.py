@@ -2,6 +2,7 @@
 
     ncu --clock-control none -k regex:latent_attention -c 1 python bench/profile_one.py C
     python bench/profile_one.py C-fp8     # the core over FlashMLA's FP8 rows
+    python bench/profile_one.py A-portable  # the mma.sync kernel where the Hopper one would run
     python bench/profile_one.py prefill   # the decompressed strategy's prefill chunk
 """
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 import cupy as cp
 import cumla
 from bench_gpu import BFLOAT16, CONFIGS, DN, DV, L, PREFILL, R, make_config
+from cumla import _kernels
 
 
 def run_core(name: str, fp8: bool) -> None:
@@ -42,10 +44,16 @@ def run_prefill() -> None:
 
 
 def main(name: str) -> None:
-    if name == "prefill":
+    config, *options = name.split("-")
+    unknown = set(options) - {"fp8", "portable"}
+    if unknown or (config != "prefill" and config not in CONFIGS):
+        raise SystemExit(f"unknown shape {name!r}: A-F or prefill, optionally -fp8 and -portable")
+    if "portable" in options:
+        _kernels.USE_HOPPER_KERNEL = False
+    if config == "prefill":
         run_prefill()
     else:
-        run_core(name.removesuffix("-fp8"), name.endswith("-fp8"))
+        run_core(config, "fp8" in options)
     cp.cuda.runtime.deviceSynchronize()
 
 
