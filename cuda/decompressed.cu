@@ -9,8 +9,8 @@
 //      first slices are copied while this tile is attended); the RoPE part
 //      of the tile is copied next to K_nope. K and V exist only in shared
 //      memory.
-//   2. attend: warp w owns query rows [32w, 32w+32) and, for each half of the
-//      tile, computes its full score rows, the online softmax in registers
+//   2. attend: warp w owns query rows [32w, 32w+32) and, for each 16-token
+//      quarter of the tile, computes its score rows, the online softmax in registers
 //      and O += P V (P reused from the score registers as mma A fragments).
 // Outputs and partials use the same layout and combine step as the absorbed
 // kernel, with rows = Sq * H ordered (query, head).
@@ -168,10 +168,11 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
     };
     // Copy step `step`'s C and W slices into its ring stage; one commit
     // group per step, empty past the last step, so waits count steps.
+    auto stage_of = [&](int step) { return sStages + (step % STAGES) * Tile::kStageBytes; };
     auto copy_step = [&](int step) {
       if (step < kSteps) {
         const int pass = step / kSlices, slice = step % kSlices;
-        const u32 stage = sStages + (step % STAGES) * Tile::kStageBytes;
+        const u32 stage = stage_of(step);
 #pragma unroll
         for (int j = 0; j < Tile::kCRows; ++j) {
           const int r = c_row0 + j * Tile::kCRowStep;
@@ -222,7 +223,7 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
           cp_async_wait<STAGES - 2>();  // this step's slices have landed (for this thread)
           __syncthreads();              // ... for all threads; the stage refilled next was read at step - 1
           copy_step(step + STAGES - 1);
-          const u32 stage = sStages + (step % STAGES) * Tile::kStageBytes;
+          const u32 stage = stage_of(step);
           decompress_slice<T, KC, Tile::kFullPasses>(acc, stage, a_row, b_off, pair_live);
         }
         // This block of columns is complete: store it as T.
@@ -246,7 +247,7 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
       __syncthreads();  // K and V are complete; the ring is free
       if (t + 1 < t1) start_tile(t + 1);  // the next tile's first slices load while this one is attended
 
-      // ---- 2. attend: each warp its 32 query rows, the tile in two halves.
+      // ---- 2. attend: each warp its 32 query rows, the tile in 16-token quarters.
       if (warp_live) {
 #pragma unroll 1
         for (int quarter = 0; quarter < 4; ++quarter) {

@@ -415,8 +415,8 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
     }
 
     // Row sums: over the quad, then over both warpgroups.
-    const u32 request_phase = requests & 1;
-    float* sSum = sSums + (requests++ & 1) * 2 * Tile::BM;
+    const u32 request_phase = requests++ & 1;
+    float* sSum = sSums + request_phase * 2 * Tile::BM;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       run_sum[h] += __shfl_xor_sync(0xffffffffu, run_sum[h], 1);

@@ -234,10 +234,11 @@ def _rows_bytes(rows: int, width: int) -> int:
     return rows * (-(-width // 64) * 64) * 2
 
 
+@lru_cache(maxsize=None)
 def decompressed_kernel(dtype: np.dtype, latent: int, rope: int, nope: int, v_dim: int) -> DecompressedKernel:
     """The decompressed kernel for a dtype and dims: tensor cores for 16-bit
     inputs (L, R, Dn, Dv multiples of 16), CUDA cores in float32 for float32
-    inputs (any dims)."""
+    inputs (any dims). Cached: decode asks every call."""
     element = element_of(dtype)
     if element != "f32_t" and any(d % 16 for d in (latent, rope, nope, v_dim)):
         raise ValueError(f"16-bit decompressed kernels need L, R, Dn, Dv multiples of 16, "
@@ -252,7 +253,8 @@ def decompressed_kernel(dtype: np.dtype, latent: int, rope: int, nope: int, v_di
         slice_ = 64 if latent % 64 == 0 else 32 if latent % 32 == 0 else 16
         fixed = _rows_bytes(256, qk) + _rows_bytes(64, qk) + _rows_bytes(64, v_dim)
         stage = _rows_bytes(64, slice_) + _rows_bytes(slice_, 64)  # one latent slice and one W slice
-        steps = (latent // slice_) * (-(-nope // 64) - (-v_dim // 64))
+        passes = -(-nope // 64) + -(-v_dim // 64)  # 64-column blocks of K_nope, then of V
+        steps = (latent // slice_) * passes
         # A ring of up to DECOMPRESSED_STAGES slice stages (at least 2), as many as fit.
         stages = max(2, min(DECOMPRESSED_STAGES, steps, (SMEM_LIMIT - fixed) // stage))
         smem = fixed + stages * stage
