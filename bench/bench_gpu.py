@@ -237,6 +237,15 @@ EXTRAS = "fp8,decompressed,serving"  # the sections beyond configs A-F
 FP8_CONFIGS = "CF"  # the issue's FP8 targets: at most 0.6x the bf16 time
 
 
+def fp8_pool(cache, fmt):
+    """The paged bf16 cache quantised into FP8 rows of layout ``fmt`` (uint8
+    pool of the same blocks), in slices: the encoder's temporaries are large."""
+    pool = cp.empty(cache.shape[:2] + (fmt.row_bytes,), dtype=np.uint8)
+    for start in range(0, cache.shape[0], 4096):
+        pool[start:start + 4096] = fmt.quantize(cache[start:start + 4096])
+    return pool
+
+
 def bench_fp8(copy_bw, rng, configs=FP8_CONFIGS):
     """The core over FlashMLA's FP8 rows (656 bytes a token, dequantised inside
     the tensor-core kernel) against the same config's bf16 cache."""
@@ -247,9 +256,7 @@ def bench_fp8(copy_bw, rng, configs=FP8_CONFIGS):
         batch, q_len, heads, seq = cfg["batch"], cfg["q_len"], cfg["heads"], cfg["seq"]
         q, cache, table, seqlens = make_config(batch, q_len, heads, seq, rng)
         bf16_us = time_core(q, cache, table, seqlens, heads, q_len)
-        pool = cp.empty(cache.shape[:2] + (fmt.row_bytes,), dtype=np.uint8)
-        for start in range(0, cache.shape[0], 4096):  # quantise in slices: the encoder's temporaries are large
-            pool[start:start + 4096] = fmt.quantize(cache[start:start + 4096])
+        pool = fp8_pool(cache, fmt)
         del cache
         cp.get_default_memory_pool().free_all_blocks()
         fp8_us = time_core(q, pool, table, seqlens, heads, q_len, fmt)
@@ -290,12 +297,19 @@ def cupy_decompress_baseline(q, cache, w_kv, scale):
     return cp.matmul(p.astype(np.float16), v)
 
 
-def bench_decompressed(mm_rate, rng):
-    """The tiled-decompression kernel on a prefill chunk, against its compute roofline."""
+def prefill_inputs(rng):
+    """Queries (B, Sq, H, Dn+R), a contiguous cache (B, S, L+R) and w_kv of the prefill chunk, bf16."""
     batch, q_len, heads, seq = (PREFILL[k] for k in ("batch", "q_len", "heads", "seq"))
     q = cp.asarray(rng.standard_normal((batch, q_len, heads, DN + R), dtype=np.float32).astype(BFLOAT16))
     cache = cp.asarray(rng.standard_normal((batch, seq, D), dtype=np.float32).astype(BFLOAT16))
     w_kv = cp.asarray((rng.standard_normal((L, heads * (DN + DV)), dtype=np.float32) / np.sqrt(L)).astype(BFLOAT16))
+    return q, cache, w_kv
+
+
+def bench_decompressed(mm_rate, rng):
+    """The tiled-decompression kernel on a prefill chunk, against its compute roofline."""
+    batch, q_len, heads, seq = (PREFILL[k] for k in ("batch", "q_len", "heads", "seq"))
+    q, cache, w_kv = prefill_inputs(rng)
     scale = 1 / np.sqrt(DN + R)
     us = time_us(lambda: cumla.decode(q, cache, w_kv, rope_dim=R, causal=False, strategy="decompressed", check=False))
     absorbed_us = time_us(lambda: cumla.decode(q, cache, w_kv, rope_dim=R, causal=False, strategy="absorbed",
@@ -398,10 +412,10 @@ def main(argv=None) -> int:
         row = bench_config(name, CONFIGS[name], copy_bw, mm_rate, rng, not args.no_baseline, not args.core_only)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    extras = EXTRAS if args.extras is None and not args.core_only else (args.extras or "")
-    unknown = set(extras.split(",")) - set(EXTRAS.split(",")) - {""}
-    if unknown:
-        parser.error(f"unknown extras {sorted(unknown)}; known: {EXTRAS}")
+    known = set(EXTRAS.split(","))
+    extras = known if args.extras is None and not args.core_only else set(filter(None, (args.extras or "").split(",")))
+    if extras - known:
+        parser.error(f"unknown extras {sorted(extras - known)}; known: {EXTRAS}")
     decompressed = serving = fp8 = None
     if "fp8" in extras:
         fp8 = bench_fp8(copy_bw, rng)

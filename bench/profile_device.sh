@@ -11,19 +11,14 @@ mkdir -p "$OUT"
 root=$(pwd)
 shape=$1 kernel=$2
 shift 2
+. "$root/bench/variant_lib.sh"
 sections="--section SpeedOfLight --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis
           --section MemoryWorkloadAnalysis --section Occupancy --section SourceCounters"
 for variant in "${@:-main}"; do
-  tree=$root
-  if [ "$variant" != main ]; then
-    tree=$(mktemp -d)
-    cp -r "$root"/. "$tree"
-    for part in ${variant//+/ }; do
-      (cd "$tree" && patch -p1 -s <"$root/docs/experiments/$part.patch") || { echo "$variant: patch failed"; continue 2; }
-    done
+  if ! tree=$(variant_tree "$variant") || ! site=$(install_tree "$tree"); then
+    echo "$variant: a patch or the install failed"
+    continue
   fi
-  site=$(mktemp -d)
-  python3 -m pip install -q --no-deps --no-build-isolation --no-index --target "$site" "$tree" >/dev/null 2>&1
   stem="$OUT/ncu-$shape-$variant"
   (cd "$tree/bench" && export PYTHONPATH=$site &&
    python3 profile_one.py "$shape" &&  # compiles outside the profiler

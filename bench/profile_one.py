@@ -11,7 +11,7 @@ import numpy as np
 
 import cupy as cp
 import cumla
-from bench_gpu import BFLOAT16, CONFIGS, DN, DV, L, PREFILL, R, make_config
+from bench_gpu import CONFIGS, DN, L, R, fp8_pool, make_config, prefill_inputs
 from cumla import _kernels
 
 
@@ -19,13 +19,9 @@ def run_core(name: str, fp8: bool) -> None:
     cfg = CONFIGS[name]
     q, cache, table, seqlens = make_config(cfg["batch"], cfg["q_len"], cfg["heads"], cfg["seq"],
                                            np.random.default_rng(0))
-    fmt = None
+    fmt = cumla.fp8_format(L, R, 128) if fp8 else None
     if fp8:
-        fmt = cumla.fp8_format(L, R, 128)
-        pool = cp.empty(cache.shape[:2] + (fmt.row_bytes,), dtype=np.uint8)
-        for start in range(0, cache.shape[0], 4096):
-            pool[start:start + 4096] = fmt.quantize(cache[start:start + 4096])
-        cache = pool
+        cache = fp8_pool(cache, fmt)
     plan = cumla.plan(seqlens, heads=cfg["heads"], q_len=cfg["q_len"], v_dim=L)
     out = cp.empty(q.shape[:-1] + (L,), dtype=q.dtype)
     for _ in range(3):
@@ -34,11 +30,7 @@ def run_core(name: str, fp8: bool) -> None:
 
 
 def run_prefill() -> None:
-    rng = np.random.default_rng(0)
-    batch, q_len, heads, seq = (PREFILL[k] for k in ("batch", "q_len", "heads", "seq"))
-    q = cp.asarray(rng.standard_normal((batch, q_len, heads, DN + R), dtype=np.float32).astype(BFLOAT16))
-    cache = cp.asarray(rng.standard_normal((batch, seq, L + R), dtype=np.float32).astype(BFLOAT16))
-    w_kv = cp.asarray((rng.standard_normal((L, heads * (DN + DV)), dtype=np.float32) / np.sqrt(L)).astype(BFLOAT16))
+    q, cache, w_kv = prefill_inputs(np.random.default_rng(0))
     for _ in range(3):
         cumla.decode(q, cache, w_kv, rope_dim=R, causal=False, strategy="decompressed", check=False)
 

@@ -21,11 +21,11 @@ OUT=${OUT:-bench/results/variants}
 mkdir -p "$OUT"
 root=$(pwd)
 configs=${1:-ABCDEF}
+. "$root/bench/variant_lib.sh"
 
 run_variant() {  # name, tree
   local name=$1 tree=$2 site start=$SECONDS
-  site=$(mktemp -d)
-  if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index --target "$site" "$tree" >/dev/null 2>&1; then
+  if ! site=$(install_tree "$tree"); then
     echo "$name: install failed"
     return
   fi
@@ -44,25 +44,11 @@ run_variant() {  # name, tree
   echo "$name: $((SECONDS - start)) s"
 }
 
-apply_into() {  # tree, variant name: its patches, "a+b" for a then b
-  local tree=$1 part
-  for part in ${2//+/ }; do
-    [ -e "$root/docs/experiments/$part.patch" ] && (cd "$tree" && patch -p1 -s <"$root/docs/experiments/$part.patch") \
-      || return 1
-  done
-}
-
 # The variants: VARIANTS as given (combinations "a+b" included), else main and
 # every patch.
 names=${VARIANTS:-main $(cd "$root/docs/experiments" 2>/dev/null && ls *.patch 2>/dev/null | sed 's/\.patch$//')}
 for name in $names; do
-  if [ "$name" = main ]; then
-    run_variant main "$root"
-    continue
-  fi
-  tree=$(mktemp -d)
-  cp -r "$root"/. "$tree"
-  if ! apply_into "$tree" "$name"; then
+  if ! tree=$(variant_tree "$name"); then
     echo "$name: a patch is missing or does not apply"
     continue
   fi
