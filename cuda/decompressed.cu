@@ -108,6 +108,16 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
   const int c_chunk = threadIdx.x % Tile::kCChunks, c_row0 = threadIdx.x / Tile::kCChunks;
   const int w_chunk = threadIdx.x % 8, w_row0 = threadIdx.x / 8;
   const u16* w_mine = static_cast<const u16*>(p.w) + static_cast<size_t>(h) * (DN + DV) + w_chunk * 8;
+  const size_t w_slice_ld = KC * w_ld;  // elements between two slices of W's rows
+  u32 c_dst[Tile::kCRows], w_dst[Tile::kWRows];
+  size_t w_row_off[Tile::kWRows];
+#pragma unroll
+  for (int j = 0; j < Tile::kCRows; ++j) c_dst[j] = CRows::offset(c_row0 + j * Tile::kCRowStep, c_chunk);
+#pragma unroll
+  for (int j = 0; j < Tile::kWRows; ++j) {
+    w_dst[j] = Tile::kCBytes + WRows::offset(w_row0 + j * Tile::kWRowStep, w_chunk);
+    w_row_off[j] = (w_row0 + j * Tile::kWRowStep) * w_ld;
+  }
   // The warp's share of a pass: 16 tokens (rows row0..) x column pairs pair0, pair0 + 1.
   const int row0 = 16 * (warp % 4), pair0 = 2 * (warp / 4);
   const RowWalk<KC / 8> a_row(0, row0 + (lane & 15), lane >> 4);
@@ -156,39 +166,39 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
     auto pass_cols = [](int pass) {
       return pass < kKeyPasses ? min(64, DN - 64 * pass) : min(64, DV - 64 * (pass - kKeyPasses));
     };
-    // The latent rows this thread copies in tile t (null: zeros), looked up
-    // once a tile instead of once a slice.
-    const u16* c_rows[Tile::kCRows];
+    // The latent rows this thread copies in tile t, looked up once a tile
+    // instead of once a slice; rows past n (or of a bad block) are zero-filled
+    // from a mapped address (their first row's chunk), so a step only adds
+    // its slice offset.
+    const u16* c_src[Tile::kCRows];
+    bool c_ok[Tile::kCRows];
     auto find_rows = [&](int t) {
 #pragma unroll
       for (int j = 0; j < Tile::kCRows; ++j) {
         const int r = c_row0 + j * Tile::kCRowStep;
-        c_rows[j] = r < BN ? cache_row(p, cache, b, n, t * BN + r, D) : nullptr;
+        const u16* row = r < BN ? cache_row(p, cache, b, n, t * BN + r, D) : nullptr;
+        c_ok[j] = row != nullptr;
+        c_src[j] = (c_ok[j] ? row : cache) + c_chunk * 8;
       }
     };
     // Copy step `step`'s C and W slices into its ring stage; one commit
     // group per step, empty past the last step, so waits count steps.
     auto stage_of = [&](int step) { return sStages + (step % STAGES) * Tile::kStageBytes; };
-    auto copy_step = [&](int step) {
+    auto copy_step = [&](unsigned step) {
       if (step < kSteps) {
-        const int pass = step / kSlices, slice = step % kSlices;
+        const unsigned pass = step / kSlices, slice = step % kSlices;
         const u32 stage = stage_of(step);
 #pragma unroll
-        for (int j = 0; j < Tile::kCRows; ++j) {
-          const int r = c_row0 + j * Tile::kCRowStep;
-          if (r < BN)
-            cp_async16(stage + CRows::offset(r, c_chunk), c_rows[j] != nullptr ? c_rows[j] + slice * KC + c_chunk * 8 : cache,
-                       c_rows[j] != nullptr);
-        }
+        for (int j = 0; j < Tile::kCRows; ++j)
+          if (c_row0 + j * Tile::kCRowStep < BN)
+            cp_async16(stage + c_dst[j], c_src[j] + slice * KC, c_ok[j]);
         const int col0 = pass < kKeyPasses ? 64 * pass : DN + 64 * (pass - kKeyPasses);
-        const u16* w_slice = w_mine + static_cast<size_t>(slice) * KC * w_ld + col0;
+        const u16* w_slice = w_mine + slice * w_slice_ld + col0;
         const bool chunk_live = Tile::kFullPasses || w_chunk < pass_cols(pass) / 8;
 #pragma unroll
-        for (int j = 0; j < Tile::kWRows; ++j) {
-          const int r = w_row0 + j * Tile::kWRowStep;
-          if (r < KC && chunk_live)
-            cp_async16(stage + Tile::kCBytes + WRows::offset(r, w_chunk), w_slice + r * w_ld, true);
-        }
+        for (int j = 0; j < Tile::kWRows; ++j)
+          if (w_row0 + j * Tile::kWRowStep < KC && chunk_live)
+            cp_async16(stage + w_dst[j], w_slice + w_row_off[j], true);
       }
       cp_async_commit();
     };
