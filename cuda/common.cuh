@@ -9,6 +9,11 @@ typedef unsigned long long u64;
 
 #define CUMLA_NEG_INF (-__int_as_float(0x7f800000))
 
+// Online softmax: how far (log2 units) a score may pass a row's exponent base
+// before the base moves and the row's accumulators are rescaled. P then stays
+// below 2^8, exact to the 16-bit P's relative precision.
+constexpr float kRescaleSlack = 8.f;
+
 // ---------------------------------------------------------------------------
 // Element types: tags with conversions and the matching mma instruction.
 struct bf16_t {

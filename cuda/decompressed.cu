@@ -281,13 +281,17 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
               T::mma(s[mi][1], a, bfrag[2], bfrag[3]);
             }
           }
-          // Online softmax on the score registers.
+          // Online softmax on the score registers. A row's exponent base
+          // moves only when a score passes it by more than kRescaleSlack
+          // (log2 units): P stays below 2^slack, exact enough in 16 bits and
+          // far from overflow, and once the maxima settle a warp whose rows
+          // all kept their base skips rescaling its O accumulators.
 #pragma unroll
           for (int mi = 0; mi < 2; ++mi) {
-            float base[2];
+            float base[2], alpha[2];
 #pragma unroll
             for (int hh = 0; hh < 2; ++hh) {
-              float m = run_max[mi][hh];
+              float m = CUMLA_NEG_INF;
 #pragma unroll
               for (int j = 0; j < 2; ++j)
 #pragma unroll
@@ -299,15 +303,20 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
                 }
               m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
               m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-              base[hh] = m == CUMLA_NEG_INF ? 0.f : m * p.scale_log2;
-              const float alpha = fast_exp2(run_max[mi][hh] * p.scale_log2 - base[hh]);
-              run_max[mi][hh] = m;
-              run_sum[mi][hh] *= alpha;
-#pragma unroll
-              for (int j = 0; j < 2 * kVPairs; ++j) {
-                acc_o[mi][j][2 * hh] *= alpha;
-                acc_o[mi][j][2 * hh + 1] *= alpha;
+              alpha[hh] = 1.f;
+              if (m * p.scale_log2 > run_max[mi][hh] * p.scale_log2 + kRescaleSlack) {  // false while both are -inf
+                alpha[hh] = fast_exp2((run_max[mi][hh] - m) * p.scale_log2);  // 0 from -inf
+                run_max[mi][hh] = m;
               }
+              // Rows that have seen nothing keep max -inf: exponentiate to 0.
+              base[hh] = run_max[mi][hh] == CUMLA_NEG_INF ? 0.f : run_max[mi][hh] * p.scale_log2;
+              run_sum[mi][hh] *= alpha[hh];
+            }
+            if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+              for (int j = 0; j < 2 * kVPairs; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc_o[mi][j][e] *= alpha[e / 2];
             }
 #pragma unroll
             for (int j = 0; j < 2; ++j)

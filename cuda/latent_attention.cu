@@ -226,16 +226,23 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
         if (tq == 0) sRed[wn * BM + wm * 16 + g + 8 * h] = tile_max[h];
       }
       __syncthreads();
+      // A row's exponent base moves only when the tile passes it by more
+      // than kRescaleSlack, so once the maxima settle most warps skip the
+      // rescale of their O accumulators (below). All WN warps of a row group
+      // read the same maxima and so take the same decisions.
       float alpha[2], base[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        float m = run_max[h];
+        float m = CUMLA_NEG_INF;
 #pragma unroll
         for (int w = 0; w < WN; ++w) m = fmaxf(m, sRed[w * BM + wm * 16 + g + 8 * h]);
-        // Rows that have seen nothing keep max -inf: scale by 1, exponentiate to 0.
-        base[h] = m == CUMLA_NEG_INF ? 0.f : m * p.scale_log2;
-        alpha[h] = fast_exp2(run_max[h] * p.scale_log2 - base[h]);
-        run_max[h] = m;
+        alpha[h] = 1.f;
+        if (m * p.scale_log2 > run_max[h] * p.scale_log2 + kRescaleSlack) {  // false while both are -inf
+          alpha[h] = fast_exp2((run_max[h] - m) * p.scale_log2);            // 0 from -inf
+          run_max[h] = m;
+        }
+        // Rows that have seen nothing keep max -inf: exponentiate to 0.
+        base[h] = run_max[h] == CUMLA_NEG_INF ? 0.f : run_max[h] * p.scale_log2;
         run_sum[h] *= alpha[h];
       }
       // P = exp2(s * scale_log2 - base) into shared memory as T.
@@ -248,15 +255,17 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
           run_sum[h] += p0 + p1;
           store_pair<T, BN / 8>(sP, wm * 16 + g + 8 * h, tok_base + j * 8 + 2 * tq, p0, p1);
         }
+      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
-      for (int j = 0; j < Tile::kPairsPerWarp; ++j)
+        for (int j = 0; j < Tile::kPairsPerWarp; ++j)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          acc[j][h][0] *= alpha[0];
-          acc[j][h][1] *= alpha[0];
-          acc[j][h][2] *= alpha[1];
-          acc[j][h][3] *= alpha[1];
-        }
+          for (int h = 0; h < 2; ++h) {
+            acc[j][h][0] *= alpha[0];
+            acc[j][h][1] *= alpha[0];
+            acc[j][h][2] *= alpha[1];
+            acc[j][h][3] *= alpha[1];
+          }
+      }
       __syncthreads();  // P complete
 
       // O[rows, my columns] += P V, V = first DV columns of the tile.

@@ -268,14 +268,20 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         }
       }
 
-      // Row maxima: m0 = max(m, rowmax S0) from warpgroup 0, then m1 = max(m0, rowmax S1).
-      // Rows that have seen nothing keep max -inf: scale by 0 or 1, exponentiate to 0.
+      // Row bases: m0 from warpgroup 0 (run_max, or rowmax S0), then m1 (m0, or
+      // rowmax S1); a base moves only when a score passes it by more than
+      // kRescaleSlack, so once the maxima settle the scale factors are 1 and
+      // rescale() skips its 128 multiplies. Rows that have seen nothing keep
+      // max -inf: scale by 0 or 1, exponentiate to 0.
       float m0[2], m1[2], scale0[2], scale1[2];
       auto offset_of = [&](float m) { return m == CUMLA_NEG_INF ? 0.f : m * p.scale_log2; };
+      auto next_base = [&](float old, float cand) {  // old while both are -inf
+        return cand * p.scale_log2 > old * p.scale_log2 + kRescaleSlack ? cand : old;
+      };
       if (wg == 0) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          m0[h] = fmaxf(run_max[h], base[h]);
+          m0[h] = next_base(run_max[h], base[h]);
           if (lane % 4 == 0) sM[r_lo + 8 * h] = m0[h];
         }
         mbar_arrive(xbar(X_M0));
@@ -284,7 +290,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           m0[h] = sM[r_lo + 8 * h];
-          m1[h] = fmaxf(m0[h], base[h]);
+          m1[h] = next_base(m0[h], base[h]);
           if (lane % 4 == 0) sM[Tile::BM + r_lo + 8 * h] = m1[h];
         }
         mbar_arrive(xbar(X_M1));
