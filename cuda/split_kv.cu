@@ -35,10 +35,17 @@ __device__ int block_scan(int batch, F f, int* out, int* scan, int* carry) {
 
 // One block of 1024 threads. tiles_b = ceil(len_b / tile). Two candidates:
 // whole requests, k = ceil(batch / num_parts) consecutive ones per part (no
-// combine step), or an even split, quota = ceil(total / num_parts) tiles per
-// part. The whole-request schedule wins unless its longest part exceeds the
-// split quota by more than 15%: the combine step and the extra partial
-// traffic cost about that much.
+// combine step), or an even split of the cost. The whole-request schedule
+// wins unless its longest part exceeds the split quota by more than 15%: the
+// combine step and the extra partial traffic cost about that much.
+//
+// The split counts each request as kSegmentCost fixed units followed by its
+// tiles and cuts that line into equal parts. The fixed units stand for what
+// a segment costs beyond its tiles: the query load, the first copies' latency
+// and the output or partial write. A part that starts several short requests
+// then gets fewer tiles than one inside a long request. Request b's tiles
+// occupy the cost range [prefix[b] + kSegmentCost, prefix[b + 1]).
+constexpr int kSegmentCost = 2;  // tiles' worth; a model of the uneven batches puts the best at 2
 extern "C" __global__ void __launch_bounds__(1024) make_schedule(
     const int* seqlens, int batch, int capacity, int tile, int num_parts, int* work,
     int* first_part, int* piece_base, int* prefix /* (batch + 1) */) {
@@ -66,16 +73,23 @@ extern "C" __global__ void __launch_bounds__(1024) make_schedule(
     }
     return;
   }
-  for (int b = threadIdx.x; b < batch; b += blockDim.x) first_part[b] = prefix[b] / quota;
+  // From here prefix[] holds cost positions; empty requests cost nothing.
+  const int cost = block_scan(batch, [&](int b) {
+    const int tiles = tiles_of(b);
+    return tiles > 0 ? tiles + kSegmentCost : 0;
+  }, prefix, scan, &carry);
+  const int cost_quota = max(1, (cost + num_parts - 1) / num_parts);
+  for (int b = threadIdx.x; b < batch; b += blockDim.x)
+    first_part[b] = prefix[b + 1] > prefix[b] ? (prefix[b] + kSegmentCost) / cost_quota : 0;
   block_scan(batch, [&](int b) {
-    const int lo = prefix[b], hi = prefix[b + 1];
-    return hi > lo ? (hi - 1) / quota - lo / quota + 1 : 0;
+    const int lo = prefix[b] + kSegmentCost, hi = prefix[b + 1];
+    return hi > lo ? (hi - 1) / cost_quota - lo / cost_quota + 1 : 0;
   }, piece_base, scan, &carry);
   for (int part = threadIdx.x; part < num_parts; part += blockDim.x) {
-    const int begin = part * quota, end = min(total, begin + quota);
+    const int begin = part * cost_quota, end = min(cost, begin + cost_quota);
     int* w = work + 4 * part;
     if (begin >= end) { w[0] = batch; w[1] = 0; w[2] = -1; w[3] = 0; continue; }
-    auto owner = [&](int x) {  // the request holding global tile x
+    auto owner = [&](int x) {  // the request holding cost position x
       int lo = 0, hi = batch - 1;
       while (lo < hi) {
         const int mid = (lo + hi) / 2;
@@ -83,9 +97,14 @@ extern "C" __global__ void __launch_bounds__(1024) make_schedule(
       }
       return lo;
     };
-    const int b0 = owner(begin), b1 = owner(end - 1);
-    w[0] = b0; w[1] = begin - prefix[b0];
-    w[2] = b1; w[3] = end - prefix[b1];
+    const int b0 = owner(begin);
+    int b1 = owner(end - 1), tile_end = end - prefix[b1] - kSegmentCost;
+    if (tile_end <= 0) {  // the part ends inside b1's fixed units: its last tiles are b1 - 1's
+      --b1;
+      tile_end = b1 >= 0 ? tiles_of(b1) : 0;
+    }
+    w[0] = b0; w[1] = max(0, begin - prefix[b0] - kSegmentCost);
+    w[2] = b1; w[3] = tile_end;
   }
 }
 
