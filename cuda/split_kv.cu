@@ -29,8 +29,9 @@ __device__ int block_scan(int batch, F f, int* out, int* scan, int* carry) {
     __syncthreads();
   }
   if (threadIdx.x == 0) out[0] = 0;
-  __syncthreads();
-  return *carry;
+  const int sum = *carry;
+  __syncthreads();  // every thread holds the sum before a following scan resets *carry
+  return sum;
 }
 
 // One block of 1024 threads. tiles_b = ceil(len_b / tile). Two candidates:
