@@ -401,41 +401,41 @@ def main(argv=None) -> int:
                         help="comma-separated extra sections among fp8,decompressed,serving "
                              "(default: all of them, none with --core-only)")
     args = parser.parse_args(argv)
+    known = set(EXTRAS.split(","))
+    extras = known if args.extras is None and not args.core_only else set(filter(None, (args.extras or "").split(",")))
+    if extras - known:
+        parser.error(f"unknown extras {sorted(extras - known)}; known: {EXTRAS}")
     rng = np.random.default_rng(0)
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     gpu = props["name"].decode()
     copy_bw = copy_bandwidth()
     mm_rate, via = matmul_rate()
     print(f"{gpu}: copy {copy_bw / 1e12:.2f} TB/s, bf16 matmul {mm_rate / 1e12:.0f} TFLOP/s ({via})", flush=True)
+    date = datetime.date.today().isoformat()
     rows = []
+    result = dict(date=date, gpu=gpu, copy_tb_s=copy_bw / 1e12, matmul_tflop_s=mm_rate / 1e12,
+                  matmul_via=via, cupy=cp.__version__, configs=rows, decompressed=None, serving=None, fp8=None)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"{date}-{gpu.replace(' ', '-')}")
+
+    def save() -> None:  # after every section, so a run stopped by a time limit keeps what it measured
+        with open(stem + ".json", "w") as f:
+            json.dump(result, f, indent=1)
+        with open(stem + ".md", "w") as f:
+            f.write(markdown(result))
+
     for name in args.configs:
         row = bench_config(name, CONFIGS[name], copy_bw, mm_rate, rng, not args.no_baseline, not args.core_only)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    known = set(EXTRAS.split(","))
-    extras = known if args.extras is None and not args.core_only else set(filter(None, (args.extras or "").split(",")))
-    if extras - known:
-        parser.error(f"unknown extras {sorted(extras - known)}; known: {EXTRAS}")
-    decompressed = serving = fp8 = None
-    if "fp8" in extras:
-        fp8 = bench_fp8(copy_bw, rng)
-        print(json.dumps(fp8), flush=True)
-    if "decompressed" in extras:
-        decompressed = bench_decompressed(mm_rate, rng)
-        print(json.dumps(decompressed), flush=True)
-    if "serving" in extras:
-        serving = bench_serving(copy_bw, rng)
-        print(json.dumps(serving), flush=True)
-    date = datetime.date.today().isoformat()
-    result = dict(date=date, gpu=gpu, copy_tb_s=copy_bw / 1e12, matmul_tflop_s=mm_rate / 1e12,
-                  matmul_via=via, cupy=cp.__version__, configs=rows, decompressed=decompressed,
-                  serving=serving, fp8=fp8)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"{date}-{gpu.replace(' ', '-')}")
-    with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(result))
+        save()
+    for key, measure in (("fp8", lambda: bench_fp8(copy_bw, rng)),
+                         ("decompressed", lambda: bench_decompressed(mm_rate, rng)),
+                         ("serving", lambda: bench_serving(copy_bw, rng))):
+        if key in extras:
+            result[key] = measure()
+            print(json.dumps(result[key]), flush=True)
+            save()
     print(markdown(result))
     return 0
 

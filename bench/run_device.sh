@@ -8,12 +8,24 @@
 # fetched outputs loses nothing.
 # cumla is installed (without dependencies) into a scratch folder first, as a
 # user would have it, so the CUDA sources come from the installed package.
-# Each stage has a time limit so one hung stage cannot eat the others' time.
+# Each stage has a time limit so one hung stage cannot eat the others' time,
+# and the whole call ends by DEADLINE seconds (default 570, under a 10-minute
+# call limit): a stage gets min(its limit, the time left) and is skipped, with
+# a note, when less than 20 s are left. The benchmark saves its results after
+# every section, so a stopped run keeps what it measured.
 set -u
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 log="$OUT/device.log"
 section() { printf '\n==== %s\n' "$1" >>"$log"; }
+DEADLINE=${DEADLINE:-570}
+# limit SECONDS: prints the time a stage may take (its limit or what is left
+# before DEADLINE); fails when under 20 s are left.
+limit() {
+  local left=$((DEADLINE - SECONDS))
+  [ "$left" -ge 20 ] || { echo "skipped: ${left} s left before DEADLINE=$DEADLINE" | tee -a "$log" >&2; return 1; }
+  echo $(( $1 < left ? $1 : left ))
+}
 site=$(mktemp -d)
 section install
 python3 -m pip install -q --no-deps --no-build-isolation --no-index --target "$site" . >>"$log" 2>&1 \
@@ -21,15 +33,16 @@ python3 -m pip install -q --no-deps --no-build-isolation --no-index --target "$s
 export PYTHONUNBUFFERED=1 PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 section gpu
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw,temperature.gpu --format=csv | tee -a "$log"
-if [ "${1:-}" != none ]; then
-  (cd tests && timeout 330 python3 -m pytest -q -rs -p no:cacheprovider -m gpu gpu ${1:+-k "$1"} 2>&1 &&
+if [ "${1:-}" != none ] && t=$(limit 330); then
+  (cd tests && timeout "$t" python3 -m pytest -q -rs -p no:cacheprovider -m gpu gpu ${1:+-k "$1"} 2>&1 &&
    python3 -m pytest -q -p no:cacheprovider test_kernels_compile.py -k warpgroup 2>&1) | tee "$OUT/gpu-tests.log"
 fi
-timeout 240 python3 bench/bench_gpu.py --out "$OUT" --configs "${2:-ABCDEF}" 2>&1 | tee "$OUT/bench.log"
+t=$(limit 300) && timeout "$t" python3 bench/bench_gpu.py --out "$OUT" --configs "${2:-ABCDEF}" 2>&1 | tee "$OUT/bench.log"
 if [ "${3:-1}" = 1 ]; then
   for tool in memcheck racecheck; do
     section "sanitizer $tool"
-    (cd tests && CUMLA_LINEINFO=1 timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 \
+    t=$(limit 120) || continue
+    (cd tests && CUMLA_LINEINFO=1 timeout "$t" compute-sanitizer --tool $tool --error-exitcode 9 \
        python3 -m pytest -q -p no:cacheprovider -m gpu gpu -k test_every_kernel_small 2>&1) \
        | grep -v "Host Frame\|host backtrace" | head -n 60 >>"$log"
   done
@@ -38,9 +51,12 @@ fi
 section distributed
 gpus=$(nvidia-smi -L | wc -l)
 for n in 1 $([ "$gpus" -ge 2 ] && echo 2); do
-  timeout 150 python3 -m cumla.launch -n $n bench/bench_distributed.py --out "$OUT" 2>&1 | tee -a "$log"
+  t=$(limit 150) || break
+  timeout "$t" python3 -m cumla.launch -n $n bench/bench_distributed.py --out "$OUT" 2>&1 | tee -a "$log"
 done
 section examples
-(python3 examples/mla_decode.py --batch 8 --seq-len 4096 --heads 128 && python3 examples/serve_loop.py --steps 100 &&
- python3 examples/serve_loop.py --steps 100 --fp8) \
-  2>&1 | tr '\r' '\n' | grep -v "steps$" | tee -a "$log"
+if t=$(limit 120); then
+  timeout "$t" bash -c "python3 examples/mla_decode.py --batch 8 --seq-len 4096 --heads 128 &&
+    python3 examples/serve_loop.py --steps 100 && python3 examples/serve_loop.py --steps 100 --fp8" \
+    2>&1 | tr '\r' '\n' | grep -v "steps$" | tee -a "$log"
+fi
