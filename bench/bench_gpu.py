@@ -338,7 +338,8 @@ def markdown(result) -> str:
     ]
     kernels = sorted({r["kernel"] for r in result["configs"]})
     lines[4:4] = [f"Kernel: {', '.join(kernels)}; the portable kernel's time on the same GPU beside it.",
-                  "Time: GPU time per call (schedule, attention, combine) of 10 planned calls replayed as one "
+                  "Time: GPU time per call (attention and combine; the plan's schedule is made once, outside) "
+                  "of 10 planned calls replayed as one "
                   "CUDA graph; eager call: one Python call between two events (host launch cost included); "
                   "host: Python time to enqueue one call; "
                   "decode: absorb + core + un-absorb, eager.", ""]
