@@ -183,3 +183,24 @@ __device__ __forceinline__ float fast_exp2(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
   return r;
 }
+
+// Lazy online-softmax bases (raw scores; scale_log2 turns them into log2
+// units). A row's base moves to a new maximum `cand` only when it passes the
+// base by more than kRescaleSlack, so once the maxima settle rows keep their
+// base and skip rescaling their accumulators. False while both are -inf.
+__device__ __forceinline__ bool base_moves(float base, float cand, float scale_log2) {
+  return cand * scale_log2 > base * scale_log2 + kRescaleSlack;
+}
+// Moves `base` to `cand` where base_moves says so; returns the factor the row's
+// sum and accumulators take: 1 when the base stays, 0 when it leaves -inf.
+__device__ __forceinline__ float move_base(float& base, float cand, float scale_log2) {
+  if (!base_moves(base, cand, scale_log2)) return 1.f;
+  const float alpha = fast_exp2((base - cand) * scale_log2);
+  base = cand;
+  return alpha;
+}
+// The exp2 offset of a base; rows that have seen nothing keep -inf and
+// exponentiate to 0 with offset 0.
+__device__ __forceinline__ float base_offset(float base, float scale_log2) {
+  return base == CUMLA_NEG_INF ? 0.f : base * scale_log2;
+}

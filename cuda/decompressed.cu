@@ -303,13 +303,8 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
                 }
               m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
               m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-              alpha[hh] = 1.f;
-              if (m * p.scale_log2 > run_max[mi][hh] * p.scale_log2 + kRescaleSlack) {  // false while both are -inf
-                alpha[hh] = fast_exp2((run_max[mi][hh] - m) * p.scale_log2);  // 0 from -inf
-                run_max[mi][hh] = m;
-              }
-              // Rows that have seen nothing keep max -inf: exponentiate to 0.
-              base[hh] = run_max[mi][hh] == CUMLA_NEG_INF ? 0.f : run_max[mi][hh] * p.scale_log2;
+              alpha[hh] = move_base(run_max[mi][hh], m, p.scale_log2);
+              base[hh] = base_offset(run_max[mi][hh], p.scale_log2);
               run_sum[mi][hh] *= alpha[hh];
             }
             if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {

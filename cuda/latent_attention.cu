@@ -236,13 +236,8 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
         float m = CUMLA_NEG_INF;
 #pragma unroll
         for (int w = 0; w < WN; ++w) m = fmaxf(m, sRed[w * BM + wm * 16 + g + 8 * h]);
-        alpha[h] = 1.f;
-        if (m * p.scale_log2 > run_max[h] * p.scale_log2 + kRescaleSlack) {  // false while both are -inf
-          alpha[h] = fast_exp2((run_max[h] - m) * p.scale_log2);            // 0 from -inf
-          run_max[h] = m;
-        }
-        // Rows that have seen nothing keep max -inf: exponentiate to 0.
-        base[h] = run_max[h] == CUMLA_NEG_INF ? 0.f : run_max[h] * p.scale_log2;
+        alpha[h] = move_base(run_max[h], m, p.scale_log2);
+        base[h] = base_offset(run_max[h], p.scale_log2);
         run_sum[h] *= alpha[h];
       }
       // P = exp2(s * scale_log2 - base) into shared memory as T.

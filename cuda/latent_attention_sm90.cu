@@ -274,10 +274,8 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
       // rescale() skips its 128 multiplies. Rows that have seen nothing keep
       // max -inf: scale by 0 or 1, exponentiate to 0.
       float m0[2], m1[2], scale0[2], scale1[2];
-      auto offset_of = [&](float m) { return m == CUMLA_NEG_INF ? 0.f : m * p.scale_log2; };
-      auto next_base = [&](float old, float cand) {  // old while both are -inf
-        return cand * p.scale_log2 > old * p.scale_log2 + kRescaleSlack ? cand : old;
-      };
+      auto offset_of = [&](float m) { return base_offset(m, p.scale_log2); };
+      auto next_base = [&](float old, float cand) { return base_moves(old, cand, p.scale_log2) ? cand : old; };
       if (wg == 0) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
