@@ -456,7 +456,7 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention_f32(const __gri
 #pragma unroll
       for (int off = 8; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));  // the row's 16 lanes
       m = fmaxf(m, run_max);
-      const float base = m == CUMLA_NEG_INF ? 0.f : m * p.scale_log2;
+      const float base = base_offset(m, p.scale_log2);
       const float alpha = fast_exp2(run_max * p.scale_log2 - base), pr = fast_exp2(s * p.scale_log2 - base);
       float sum = pr;
 #pragma unroll
