@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# One call on a CUDA machine: GPU tests, the benchmark, then compute-sanitizer
+# One call on a CUDA machine: GPU tests, the benchmark, the warpgroup MMA
+# rates (bench/mma_rates.py, Hopper only), then compute-sanitizer
 # on the small every-kernel test, the distributed benchmark and the examples.
 #   OUT=/tmp/out bash bench/run_device.sh [pytest -k expression | none] [configs] [sanitize: 1|0]
 # Writes to $OUT: gpu-tests.log, bench.log, the results (.md, .json,
-# distributed-<N>gpu.json) and device.log (GPU, install, sanitizer, distributed
-# and example output, in sections), few files so that a file-count limit on
-# fetched outputs loses nothing.
+# distributed-<N>gpu.json, mma-rates.json on Hopper) and device.log (GPU,
+# install, MMA rates, sanitizer, distributed and example output, in sections),
+# few files so that a file-count limit on fetched outputs loses nothing.
 # cumla is installed (without dependencies) into a scratch folder first, as a
 # user would have it, so the CUDA sources come from the installed package.
 # Each stage has a time limit so one hung stage cannot eat the others' time,
@@ -38,6 +39,10 @@ if [ "${1:-}" != none ] && t=$(limit 330); then
    python3 -m pytest -q -p no:cacheprovider test_kernels_compile.py -k warpgroup 2>&1) | tee "$OUT/gpu-tests.log"
 fi
 t=$(limit 300) && timeout "$t" python3 bench/bench_gpu.py --out "$OUT" --configs "${2:-ABCDEF}" 2>&1 | tee "$OUT/bench.log"
+if [ "$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1)" = 9.0 ]; then
+  section "warpgroup MMA rates"
+  t=$(limit 60) && timeout "$t" python3 bench/mma_rates.py --out "$OUT" 2>&1 | tee -a "$log"
+fi
 if [ "${3:-1}" = 1 ]; then
   for tool in memcheck racecheck; do
     section "sanitizer $tool"

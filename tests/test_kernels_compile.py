@@ -114,3 +114,19 @@ def test_shared_memory_sizes_match_the_kernels():
         code = _kernels.source(file) + "".join(f'\nstatic_assert({c}, "{c}");' for c in checks)
         result = _compile.compile_source(NVRTC, code, _kernels.options("sm_90a"), (), verbose=False)
         assert result.ok, result.log
+
+
+def test_mma_rate_benchmark_compiles_without_serialised_mmas():
+    """bench/mma_rates.py's kernels build, and ptxas keeps their MMAs
+    asynchronous (C7519 reports a wgmma pipeline it serialised)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "mma_rates.py"
+    spec = importlib.util.spec_from_file_location("mma_rates", path)
+    rates = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rates)
+    names = tuple(dict.fromkeys(rates.kernel_name(a, b) for _, a, b in rates.CASES))
+    result = _compile.compile_source(NVRTC, rates.source(), _kernels.options("sm_90a"), names)
+    assert result.ok, result.log
+    assert "C7519" not in result.log, result.log

@@ -1,0 +1,63 @@
+// Rates of the warpgroup MMA shapes the Hopper kernel issues, one warpgroup
+// alone and two at once on one SM (sharing the tensor cores and the
+// shared-memory bandwidth). Compiled after hopper.cuh by bench/mma_rates.py.
+//
+// OP 0: A and B from shared memory, B K-major (the scores: 64 query rows x N tokens);
+// OP 1: A from registers, B N-major (P V with P from registers);
+// OP 2: A and B from shared memory, B N-major (P V with P from shared memory).
+// Operand values do not matter for the rate, only the access pattern: both
+// are the 128-byte-swizzled tiles the kernel reads.
+
+namespace {
+constexpr int kBatch = 16;                // MMAs per commit group
+constexpr int kRegionBytes = 64 * 1024;   // one warpgroup's operands: A (8 KB), then B (up to 32 KB)
+constexpr int kBOffset = 8 * 1024;
+
+template <int N, int OP>
+__device__ __forceinline__ void run_ops(u32 region, int reps, float* sink) {
+  const u32 a[4] = {0u, 0u, 0u, 0u};
+  const u64 da = wgmma_desc(region, 16, 1024);
+  // K-major B: N rows of 128 bytes; N-major B: 64-column blocks of 64 K rows.
+  const u64 db = OP == 0 ? wgmma_desc(region + kBOffset, 16, 1024) : wgmma_desc(region + kBOffset, 64 * 128, 1024);
+  float d[N / 2];
+#pragma unroll
+  for (int i = 0; i < N / 2; ++i) d[i] = 0.f;
+  for (int r = 0; r < reps; ++r) {
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const u32 k_step = ((k % 4) * 32) >> 4;           // 16 K elements along a 128-byte row
+      const u32 row_step = ((k % 4) * 16 * 128) >> 4;   // 16 K rows of an N-major tile
+      if constexpr (OP == 0) Wgmma<N>::template run<bf16_t, 0>(d, da + k_step, db + k_step, 1);
+      if constexpr (OP == 1) Wgmma<N>::template run<bf16_t, 1>(d, a, db + row_step, 1);
+      if constexpr (OP == 2) Wgmma<N>::template run<bf16_t, 1>(d, da + k_step, db + row_step, 1);
+    }
+    wgmma_commit();
+    wgmma_wait<1>();
+  }
+  wgmma_wait<0>();
+  fence_registers(d);
+  if (reps < 0) sink[threadIdx.x] = d[0];  // never: keeps the accumulators live
+}
+}  // namespace
+
+// Warpgroup 0 runs (N0, OP0), warpgroup 1 (if launched) (N1, OP1); each
+// writes the clock cycles its loop took to cycles[2 * block + warpgroup].
+template <int N0, int OP0, int N1, int OP1>
+__global__ void __launch_bounds__(256, 1) mma_rates(long long* cycles, float* sink, int reps) {
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const u32 base = (smem_addr(smem) + 1023u) & ~1023u;
+  for (int i = threadIdx.x; i < 2 * kRegionBytes / 16; i += blockDim.x)
+    asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};" ::"r"(base + 16 * i), "r"(0));
+  fence_async_shared();
+  __syncthreads();
+  const int wg = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);  // uniform for ptxas
+  const long long start = clock64();
+  if (wg == 0) {
+    run_ops<N0, OP0>(base, reps, sink);
+  } else {
+    run_ops<N1, OP1>(base + kRegionBytes, reps, sink);
+  }
+  const long long stop = clock64();
+  if (threadIdx.x % 128 == 0) cycles[2 * blockIdx.x + wg] = stop - start;
+}

@@ -1,0 +1,106 @@
+"""Cycles per warpgroup MMA of the Hopper kernel's shapes, alone and in pairs.
+
+The Hopper kernel's time is set by how its two warpgroups share the tensor
+cores and the shared-memory bandwidth; bench/seesaw_model.py assumes a
+score MMA (64 x 64 x 16, both operands in shared memory) takes 32 cycles
+(the shared-memory limit, 4 KB at 128 B/cycle) and a P V MMA (64 x 256 x 16)
+128 cycles (the tensor peak). This measures them, and what two warpgroups
+issuing at once get, one CTA per SM:
+
+    python bench/mma_rates.py [--out DIR]      # on a Hopper GPU; prints a table
+
+Dense bf16 peak: 4096 FLOP per cycle and SM (989 TFLOP/s at 1.83 GHz).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+from cumla import _kernels  # noqa: E402
+
+SOURCE = ROOT / "mma_rates.cu"
+PEAK_FLOP_PER_CYCLE = 4096
+SMEM_BYTES = 2 * 64 * 1024 + 1024
+REPS = 400
+BATCH = 16  # mma_rates.cu's kBatch
+OPS = {0: "scores (A, B K-major in smem)", 1: "P V (A in registers)", 2: "P V (A in smem)"}
+
+# (name, warpgroup 0's (N, OP), warpgroup 1's or None)
+CASES = [
+    ("scores N=64", (64, 0), None),
+    ("scores N=128", (128, 0), None),
+    ("scores N=256", (256, 0), None),
+    ("P V from registers N=256", (256, 1), None),
+    ("P V from smem N=256", (256, 2), None),
+    ("scores N=64 + scores N=64", (64, 0), (64, 0)),
+    ("scores N=64 + P V from registers", (64, 0), (256, 1)),
+    ("scores N=64 + P V from smem", (64, 0), (256, 2)),
+    ("scores N=128 + P V from registers", (128, 0), (256, 1)),
+    ("P V from registers + P V from registers", (256, 1), (256, 1)),
+]
+
+
+def kernel_name(first: tuple[int, int], second: tuple[int, int] | None) -> str:
+    n1, op1 = second or first
+    return f"mma_rates<{first[0]}, {first[1]}, {n1}, {op1}>"
+
+
+def source() -> str:
+    """hopper.cuh (with common.cuh) inlined, then the benchmark kernels."""
+    return _kernels.source("hopper.cuh") + "\n" + SOURCE.read_text()
+
+
+def smem_bytes_per_mma(n: int, op: int) -> int:
+    a = 0 if op == 1 else 64 * 16 * 2
+    return a + n * 16 * 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="folder for mma-rates.json")
+    args = parser.parse_args()
+    import cupy as cp
+
+    names = tuple(dict.fromkeys(kernel_name(a, b) for _, a, b in CASES))
+    module = cp.RawModule(code=source(), options=_kernels.options("sm_90a"), name_expressions=names)
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    cycles = cp.zeros(2 * sms, dtype=cp.int64)
+    sink = cp.zeros(256, dtype=cp.float32)
+    rows = []
+    print("| case | warpgroup | cycles per MMA | FLOP/cycle/SM (both) | % of dense peak | smem B/cycle (both) |")
+    print("|---|---|---|---|---|---|")
+    for name, first, second in CASES:
+        kernel = module.get_function(kernel_name(first, second))
+        kernel.max_dynamic_shared_size_bytes = SMEM_BYTES
+        threads = 256 if second else 128
+        for _ in range(2):  # the first launch warms the clocks up
+            kernel((sms,), (threads,), (cycles, sink, np.int32(REPS)), shared_mem=SMEM_BYTES)
+        cp.cuda.Device().synchronize()
+        per_wg = cycles.get().reshape(sms, 2)
+        ops = [first] + ([second] if second else [])
+        flop = smem = 0.0
+        result = {"case": name, "warpgroups": []}
+        for wg, (n, op) in enumerate(ops):
+            per_mma = float(np.median(per_wg[:, wg])) / (REPS * BATCH)
+            flop += 2 * 64 * n * 16 / per_mma
+            smem += smem_bytes_per_mma(n, op) / per_mma
+            result["warpgroups"].append({"n": n, "op": OPS[op], "cycles_per_mma": per_mma})
+        result.update(flop_per_cycle=flop, smem_bytes_per_cycle=smem)
+        rows.append(result)
+        for wg, entry in enumerate(result["warpgroups"]):
+            both = f"{flop:.0f} | {100 * flop / PEAK_FLOP_PER_CYCLE:.0f}% | {smem:.0f}" if wg == 0 else " | | "
+            print(f"| {name if wg == 0 else ''} | {wg}: {entry['op']}, N={entry['n']} | {entry['cycles_per_mma']:.1f} | {both} |")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "mma-rates.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
