@@ -1,0 +1,56 @@
+"""Where a kernel's warps wait: the per-instruction stall samples of an ncu
+source page (the .csv bench/profile_device.sh writes), the instructions with
+the most samples and each one's main stall reasons.
+
+    python bench/ncu_stalls.py ncu-A-main.csv [--top 40]
+
+Samples that no listed reason accounts for are shown as "other" (on Hopper
+that is the GMMA stall, which the csv has no column for).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+SAMPLES = "Warp Stall Sampling (All Samples)"
+EXECUTED = "Instructions Executed"
+
+
+def read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and instruction rows of an ncu ``--page source --csv`` export."""
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    header_at = next(i for i, row in enumerate(rows) if SAMPLES in row)
+    return rows[header_at], rows[header_at + 1:]
+
+
+def number(text: str) -> int:
+    return int(text.replace(",", "")) if text not in ("", "-") else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("csv", type=Path)
+    parser.add_argument("--top", type=int, default=40)
+    args = parser.parse_args()
+    header, rows = read_rows(args.csv)
+    col = {name: i for i, name in enumerate(header)}
+    reasons = [h for h in header if h.startswith("stall_") and "Not Issued" not in h]
+    total = sum(number(r[col[SAMPLES]]) for r in rows)
+    print(f"{args.csv.name}: {total} samples over {len(rows)} instructions")
+    print("| index | samples | share | executed | instruction | main reasons |")
+    print("|---|---|---|---|---|---|")
+    ranked = sorted(range(len(rows)), key=lambda i: -number(rows[i][col[SAMPLES]]))[:args.top]
+    for i in ranked:
+        row = rows[i]
+        samples = number(row[col[SAMPLES]])
+        counts = {h[len("stall_"):]: number(row[col[h]]) for h in reasons}
+        counts["other"] = samples - sum(counts.values())
+        main_reasons = ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:3] if v > 0)
+        print(f"| {i} | {samples} | {100 * samples / max(total, 1):.1f}% | {row[col[EXECUTED]]} | "
+              f"`{row[col['Source']].strip()[:64]}` | {main_reasons} |")
+
+
+if __name__ == "__main__":
+    main()
