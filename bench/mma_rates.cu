@@ -4,7 +4,9 @@
 //
 // OP 0: A and B from shared memory, B K-major (the scores: 64 query rows x N tokens);
 // OP 1: A from registers, B N-major (P V with P from registers);
-// OP 2: A and B from shared memory, B N-major (P V with P from shared memory).
+// OP 2: A and B from shared memory, B N-major (P V with P from shared memory);
+// OP 3: no MMA: bulk copies (the TMA's path) of 16 KB from global memory (an
+//       L2-resident buffer) into shared memory, two in flight (N unused).
 // Operand values do not matter for the rate, only the access pattern: both
 // are the 128-byte-swizzled tiles the kernel reads.
 
@@ -12,6 +14,23 @@ namespace {
 constexpr int kBatch = 16;                // MMAs per commit group
 constexpr int kRegionBytes = 64 * 1024;   // one warpgroup's operands: A (8 KB), then B (up to 32 KB)
 constexpr int kBOffset = 8 * 1024;
+constexpr int kCopyBytes = 16 * 1024;     // OP 3: one copy (two fill the region's first 32 KB)
+
+// OP 3: thread 0 of the warpgroup issues `reps` copies, each waiting for the
+// one two before it (two barriers, used in turn).
+__device__ __forceinline__ void run_copies(u32 region, const void* src, u32 bars, int reps) {
+  if (threadIdx.x % 128 != 0) return;
+  for (int r = 0; r < reps; ++r) {
+    const u32 bar = bars + 8 * (r % 2);
+    if (r >= 2) mbar_wait(bar, ((r - 2) / 2) & 1);
+    mbar_expect_bytes(bar, kCopyBytes);
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     region + (r % 2) * kCopyBytes),
+                 "l"(src), "r"(kCopyBytes), "r"(bar)
+                 : "memory");
+  }
+  for (int r = reps > 2 ? reps - 2 : 0; r < reps; ++r) mbar_wait(bars + 8 * (r % 2), (r / 2) & 1);
+}
 
 template <int N, int OP>
 __device__ __forceinline__ void run_ops(u32 region, int reps, float* sink) {
@@ -43,20 +62,26 @@ __device__ __forceinline__ void run_ops(u32 region, int reps, float* sink) {
 
 // Warpgroup 0 runs (N0, OP0), warpgroup 1 (if launched) (N1, OP1); each
 // writes the clock cycles its loop took to cycles[2 * block + warpgroup].
+// `src`: kCopyBytes of global memory for OP 3.
 template <int N0, int OP0, int N1, int OP1>
-__global__ void __launch_bounds__(256, 1) mma_rates(long long* cycles, float* sink, int reps) {
+__global__ void __launch_bounds__(256, 1) mma_rates(long long* cycles, float* sink, const void* src, int reps) {
   extern __shared__ __align__(1024) unsigned char smem[];
   const u32 base = (smem_addr(smem) + 1023u) & ~1023u;
+  const u32 bars = base + 2 * kRegionBytes;  // two copy barriers per warpgroup
   for (int i = threadIdx.x; i < 2 * kRegionBytes / 16; i += blockDim.x)
     asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};" ::"r"(base + 16 * i), "r"(0));
+  if (threadIdx.x < 4) mbar_init(bars + 8 * threadIdx.x, 1);
+  mbar_init_fence();
   fence_async_shared();
   __syncthreads();
   const int wg = __shfl_sync(0xffffffffu, threadIdx.x / 128, 0);  // uniform for ptxas
   const long long start = clock64();
   if (wg == 0) {
-    run_ops<N0, OP0>(base, reps, sink);
+    if constexpr (OP0 == 3) run_copies(base, src, bars, reps);
+    else run_ops<N0, OP0>(base, reps, sink);
   } else {
-    run_ops<N1, OP1>(base + kRegionBytes, reps, sink);
+    if constexpr (OP1 == 3) run_copies(base + kRegionBytes, src, bars + 16, reps);
+    else run_ops<N1, OP1>(base + kRegionBytes, reps, sink);
   }
   const long long stop = clock64();
   if (threadIdx.x % 128 == 0) cycles[2 * blockIdx.x + wg] = stop - start;

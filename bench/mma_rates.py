@@ -4,8 +4,9 @@ The Hopper kernel's time is set by how its two warpgroups share the tensor
 cores and the shared-memory bandwidth; bench/seesaw_model.py assumes a
 score MMA (64 x 64 x 16, both operands in shared memory) takes 32 cycles
 (the shared-memory limit, 4 KB at 128 B/cycle) and a P V MMA (64 x 256 x 16)
-128 cycles (the tensor peak). This measures them, and what two warpgroups
-issuing at once get, one CTA per SM:
+128 cycles (the tensor peak). This measures them, what two warpgroups
+issuing at once get, and what bulk copies into shared memory (the path of
+the kernel's TMA refills, from L2 here) do to them, one CTA per SM:
 
     python bench/mma_rates.py [--out DIR]      # on a Hopper GPU; prints a table
 
@@ -27,10 +28,13 @@ from cumla import _kernels  # noqa: E402
 
 SOURCE = ROOT / "mma_rates.cu"
 PEAK_FLOP_PER_CYCLE = 4096
-SMEM_BYTES = 2 * 64 * 1024 + 1024
+SMEM_BYTES = 2 * 64 * 1024 + 1024 + 32  # two regions, alignment, four copy barriers
 REPS = 400
 BATCH = 16  # mma_rates.cu's kBatch
-OPS = {0: "scores (A, B K-major in smem)", 1: "P V (A in registers)", 2: "P V (A in smem)"}
+COPY_BYTES = 16 * 1024  # mma_rates.cu's kCopyBytes
+COPIES = 3  # the OP that copies instead of multiplying
+OPS = {0: "scores (A, B K-major in smem)", 1: "P V (A in registers)", 2: "P V (A in smem)",
+       COPIES: "bulk copies global -> smem"}
 
 # (name, warpgroup 0's (N, OP), warpgroup 1's or None)
 CASES = [
@@ -44,6 +48,9 @@ CASES = [
     ("scores N=64 + P V from smem", (64, 0), (256, 2)),
     ("scores N=128 + P V from registers", (128, 0), (256, 1)),
     ("P V from registers + P V from registers", (256, 1), (256, 1)),
+    ("copies", (0, COPIES), None),
+    ("scores N=64 + copies", (64, 0), (0, COPIES)),
+    ("P V from registers + copies", (256, 1), (0, COPIES)),
 ]
 
 
@@ -57,7 +64,10 @@ def source() -> str:
     return _kernels.source("hopper.cuh") + "\n" + SOURCE.read_text()
 
 
-def smem_bytes_per_mma(n: int, op: int) -> int:
+def smem_bytes_per_op(n: int, op: int) -> int:
+    """Shared-memory bytes one MMA reads, or one copy writes."""
+    if op == COPIES:
+        return COPY_BYTES
     a = 0 if op == 1 else 64 * 16 * 2
     return a + n * 16 * 2
 
@@ -73,30 +83,32 @@ def main() -> None:
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]
     cycles = cp.zeros(2 * sms, dtype=cp.int64)
     sink = cp.zeros(256, dtype=cp.float32)
+    src = cp.zeros(COPY_BYTES // 4, dtype=cp.float32)
     rows = []
-    print("| case | warpgroup | cycles per MMA | FLOP/cycle/SM (both) | % of dense peak | smem B/cycle (both) |")
+    print("| case | warpgroup | cycles per MMA (or copy) | FLOP/cycle/SM (both) | % of dense peak | smem B/cycle (both) |")
     print("|---|---|---|---|---|---|")
     for name, first, second in CASES:
         kernel = module.get_function(kernel_name(first, second))
         kernel.max_dynamic_shared_size_bytes = SMEM_BYTES
         threads = 256 if second else 128
         for _ in range(2):  # the first launch warms the clocks up
-            kernel((sms,), (threads,), (cycles, sink, np.int32(REPS)), shared_mem=SMEM_BYTES)
+            kernel((sms,), (threads,), (cycles, sink, src, np.int32(REPS)), shared_mem=SMEM_BYTES)
         cp.cuda.Device().synchronize()
         per_wg = cycles.get().reshape(sms, 2)
         ops = [first] + ([second] if second else [])
         flop = smem = 0.0
         result = {"case": name, "warpgroups": []}
         for wg, (n, op) in enumerate(ops):
-            per_mma = float(np.median(per_wg[:, wg])) / (REPS * BATCH)
-            flop += 2 * 64 * n * 16 / per_mma
-            smem += smem_bytes_per_mma(n, op) / per_mma
-            result["warpgroups"].append({"n": n, "op": OPS[op], "cycles_per_mma": per_mma})
+            per_op = float(np.median(per_wg[:, wg])) / (REPS * (1 if op == COPIES else BATCH))
+            flop += 0 if op == COPIES else 2 * 64 * n * 16 / per_op
+            smem += smem_bytes_per_op(n, op) / per_op
+            result["warpgroups"].append({"n": n, "op": OPS[op], "cycles_per_op": per_op})
         result.update(flop_per_cycle=flop, smem_bytes_per_cycle=smem)
         rows.append(result)
         for wg, entry in enumerate(result["warpgroups"]):
             both = f"{flop:.0f} | {100 * flop / PEAK_FLOP_PER_CYCLE:.0f}% | {smem:.0f}" if wg == 0 else " | | "
-            print(f"| {name if wg == 0 else ''} | {wg}: {entry['op']}, N={entry['n']} | {entry['cycles_per_mma']:.1f} | {both} |")
+            shape = "" if entry["op"] == OPS[COPIES] else f", N={entry['n']}"
+            print(f"| {name if wg == 0 else ''} | {wg}: {entry['op']}{shape} | {entry['cycles_per_op']:.1f} | {both} |")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "mma-rates.json").write_text(json.dumps(rows, indent=1))
