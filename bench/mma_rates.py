@@ -59,6 +59,11 @@ def kernel_name(first: tuple[int, int], second: tuple[int, int] | None) -> str:
     return f"mma_rates<{first[0]}, {first[1]}, {n1}, {op1}>"
 
 
+def kernel_names() -> tuple[str, ...]:
+    """Every kernel the cases launch, once each."""
+    return tuple(dict.fromkeys(kernel_name(a, b) for _, a, b in CASES))
+
+
 def source() -> str:
     """hopper.cuh (with common.cuh) inlined, then the benchmark kernels."""
     return _kernels.source("hopper.cuh") + "\n" + SOURCE.read_text()
@@ -78,8 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     import cupy as cp
 
-    names = tuple(dict.fromkeys(kernel_name(a, b) for _, a, b in CASES))
-    module = cp.RawModule(code=source(), options=_kernels.options("sm_90a"), name_expressions=names)
+    module = cp.RawModule(code=source(), options=_kernels.options("sm_90a"), name_expressions=kernel_names())
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]
     cycles = cp.zeros(2 * sms, dtype=cp.int64)
     sink = cp.zeros(256, dtype=cp.float32)
