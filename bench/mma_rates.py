@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent))
+from cumla import _kernels
 
-from cumla import _kernels  # noqa: E402
-
-SOURCE = ROOT / "mma_rates.cu"
+SOURCE = Path(__file__).resolve().parent / "mma_rates.cu"
 PEAK_FLOP_PER_CYCLE = 4096
 SMEM_BYTES = 2 * 64 * 1024 + 1024 + 32  # two regions, alignment, four copy barriers
 REPS = 400
