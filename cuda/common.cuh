@@ -171,10 +171,24 @@ struct RowWalk {
   __device__ __forceinline__ u32 at(int k4, int u) const { return base + k4 * 128 + swz[u]; }
 };
 
-// Store two floats as one packed pair of T at element `col` of row `row`.
-template <class T, int ROW_CHUNKS>
+// A 128-byte-swizzled tile of ROWS rows: 64-element (128-byte) column blocks
+// of ROWS x 128 bytes one after another; inside a block, 16-byte unit u of
+// row r sits at unit u ^ (r % 8) (the layout TMA's SWIZZLE_128B writes and
+// wgmma reads). The tile must start at a 1024-byte boundary.
+template <int ROWS>
+struct Swizzle128 {
+  static constexpr int kBlockBytes = ROWS * 128;
+  static __device__ __forceinline__ u32 offset(int row, int chunk) {
+    return static_cast<u32>((chunk >> 3) * kBlockBytes + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
+  }
+  __host__ __device__ static constexpr int bytes(int blocks) { return blocks * kBlockBytes; }
+};
+
+// Store two floats as one packed pair of T at element `col` of row `row` of a
+// tile laid out by Rows.
+template <class T, int ROW_CHUNKS, class Rows = SwizzledRows<ROW_CHUNKS>>
 __device__ __forceinline__ void store_pair(u32 tile, int row, int col, float lo, float hi) {
-  const u32 addr = tile + SwizzledRows<ROW_CHUNKS>::offset(row, col / 8) + (col % 8) * 2;
+  const u32 addr = tile + Rows::offset(row, col / 8) + (col % 8) * 2;
   asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(T::pack(lo, hi)));
 }
 

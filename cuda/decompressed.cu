@@ -14,30 +14,61 @@
 //      and O += P V (P reused from the score registers as mma A fragments).
 // Outputs and partials use the same layout and combine step as the absorbed
 // kernel, with rows = Sq * H ordered (query, head).
+//
+// WGMMA (Hopper, sm_90a): both steps on warpgroup MMAs instead.
+//   1. Warpgroup g computes a whole 64-column pass (64 tokens x 64 columns,
+//      32 accumulators a thread) with wgmma m64n64k16 reading the latent
+//      slice (A, K-major) and its W slice (B, N-major) straight from shared
+//      memory; the two warpgroups take passes 2r and 2r + 1 of round r, so a
+//      ring stage holds one latent slice and two W slices.
+//   2. Warpgroup g attends query rows [128g, 128g + 128) in two 64-row
+//      blocks over the whole tile: S = Q K^T (m64n64k16, both from shared
+//      memory), the online softmax in registers, O += P V (m64nDVk16, P from
+//      registers, V N-major from shared memory).
+// Q, K and V are then the 128-byte-swizzled blocks wgmma reads (Swizzle128),
+// and every tile starts at a 1024-byte boundary.
 #include "common.cuh"
 #include "params.cuh"
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#include "hopper.cuh"
+#endif
 
 namespace {
 
-template <int L, int R, int DN, int DV, int KC, int STAGES>
+template <bool B, class X, class Y>
+struct Pick {
+  using type = X;
+};
+template <class X, class Y>
+struct Pick<false, X, Y> {
+  using type = Y;
+};
+
+template <int L, int R, int DN, int DV, int KC, int STAGES, bool WGMMA = false>
 struct DecompTile {
   static constexpr int BN = 64, BM = 256, kThreads = 256;
   static constexpr int QK = DN + R;
-  using QRows = SwizzledRows<QK / 8>;   // queries and keys [K_nope | rope]
-  using VRows = SwizzledRows<DV / 8>;
+  // Queries and keys [K_nope | rope], and values: rows for ldmatrix, or the
+  // 128-byte-swizzled blocks of the warpgroup MMAs (the same bytes).
+  using QRows = typename Pick<WGMMA, Swizzle128<BM>, SwizzledRows<QK / 8>>::type;
+  using KRows = typename Pick<WGMMA, Swizzle128<BN>, SwizzledRows<QK / 8>>::type;
+  using VRows = typename Pick<WGMMA, Swizzle128<BN>, SwizzledRows<DV / 8>>::type;
   using CRows = SwizzledRows<KC / 8>;   // one KC-wide slice of the latent tile
   using WRows = SwizzledRows<8>;        // one KC-row slice of a 64-column block of W_h
-  static constexpr int kQBytes = QRows::bytes(BM);
-  static constexpr int kKBytes = QRows::bytes(BN);
-  static constexpr int kVBytes = VRows::bytes(BN);
+  static constexpr int kQBytes = SwizzledRows<QK / 8>::bytes(BM);
+  static constexpr int kKBytes = SwizzledRows<QK / 8>::bytes(BN);
+  static constexpr int kVBytes = SwizzledRows<DV / 8>::bytes(BN);
   static constexpr int kCBytes = CRows::bytes(BN);
   static constexpr int kWBytes = WRows::bytes(KC);
-  static constexpr int kStageBytes = kCBytes + kWBytes;
-  static constexpr int kSmemBytes = kQBytes + kKBytes + kVBytes + STAGES * kStageBytes;
+  static constexpr int kPassesPerStep = WGMMA ? 2 : 1;  // W slices per ring stage (one per warpgroup)
+  static constexpr int kStageBytes = kCBytes + kPassesPerStep * kWBytes;
+  static constexpr int kAlign = WGMMA ? 1024 : 0;       // wgmma's swizzle is anchored at 1024-byte boundaries
+  static constexpr int kSmemBytes = kAlign + kQBytes + kKBytes + kVBytes + STAGES * kStageBytes;
   static constexpr int kSlices = L / KC;
   // Decompression passes: 64-column blocks of K_nope (W_uk_h), then of V (W_uv_h).
   static constexpr int kKeyPasses = (DN + 63) / 64, kPasses = kKeyPasses + (DV + 63) / 64;
-  static constexpr int kSteps = kPasses * kSlices;  // slice copies per tile
+  static constexpr int kRounds = kPasses / kPassesPerStep;  // passes at once: one per warpgroup with WGMMA
+  static constexpr int kSteps = kRounds * kSlices;          // slice copies per tile
   static constexpr bool kFullPasses = DN % 64 == 0 && DV % 64 == 0;  // every pass 64 columns wide
   // Each thread's share of a step's copies: chunk (tid % chunks) of rows
   // tid / chunks + j * (kThreads / chunks).
@@ -49,6 +80,10 @@ struct DecompTile {
   static_assert(STAGES >= 2 && STAGES <= kSteps, "slice ring");
   static_assert(DN % 16 == 0 && DV % 16 == 0 && QK % 16 == 0, "head dims must be multiples of 16");
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
+  static_assert(!WGMMA || (KC == 64 && kFullPasses && kPasses % 2 == 0 && (DV == 64 || DV == 128) &&
+                           kQBytes == (QK + 63) / 64 * BM * 128 && kKBytes == (QK + 63) / 64 * BN * 128 &&
+                           kVBytes == DV / 64 * BN * 128),
+                "the warpgroup-MMA path needs 128-byte slices, an even number of full passes and Dv of 64 or 128");
 };
 
 // acc[16 tokens x 32 columns of this warp] += C slice @ W slice of one ring
@@ -77,20 +112,24 @@ __device__ __forceinline__ void decompress_slice(float (&acc)[2][2][4], u32 stag
 
 }  // namespace
 
-template <class T, int L, int R, int DN, int DV, int KC, int STAGES>
+template <class T, int L, int R, int DN, int DV, int KC, int STAGES, bool WGMMA = false>
 __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_constant__ AttnParams p) {
-  using Tile = DecompTile<L, R, DN, DV, KC, STAGES>;
+  using Tile = DecompTile<L, R, DN, DV, KC, STAGES, WGMMA>;
   using QRows = typename Tile::QRows;
+  using KRows = typename Tile::KRows;
   using VRows = typename Tile::VRows;
   using CRows = typename Tile::CRows;
   using WRows = typename Tile::WRows;
   constexpr int BN = Tile::BN, BM = Tile::BM, QK = Tile::QK, D = L + R;
   constexpr int kVPairs = DV / 16;
   constexpr int kKeyPasses = Tile::kKeyPasses, kSlices = Tile::kSlices, kSteps = Tile::kSteps;
+#if !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  static_assert(!WGMMA, "the warpgroup-MMA decompression is compiled for sm_90a only");
+#endif
 
   extern __shared__ __align__(128) unsigned char smem[];
   require_dynamic_smem(Tile::kSmemBytes);
-  const u32 sQ = smem_addr(smem);
+  const u32 sQ = WGMMA ? (smem_addr(smem) + 1023u) & ~1023u : smem_addr(smem);
   const u32 sK = sQ + Tile::kQBytes;
   const u32 sV = sK + Tile::kKBytes;
   const u32 sStages = sV + Tile::kVBytes;       // STAGES x [C slice | W slice]
@@ -138,7 +177,7 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
     cp_async_wait<0>();
     __syncthreads();
     const u16* q_b = q + ((static_cast<size_t>(b) * p.q_len + i0) * p.heads + h) * QK;
-    load_rows<QK / 8>(sQ, BM, 0, q, [&](int r) {
+    load_rows<QK / 8, QK / 8, QRows>(sQ, BM, 0, q, [&](int r) {
       return r < live ? q_b + static_cast<size_t>(r) * p.heads * QK : nullptr;
     });
     cp_async_commit();
@@ -152,13 +191,20 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
         for (int e = 0; e < 4; ++e) acc_o[mi][j][e] = 0.f;
     float run_max[2][2], run_sum[2][2];
     int limit[2][2];
+    // This thread's query rows (of the CTA's BM) in acc_o[mi], row hh of its
+    // fragments: warp w's 32 rows for mma.sync; with WGMMA, warpgroup g's
+    // 64-row block mi, whose accumulators (acc_o[mi] flattened) map rows and
+    // columns the same way.
+    auto row_of = [&](int mi, int hh) {
+      return WGMMA ? 128 * (warp / 4) + 64 * mi + 16 * (warp % 4) + g + 8 * hh : 32 * warp + 16 * mi + g + 8 * hh;
+    };
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         run_max[mi][hh] = CUMLA_NEG_INF;
         run_sum[mi][hh] = 0.f;
-        const int i = i0 + 32 * warp + 16 * mi + g + 8 * hh;
+        const int i = i0 + row_of(mi, hh);
         limit[mi][hh] = p.causal ? n - p.q_len + i + 1 : n;
       }
     const bool warp_live = 32 * warp < live;
@@ -186,19 +232,23 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
     auto stage_of = [&](int step) { return sStages + (step % STAGES) * Tile::kStageBytes; };
     auto copy_step = [&](unsigned step) {
       if (step < kSteps) {
-        const unsigned pass = step / kSlices, slice = step % kSlices;
+        const unsigned round = step / kSlices, slice = step % kSlices;
         const u32 stage = stage_of(step);
 #pragma unroll
         for (int j = 0; j < Tile::kCRows; ++j)
           if (c_row0 + j * Tile::kCRowStep < BN)
             cp_async16(stage + c_dst[j], c_src[j] + slice * KC, c_ok[j]);
-        const int col0 = pass < kKeyPasses ? 64 * pass : DN + 64 * (pass - kKeyPasses);
-        const u16* w_slice = w_mine + slice * w_slice_ld + col0;
-        const bool chunk_live = Tile::kFullPasses || w_chunk < pass_cols(pass) / 8;
 #pragma unroll
-        for (int j = 0; j < Tile::kWRows; ++j)
-          if (w_row0 + j * Tile::kWRowStep < KC && chunk_live)
-            cp_async16(stage + w_dst[j], w_slice + w_row_off[j], true);
+        for (int wp = 0; wp < Tile::kPassesPerStep; ++wp) {  // the W slice of each pass of the round
+          const int pass = round * Tile::kPassesPerStep + wp;
+          const int col0 = pass < kKeyPasses ? 64 * pass : DN + 64 * (pass - kKeyPasses);
+          const u16* w_slice = w_mine + slice * w_slice_ld + col0;
+          const bool chunk_live = Tile::kFullPasses || w_chunk < pass_cols(pass) / 8;
+#pragma unroll
+          for (int j = 0; j < Tile::kWRows; ++j)
+            if (w_row0 + j * Tile::kWRowStep < KC && chunk_live)
+              cp_async16(stage + wp * Tile::kWBytes + w_dst[j], w_slice + w_row_off[j], true);
+        }
       }
       cp_async_commit();
     };
@@ -214,49 +264,156 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
       // slices streamed through the ring (started by the previous tile).
       auto token = [&](int r) { return cache_row(p, cache, b, n, t * BN + r, D); };
       __syncthreads();  // the previous tile's readers of sK/sV are done
-      if constexpr (R > 0) load_rows<QK / 8, R / 8>(sK, BN, DN / 8, cache, [&](int r) {
+      if constexpr (R > 0) load_rows<QK / 8, R / 8, KRows>(sK, BN, DN / 8, cache, [&](int r) {
         const u16* row = token(r);
         return row != nullptr ? row + L : nullptr;
       });
       int step = 0;
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+      if constexpr (WGMMA) {
+        // Round r: warpgroup g computes pass 2r + g, 64 tokens x 64 columns.
+        const int group = warp / 4;
 #pragma unroll 1
-      for (int pass = 0; pass < Tile::kPasses; ++pass) {
-        const int cols = pass_cols(pass);
-        const bool pair_live[2] = {pair0 < cols / 16, pair0 + 1 < cols / 16};
-        float acc[2][2][4];
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc[j][0][e] = acc[j][1][e] = 0.f;
+        for (int round = 0; round < Tile::kRounds; ++round) {
+          float acc[32] = {};
 #pragma unroll 1
-        for (int slice = 0; slice < kSlices; ++slice, ++step) {
-          cp_async_wait<STAGES - 2>();  // this step's slices have landed (for this thread)
-          __syncthreads();              // ... for all threads; the stage refilled next was read at step - 1
-          copy_step(step + STAGES - 1);
-          const u32 stage = stage_of(step);
-          decompress_slice<T, KC, Tile::kFullPasses>(acc, stage, a_row, b_off, pair_live);
-        }
-        // This block of columns is complete: store it as T.
-        const bool keys = pass < kKeyPasses;
-        const int col0 = 64 * (keys ? pass : pass - kKeyPasses);
+          for (int slice = 0; slice < kSlices; ++slice, ++step) {
+            cp_async_wait<STAGES - 2>();  // this step's slices have landed (for this thread)
+            fence_async_shared();         // ... and are visible to the MMAs' async proxy
+            __syncthreads();              // ... for all threads; the stage refilled next was read at step - 1
+            copy_step(step + STAGES - 1);
+            const u32 stage = stage_of(step);
+            const u64 c_desc = wgmma_desc(stage, 16, 1024);  // A: the latent slice, K-major
+            const u64 w_desc = wgmma_desc(stage + Tile::kCBytes + group * Tile::kWBytes, 64 * 128, 1024);  // B: N-major
+            wgmma_fence();
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          if (!Tile::kFullPasses && !pair_live[j]) continue;
+            for (int k = 0; k < KC / 16; ++k)
+              Wgmma<64>::template run<T, 1>(acc, c_desc + ((k * 32) >> 4), w_desc + ((k * 16 * 128) >> 4),
+                                            slice > 0 || k > 0);
+            wgmma_commit();
+            wgmma_wait<0>();
+            fence_registers(acc);
+          }
+          // Registers 4j + 2hh, 4j + 2hh + 1 hold row 16 (warp % 4) + g + 8hh, columns 8j + 2tq, + 1.
+          const int pass = 2 * round + group;
+          const bool keys = pass < kKeyPasses;
+          const int col0 = 64 * (keys ? pass : pass - kKeyPasses);
 #pragma unroll
-          for (int half = 0; half < 2; ++half)
+          for (int j = 0; j < 8; ++j)
 #pragma unroll
             for (int hh = 0; hh < 2; ++hh) {
-              const int col = col0 + 16 * (pair0 + j) + 8 * half + 2 * tq, row = row0 + g + 8 * hh;
-              const float lo = acc[j][half][2 * hh], hi = acc[j][half][2 * hh + 1];
-              if (keys) store_pair<T, QK / 8>(sK, row, col, lo, hi);
-              else store_pair<T, DV / 8>(sV, row, col, lo, hi);
+              const int col = col0 + 8 * j + 2 * tq, row = 16 * (warp % 4) + g + 8 * hh;
+              const float lo = acc[4 * j + 2 * hh], hi = acc[4 * j + 2 * hh + 1];
+              if (keys) store_pair<T, QK / 8, KRows>(sK, row, col, lo, hi);
+              else store_pair<T, DV / 8, VRows>(sV, row, col, lo, hi);
             }
+        }
+      } else  // the portable passes
+#endif
+      {
+#pragma unroll 1
+        for (int pass = 0; pass < Tile::kPasses; ++pass) {
+          const int cols = pass_cols(pass);
+          const bool pair_live[2] = {pair0 < cols / 16, pair0 + 1 < cols / 16};
+          float acc[2][2][4];
+#pragma unroll
+          for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[j][0][e] = acc[j][1][e] = 0.f;
+#pragma unroll 1
+          for (int slice = 0; slice < kSlices; ++slice, ++step) {
+            cp_async_wait<STAGES - 2>();  // this step's slices have landed (for this thread)
+            __syncthreads();              // ... for all threads; the stage refilled next was read at step - 1
+            copy_step(step + STAGES - 1);
+            const u32 stage = stage_of(step);
+            decompress_slice<T, KC, Tile::kFullPasses>(acc, stage, a_row, b_off, pair_live);
+          }
+          // This block of columns is complete: store it as T.
+          const bool keys = pass < kKeyPasses;
+          const int col0 = 64 * (keys ? pass : pass - kKeyPasses);
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            if (!Tile::kFullPasses && !pair_live[j]) continue;
+#pragma unroll
+            for (int half = 0; half < 2; ++half)
+#pragma unroll
+              for (int hh = 0; hh < 2; ++hh) {
+                const int col = col0 + 16 * (pair0 + j) + 8 * half + 2 * tq, row = row0 + g + 8 * hh;
+                const float lo = acc[j][half][2 * hh], hi = acc[j][half][2 * hh + 1];
+                if (keys) store_pair<T, QK / 8, KRows>(sK, row, col, lo, hi);
+                else store_pair<T, DV / 8, VRows>(sV, row, col, lo, hi);
+              }
+          }
         }
       }
       cp_async_wait<0>();  // the RoPE part of K (only empty step groups remain)
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+      if constexpr (WGMMA) fence_async_shared();  // K and V, written through the generic proxy, are read by wgmma
+#endif
       __syncthreads();  // K and V are complete; the ring is free
       if (t + 1 < t1) start_tile(t + 1);  // the next tile's first slices load while this one is attended
 
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+      if constexpr (WGMMA) {
+        // ---- 2. attend: warpgroup g its two 64-row blocks, the whole tile at
+        // once (rows past the live queries hold zeros and are not written).
+        const int group = __shfl_sync(0xffffffffu, warp / 4, 0);  // uniform for ptxas
+        const u64 k_desc = wgmma_desc(sK, 16, 1024), v_desc = wgmma_desc(sV, 64 * 128, 1024);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          const u64 q_desc = wgmma_desc(sQ + (128 * group + 64 * mi) * 128, 16, 1024);
+          float s[32];
+          wgmma_fence();
+#pragma unroll
+          for (int k = 0; k < QK / 16; ++k)
+            Wgmma<64>::template run<T, 0>(s, q_desc + (((k / 4) * QRows::kBlockBytes + (k % 4) * 32) >> 4),
+                                          k_desc + (((k / 4) * KRows::kBlockBytes + (k % 4) * 32) >> 4), k > 0);
+          wgmma_commit();
+          wgmma_wait<0>();
+          fence_registers(s);
+          // Online softmax as below; s[k] holds row (k / 2) & 1, token 8 (k / 4) + 2tq + (k & 1).
+          float base[2], alpha[2];
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            float m = CUMLA_NEG_INF;
+#pragma unroll
+            for (int j = 0; j < 16; ++j) {
+              const int k = 4 * (j / 2) + 2 * hh + (j & 1), tok = t * BN + 8 * (j / 2) + 2 * tq + (j & 1);
+              if (tok >= limit[mi][hh]) s[k] = CUMLA_NEG_INF;
+              m = fmaxf(m, s[k]);
+            }
+            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+            alpha[hh] = move_base(run_max[mi][hh], m, p.scale_log2);
+            base[hh] = base_offset(run_max[mi][hh], p.scale_log2);
+            run_sum[mi][hh] *= alpha[hh];
+          }
+          if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+            for (int j = 0; j < 2 * kVPairs; ++j)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) acc_o[mi][j][e] *= alpha[e / 2];
+          }
+          u32 pa[16];  // P as the A operand: pa[4kk..4kk + 3] for tokens 16kk..
+#pragma unroll
+          for (int k = 0; k < 32; ++k) {
+            s[k] = fast_exp2(s[k] * p.scale_log2 - base[(k / 2) & 1]);
+            run_sum[mi][(k / 2) & 1] += s[k];
+          }
+#pragma unroll
+          for (int k = 0; k < 16; ++k) pa[k] = T::pack(s[2 * k], s[2 * k + 1]);
+          float(&o)[DV / 2] = *reinterpret_cast<float(*)[DV / 2]>(&acc_o[mi][0][0]);
+          wgmma_fence();
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk)
+            Wgmma<DV>::template run<T, 1>(o, *reinterpret_cast<const u32(*)[4]>(pa + 4 * kk),
+                                          v_desc + ((kk * 16 * 128) >> 4), 1);
+          wgmma_commit();
+          wgmma_wait<0>();
+          fence_registers(o);
+        }
+      } else  // the mma.sync attention
+#endif
       // ---- 2. attend: each warp its 32 query rows, the tile in 16-token quarters.
       if (warp_live) {
 #pragma unroll 1
@@ -272,7 +429,7 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
 #pragma unroll 2
           for (int k = 0; k < QK / 16; ++k) {
             u32 bfrag[4];
-            ldsm_x4(bfrag, sK + QRows::offset(tok0 + (lane & 7) + ((lane >> 4) << 3), 2 * k + ((lane >> 3) & 1)));
+            ldsm_x4(bfrag, sK + KRows::offset(tok0 + (lane & 7) + ((lane >> 4) << 3), 2 * k + ((lane >> 3) & 1)));
 #pragma unroll
             for (int mi = 0; mi < 2; ++mi) {
               u32 a[4];
@@ -352,7 +509,7 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
         float total = run_sum[mi][hh];
         total += __shfl_xor_sync(0xffffffffu, total, 1);
         total += __shfl_xor_sync(0xffffffffu, total, 2);
-        const int i = i0 + 32 * warp + 16 * mi + g + 8 * hh;
+        const int i = i0 + row_of(mi, hh);
         if (i >= p.q_len) continue;
         const int row = i * p.heads + h;
         const float lse = total > 0.f ? run_max[mi][hh] * p.scale + logf(total) : CUMLA_NEG_INF;

@@ -5,19 +5,6 @@
 #pragma once
 #include "common.cuh"
 
-// A 128-byte-swizzled tile of ROWS rows: 64-element (128-byte) column blocks
-// of ROWS x 128 bytes one after another; inside a block, 16-byte unit u of
-// row r sits at unit u ^ (r % 8) (the layout TMA's SWIZZLE_128B writes and
-// wgmma reads). The tile must start at a 1024-byte boundary.
-template <int ROWS>
-struct Swizzle128 {
-  static constexpr int kBlockBytes = ROWS * 128;
-  static __device__ __forceinline__ u32 offset(int row, int chunk) {
-    return static_cast<u32>((chunk >> 3) * kBlockBytes + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
-  }
-  __host__ __device__ static constexpr int bytes(int blocks) { return blocks * kBlockBytes; }
-};
-
 // Shared-memory matrix descriptor for a 128-byte-swizzled operand at `addr`:
 // `lead` and `stride` are the byte offsets between core-matrix groups along
 // the leading and the strided dimension (see PTX ISA, wgmma descriptors).

@@ -181,7 +181,8 @@ def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: flo
     """
     batch, q_len, heads, _ = q.shape
     rows, v_dim = q_len * heads, problem.v_dim
-    spec = decompressed_kernel(problem.dtype, problem.latent_dim, problem.rope_dim, problem.nope_dim, v_dim)
+    spec = decompressed_kernel(problem.dtype, problem.latent_dim, problem.rope_dim, problem.nope_dim, v_dim,
+                               _arch_of(cp.cuda.Device().id))
     o = out if out is not None else cp.empty((batch, q_len, heads, v_dim), dtype=problem.dtype)
     lse = cp.empty((batch, q_len, heads), dtype=np.float32)
     if batch == 0:

@@ -234,11 +234,29 @@ def _rows_bytes(rows: int, width: int) -> int:
     return rows * (-(-width // 64) * 64) * 2
 
 
+def decompresses_on_wgmma(dtype: np.dtype, latent: int, nope: int, v_dim: int, arch: str) -> bool:
+    """Whether the decompressed kernel runs on warpgroup MMAs (its decompression
+    and its attention): Hopper, 16-bit inputs, at least two 64-wide latent
+    slices (the ring's two stages), an even number of 64-column passes and
+    Dv of 64 or 128 (the output's registers); DeepSeek's dims among them."""
+    return (arch == "sm_90a" and USE_HOPPER_KERNEL and element_of(dtype) != "f32_t" and latent % 64 == 0
+            and latent >= 128 and nope % 64 == 0 and v_dim in (64, 128) and (nope // 64 + v_dim // 64) % 2 == 0)
+
+
+def decompressed_kernel(dtype: np.dtype, latent: int, rope: int, nope: int, v_dim: int,
+                        arch: str = "sm_80") -> DecompressedKernel:
+    """The decompressed kernel for a dtype, dims and arch: tensor cores for 16-bit
+    inputs (L, R, Dn, Dv multiples of 16; warpgroup MMAs for the decompression
+    on Hopper where :func:`decompresses_on_wgmma`), CUDA cores in float32 for
+    float32 inputs (any dims)."""
+    return _decompressed_kernel(np.dtype(dtype), latent, rope, nope, v_dim,
+                                decompresses_on_wgmma(dtype, latent, nope, v_dim, arch))
+
+
 @lru_cache(maxsize=None)
-def decompressed_kernel(dtype: np.dtype, latent: int, rope: int, nope: int, v_dim: int) -> DecompressedKernel:
-    """The decompressed kernel for a dtype and dims: tensor cores for 16-bit
-    inputs (L, R, Dn, Dv multiples of 16), CUDA cores in float32 for float32
-    inputs (any dims). Cached: decode asks every call."""
+def _decompressed_kernel(dtype: np.dtype, latent: int, rope: int, nope: int, v_dim: int,
+                         wgmma: bool) -> DecompressedKernel:
+    """decompressed_kernel's choice; cached: decode asks every call."""
     element = element_of(dtype)
     if element != "f32_t" and any(d % 16 for d in (latent, rope, nope, v_dim)):
         raise ValueError(f"16-bit decompressed kernels need L, R, Dn, Dv multiples of 16, "
@@ -251,14 +269,16 @@ def decompressed_kernel(dtype: np.dtype, latent: int, rope: int, nope: int, v_di
         queries = 16
     else:
         slice_ = 64 if latent % 64 == 0 else 32 if latent % 32 == 0 else 16
-        fixed = _rows_bytes(256, qk) + _rows_bytes(64, qk) + _rows_bytes(64, v_dim)
-        stage = _rows_bytes(64, slice_) + _rows_bytes(slice_, 64)  # one latent slice and one W slice
+        w_slices = 2 if wgmma else 1  # W slices per stage: one per warpgroup's pass with warpgroup MMAs
+        fixed = (1024 if wgmma else 0) + _rows_bytes(256, qk) + _rows_bytes(64, qk) + _rows_bytes(64, v_dim)
+        stage = _rows_bytes(64, slice_) + w_slices * _rows_bytes(slice_, 64)  # a latent slice and W slice(s)
         passes = -(-nope // 64) + -(-v_dim // 64)  # 64-column blocks of K_nope, then of V
-        steps = (latent // slice_) * passes
+        steps = (latent // slice_) * passes // w_slices
         # A ring of up to DECOMPRESSED_STAGES slice stages (at least 2), as many as fit.
         stages = max(2, min(DECOMPRESSED_STAGES, steps, (SMEM_LIMIT - fixed) // stage))
         smem = fixed + stages * stage
-        name = f"decompressed_attention<{element}, {latent}, {rope}, {nope}, {v_dim}, {slice_}, {stages}>"
+        name = (f"decompressed_attention<{element}, {latent}, {rope}, {nope}, {v_dim}, {slice_}, {stages}"
+                f"{', true' if wgmma else ''}>")
         queries = 256
     if smem > SMEM_LIMIT:
         raise ValueError(f"L = {latent}, Dn+R = {qk}, Dv = {v_dim} need {smem} bytes of shared memory, "
@@ -288,5 +308,8 @@ def check_matrix() -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
     for dtype in (BFLOAT16, np.dtype(np.float16), np.dtype(np.float32)):
         for dims in ((512, 64, 128, 128), (48, 0, 32, 16)):
             out.append(("decompressed.cu", (decompressed_kernel(dtype, *dims).name,), CHECK_ARCHS))
+    for dtype in (BFLOAT16, np.dtype(np.float16)):  # the decompression on warpgroup MMAs
+        for dims in ((512, 64, 128, 128), (128, 0, 64, 64)):
+            out.append(("decompressed.cu", (decompressed_kernel(dtype, *dims, "sm_90a").name,), ("sm_90a",)))
     out.append(("decompressed.cu", (decompressed_kernel(np.float32, 20, 6, 10, 7).name,), CHECK_ARCHS))
     return out

@@ -104,11 +104,12 @@ def test_shared_memory_sizes_match_the_kernels():
             hopper = _kernels.hopper_kernel(dtype, dim, v_dim)
             if hopper is not None:
                 probes.setdefault(hopper.file, []).append(f"HopperTile<{dim}, {v_dim}>::kSmemBytes == {hopper.smem}")
-        for dims in ((512, 64, 128, 128), (48, 0, 32, 16), (96, 32, 64, 32)):
-            spec = _kernels.decompressed_kernel(dtype, *dims)
-            latent, rope, nope, v_dim, slice_, stages = _args(spec.name)[1:]
-            probes.setdefault("decompressed.cu", []).append(
-                f"DecompTile<{latent}, {rope}, {nope}, {v_dim}, {slice_}, {stages}>::kSmemBytes == {spec.smem}")
+        for dims, arch in (((512, 64, 128, 128), "sm_80"), ((48, 0, 32, 16), "sm_80"), ((96, 32, 64, 32), "sm_80"),
+                           ((512, 64, 128, 128), "sm_90a"), ((128, 64, 64, 64), "sm_90a")):
+            spec = _kernels.decompressed_kernel(dtype, *dims, arch)
+            tile = ", ".join(_args(spec.name)[1:])  # L, R, Dn, Dv, slice, stages[, warpgroup MMAs]
+            assert (arch == "sm_90a") == tile.endswith("true"), spec.name
+            probes.setdefault("decompressed.cu", []).append(f"DecompTile<{tile}>::kSmemBytes == {spec.smem}")
     assert len(probes) == 3 and sum(map(len, probes.values())) >= 60
     for file, checks in probes.items():
         code = _kernels.source(file) + "".join(f'\nstatic_assert({c}, "{c}");' for c in checks)

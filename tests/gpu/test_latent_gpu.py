@@ -117,9 +117,10 @@ def test_deepseek_dims_with_every_split(dtype, heads, q_len, seqlens, block, par
     (256, (4096,), None, True),
     (5, (1000, 63), 1, False),
 ])
-def test_decompressed_deepseek_dims(dtype, q_len, seqlens, block, causal):
+def test_decompressed_deepseek_dims(dtype, q_len, seqlens, block, causal, kernel_family):
     """The tiled-decompression kernels at DeepSeek dims (tensor cores for 16-bit
-    inputs, CUDA cores for float32): several query tiles, causal, paged."""
+    inputs, on warpgroup MMAs on Hopper; CUDA cores for
+    float32): several query tiles, causal, paged."""
     case = MLACase(len(seqlens), q_len, 4, seqlens=tuple(seqlens), capacity=max(seqlens), block_size=block,
                    causal=causal, dtype=dtype, scale=None, squeeze=False, seed=8, **DEEPSEEK)
     args = make_inputs(case, cupy())
@@ -176,6 +177,14 @@ def test_every_kernel_small():
         o, lse = cumla.latent_attention(**args, plan=plan, return_lse=True)
         ref_o, ref_lse = reference.latent_attention(**on_host(args))
         assert_close(o, ref_o, "bfloat16", lse, ref_lse)
+    # Dims the decompressed kernel runs on warpgroup MMAs on Hopper (two 64-column passes, Dv 64).
+    for block in (None, 16):
+        case = MLACase(2, 3, 2, latent_dim=128, rope_dim=16, nope_dim=64, v_dim=64, seqlens=(150, 40),
+                       capacity=150, block_size=block, causal=True, dtype="bfloat16", scale=None, squeeze=False,
+                       seed=3)
+        dargs = make_inputs(case, cp)
+        assert_close(cumla.decode(**dargs, strategy="decompressed"), reference.decode(**on_host(dargs))[0],
+                     "bfloat16")
 
 
 def test_two_runs_are_bit_identical():
