@@ -1,53 +1,105 @@
 """Timeline model of the Hopper kernel's seesaw: cycles per pair of 64-token tiles.
 
 The two warpgroups run their per-pair programs (cuda/latent_attention_sm90.cu,
-H = 128, DeepSeek dims); their MMA batches share the tensor cores (the
-oldest batch of each warpgroup runs, and those running split the rate
-evenly), everything else occupies only the warpgroup that runs it, and the
-exchanges (m0, m1, P0, P1) are one-way signals. Copies: a stage's group is
-refilled when its last reader is done and lands `latency` cycles later; the
-next pair's scores wait for it (group A's four blocks first, then group B's
-five). Durations are counts, not measurements: the score batch is 36 HGMMA
-64x64x16 at the shared-memory limit (4 KB per 32 cycles), a P V batch 4
-HGMMA 64x256x16 at the tensor peak; the CUDA-core steps are SASS
-instruction counts at ~2 cycles each. Shared-memory and L2 bandwidth are
-outside it; bench/mma_rates.py measures the MMA durations it assumes.
+H = 128, DeepSeek dims); their MMA batches share the tensor cores, everything
+else occupies only the warpgroup that runs it, and the exchanges (m0, m1, P0,
+P1) are one-way signals. Copies: a stage's group is refilled when its last
+reader is done and lands `latency` cycles later; the next pair's scores wait
+for it (group A's four blocks first, then group B's five).
 
-    python bench/seesaw_model.py          # the kernel's order and a staggered one, by copy latency
+MMA timing is measured (bench/mma_rates.py, H200): each warpgroup's oldest
+batch runs; alone, an instruction takes its solo time; with the other
+warpgroup's batch running, the two advance by the paired times (the tensor
+pipe alternates the warpgroups' instructions). Kinds: "S" a score MMA
+64x64x16 (both operands in shared memory), "RS"/"SS" a P V MMA 64x256x16
+with P from registers / shared memory. The CUDA-core steps are SASS
+instruction counts at ~2 cycles each. Shared-memory and L2 bandwidth are
+outside it.
+
+    python bench/seesaw_model.py          # the kernel's order and its variants, by copy latency
 """
 from __future__ import annotations
 
-SCORES, PRODUCT = 1152.0, 512.0  # tensor cycles of one warpgroup's score batch / one P V batch
-MAX, EXP, STORE_P, REFILL, SCALE = 80, 250, 180, 60, 40  # CUDA-core steps (cycles)
-GROUP_A = 4 / 9  # share of a tile's score MMAs on group A's blocks (the scoring warpgroup's V half)
+SOLO = {"S": 32.1, "RS": 185.4, "SS": 128.1}  # cycles per MMA alone
+# Cycles per MMA of each kind while the other warpgroup runs the other kind.
+# mma_rates runs the same count n on both warpgroups. S + SS measured 117.1 /
+# 160.1 per MMA over each loop: the scores ended first (117.1 n cycles), the
+# P V then ran alone at 128.1 for the last 43.0 n cycles (0.34 n MMAs), so
+# paired it did 0.66 n MMAs in 117.1 n cycles: 177 each. The other pairs
+# ended together.
+PAIRED = {
+    ("S", "S"): (64.1, 61.7), ("RS", "S"): (186.8, 184.9), ("S", "SS"): (117.1, 177.0),
+    ("RS", "RS"): (256.1, 256.1), ("RS", "SS"): (256.0, 256.0), ("SS", "SS"): (256.0, 256.0),
+}  # RS+SS and SS+SS not measured: both at the tensor peak assumed
+DENSE = {"S": 32.0, "RS": 128.0, "SS": 128.0}  # cycles of each MMA at the dense peak
+SCORE_MMAS, GROUP_A_MMAS, PV_MMAS = 36, 16, 4  # per tile; group A: the scoring warpgroup's V half (4 blocks)
+MAX, EXP, STORE_P, REFILL, SCALE, SYNC = 80, 250, 180, 60, 40, 30  # CUDA-core steps (cycles)
+VARIANTS = {  # own: each warpgroup's own P V kind; p0_late: warpgroup 0 signals the scaled P0
+    # only after its own product (P0 shares one tile); early: see programs()
+    "as written": dict(own=("RS", "RS"), p0_late=False, early=False),
+    "own P from smem, P0 one tile": dict(own=("SS", "SS"), p0_late=True, early=False),
+    "own P from smem, P0 two tiles": dict(own=("SS", "SS"), p0_late=False, early=False),
+    "warpgroup 1's own P from smem": dict(own=("RS", "SS"), p0_late=False, early=False),
+    "warpgroup 0's own P from smem": dict(own=("SS", "RS"), p0_late=False, early=False),
+    "next scores early": dict(own=("RS", "RS"), p0_late=False, early=True),
+}
 
 
-def program(wg: int, stagger: bool) -> list[tuple]:
-    """One pair's steps of warpgroup ``wg``; ``stagger``: warpgroup 1 scores after m0."""
-    s = f"S{wg}"
-    scores = [("copy", wg, "A"), ("issue", s + "a", SCORES * GROUP_A),
-              ("copy", wg, "B"), ("issue", s + "b", SCORES * (1 - GROUP_A)), ("wait", s + "b")]
-    if wg == 0:
-        return scores + [("cpu", MAX), ("signal", "m0"), ("cpu", EXP), ("issue", "P0V0L", PRODUCT),
-                         ("wait_signal", "m1"), ("cpu", SCALE + STORE_P), ("signal", "P0"),
-                         ("wait", "P0V0L"), ("cpu", REFILL), ("refill", 0, "A"),
-                         ("wait_signal", "P1"), ("issue", "P1V1L", PRODUCT), ("wait", "P1V1L"), ("cpu", REFILL),
-                         ("refill", 1, "B")]
-    first = [("wait_signal", "m0")] if stagger else []
-    return first + scores + [("wait_signal", "m0"), ("cpu", MAX), ("signal", "m1"), ("cpu", EXP + STORE_P),
-                             ("signal", "P1"), ("issue", "P1V1R", PRODUCT), ("wait_signal", "P0"),
-                             ("issue", "P0V0R", PRODUCT), ("wait", "P1V1R"), ("cpu", REFILL), ("refill", 1, "A"),
-                             ("wait", "P0V0R"), ("cpu", REFILL), ("refill", 0, "B")]
+def paired(kind: str, other: str) -> float:
+    """Cycles per MMA of `kind` beside `other`."""
+    key = tuple(sorted((kind, other)))
+    return PAIRED[key][key.index(kind)] if kind != other else PAIRED[key][0]
 
 
-def simulate(stagger: bool, latency: float = 0.0, pairs: int = 40) -> tuple[float, float]:
-    """Cycles per pair and the tensor cores' busy fraction over ``pairs`` pairs."""
-    steps = [[(pair, step) for pair in range(pairs) for step in program(wg, stagger)] for wg in (0, 1)]
+def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool) -> list[list[tuple]]:
+    """Both warpgroups' steps over ``pairs`` pairs, each step tagged with its pair.
+    ``own``: the kind of each warpgroup's own P V; ``p0_late``: the scaled P0 is
+    written over warpgroup 0's own P0 tile, after its product; ``early``:
+    warpgroup 0 issues the next pair's group-A score MMAs right after its last
+    product, before waiting for it."""
+    out: list[list[tuple]] = [[], []]
+    for p in range(pairs):
+        for wg in (0, 1):
+            s = f"S{wg}"
+            a = [(p, ("copy", wg, "A")), (p, ("issue", s + "a", GROUP_A_MMAS, "S"))]
+            b = [(p, ("copy", wg, "B")), (p, ("issue", s + "b", SCORE_MMAS - GROUP_A_MMAS, "S")),
+                 (p, ("wait", s + "b"))]
+            scores = (a if not (early and wg == 0 and p > 0) else []) + b
+            if wg == 0:
+                own_p = [(p, ("cpu", STORE_P + SYNC))] if own[0] == "SS" else []
+                # With P0 in shared memory for its own product, the scaled P0 goes over it after that product.
+                scaled_p0 = [(p, ("cpu", SCALE + STORE_P)), (p, ("signal", "P0"))]
+                body = [(p, ("cpu", MAX)), (p, ("signal", "m0")), (p, ("cpu", EXP))] + own_p + [
+                    (p, ("issue", "P0V0L", PV_MMAS, own[0])), (p, ("wait_signal", "m1"))]
+                if p0_late:
+                    body += [(p, ("wait", "P0V0L")), (p, ("cpu", REFILL)), (p, ("refill", 0, "A"))] + scaled_p0
+                else:
+                    body += scaled_p0 + [(p, ("wait", "P0V0L")), (p, ("cpu", REFILL)), (p, ("refill", 0, "A"))]
+                body += [(p, ("wait_signal", "P1")), (p, ("issue", "P1V1L", PV_MMAS, "SS"))]
+                if early and p + 1 < pairs:
+                    body += [(p + 1, ("copy", 0, "A")), (p + 1, ("issue", "S0a", GROUP_A_MMAS, "S"))]
+                body += [(p, ("wait", "P1V1L")), (p, ("cpu", REFILL)), (p, ("refill", 1, "B"))]
+            else:
+                body = [(p, ("wait_signal", "m0")), (p, ("cpu", MAX)), (p, ("signal", "m1")),
+                        (p, ("cpu", EXP + STORE_P)), (p, ("signal", "P1"))]
+                body += [(p, ("cpu", SYNC))] if own[1] == "SS" else []
+                body += [(p, ("issue", "P1V1R", PV_MMAS, own[1])), (p, ("wait_signal", "P0")),
+                         (p, ("issue", "P0V0R", PV_MMAS, "SS")), (p, ("wait", "P1V1R")), (p, ("cpu", REFILL)),
+                         (p, ("refill", 1, "A")), (p, ("wait", "P0V0R")), (p, ("cpu", REFILL)), (p, ("refill", 0, "B"))]
+            out[wg] += scores + body
+    return out
+
+
+def simulate(own: tuple[str, str] = ("RS", "RS"), p0_late: bool = False, early: bool = False, latency: float = 0.0,
+             pairs: int = 40) -> tuple[float, float]:
+    """Cycles per pair and the tensor cores' busy fraction (dense-peak cycles of the
+    work done over elapsed cycles) over ``pairs`` pairs."""
+    steps = programs(pairs, own, p0_late, early)
     at, free_at = [0, 0], [0.0, 0.0]
-    queues: list[list[list]] = [[], []]  # per warpgroup: [pair, batch, tensor cycles left], oldest first
+    queues: list[list[list]] = [[], []]  # per warpgroup: [pair, batch, MMAs left, kind], oldest first
     finished, signals = set(), set()
     landed = {(0, s, g): 0.0 for s in (0, 1) for g in "AB"}  # (pair, stage, group) -> when its copy lands
-    now = busy = 0.0
+    now = work = 0.0
     while at[0] < len(steps[0]) or at[1] < len(steps[1]):
         moved = True
         while moved:  # run every step that can run at `now`
@@ -59,7 +111,7 @@ def simulate(stagger: bool, latency: float = 0.0, pairs: int = 40) -> tuple[floa
                 if kind == "cpu":
                     free_at[wg] = now + arg[0]
                 elif kind == "issue":
-                    queues[wg].append([pair, arg[0], arg[1]])
+                    queues[wg].append([pair, arg[0], float(arg[1]), arg[2]])
                 elif kind == "signal":
                     signals.add((pair, arg[0]))
                 elif kind == "refill":
@@ -73,30 +125,33 @@ def simulate(stagger: bool, latency: float = 0.0, pairs: int = 40) -> tuple[floa
                 moved = True
         if at[0] >= len(steps[0]) and at[1] >= len(steps[1]):
             break
-        running = [q[0] for q in queues if q]
-        share = 1.0 / len(running) if running else 0.0
+        heads = [q[0] if q else None for q in queues]
+        cycles = [None, None]  # cycles per MMA of each running head
+        for wg in (0, 1):
+            if heads[wg] is not None:
+                other = heads[1 - wg]
+                cycles[wg] = SOLO[heads[wg][3]] if other is None else paired(heads[wg][3], other[3])
         events = [t for t in free_at if t > now] + [t for t in landed.values() if t > now]
-        if running:
-            events.append(now + min(batch[2] for batch in running) / share)
+        events += [now + heads[wg][2] * cycles[wg] for wg in (0, 1) if heads[wg] is not None]
         if not events:
             raise RuntimeError("deadlock in the modelled programs")
         step_to = min(events)
-        if running:
-            busy += step_to - now
-            for wg in (0, 1):
-                if queues[wg]:
-                    head = queues[wg][0]
-                    head[2] -= (step_to - now) * share
-                    if head[2] <= 1e-6:
-                        finished.add((head[0], head[1]))
-                        queues[wg].pop(0)
+        for wg in (0, 1):
+            if heads[wg] is not None:
+                done = (step_to - now) / cycles[wg]
+                work += done * DENSE[heads[wg][3]]
+                heads[wg][2] -= done
+                if heads[wg][2] <= 1e-6:
+                    finished.add((heads[wg][0], heads[wg][1]))
+                    queues[wg].pop(0)
         now = step_to
-    return now / pairs, busy / now
+    return now / pairs, work / now
 
 
 if __name__ == "__main__":
-    print("| copy latency (cycles) | as written: cycles per pair | tensor busy | staggered | tensor busy |")
-    print("|---|---|---|---|---|")
-    for latency in (0, 700, 1500, 2500):
-        row = [simulate(stagger, latency) for stagger in (False, True)]
-        print(f"| {latency} | " + " | ".join(f"{c:.0f} | {100 * b:.0f}%" for c, b in row) + " |")
+    latencies = (0, 700, 1500, 2500)
+    print("| variant | " + " | ".join(f"latency {t}: cycles per pair (tensor busy)" for t in latencies) + " |")
+    print("|---|" + "---|" * len(latencies))
+    for name, args in VARIANTS.items():
+        row = [simulate(latency=t, **args) for t in latencies]
+        print(f"| {name} | " + " | ".join(f"{c:.0f} ({100 * b:.0f}%)" for c, b in row) + " |")
