@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call on a CUDA machine: GPU tests, the benchmark, the warpgroup MMA
-# rates (bench/mma_rates.py, Hopper only), then compute-sanitizer
+# rates and the Hopper kernel's per-step timeline (bench/mma_rates.py,
+# bench/timeline.py; Hopper only), then compute-sanitizer
 # on the small every-kernel test, the distributed benchmark and the examples.
 #   OUT=/tmp/out bash bench/run_device.sh [pytest -k expression | none] [configs] [sanitize: 1|0]
 # Writes to $OUT: gpu-tests.log, bench.log, the results (.md, .json,
@@ -42,6 +43,8 @@ t=$(limit 300) && timeout "$t" python3 bench/bench_gpu.py --out "$OUT" --configs
 if [ "$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1)" = 9.0 ]; then
   section "warpgroup MMA rates"
   t=$(limit 60) && timeout "$t" python3 bench/mma_rates.py --out "$OUT" 2>&1 | tee -a "$log"
+  section "Hopper kernel timeline (config A)"
+  t=$(limit 60) && timeout "$t" python3 bench/timeline.py A 2>&1 | tee -a "$log"
 fi
 if [ "${3:-1}" = 1 ]; then
   for tool in memcheck racecheck; do

@@ -68,6 +68,22 @@ constexpr int BAR_OWN = 1;  // named barrier of warpgroup 0 (1 + w for warpgroup
 
 }  // namespace
 
+#if defined(CUMLA_TIMELINE)
+// Profiling build (CUMLA_TIMELINE=1 in the environment; bench/timeline.py):
+// clock64() at each step of the first pairs of CTA (0, 0), per warpgroup.
+constexpr int kTimelinePairs = 64, kTimelineSteps = 12;
+__device__ long long cumla_timeline[kTimelinePairs][2][kTimelineSteps];
+#define TIMELINE_STAMP(pair, wg, step)                                                              \
+  do {                                                                                              \
+    if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x % 128 == 0 && (pair) < kTimelinePairs) \
+      cumla_timeline[pair][wg][step] = clock64();                                                   \
+  } while (0)
+#else
+#define TIMELINE_STAMP(pair, wg, step) \
+  do {                                 \
+  } while (0)
+#endif
+
 // `cache_map`: the cache as a 2-D tensor (rows, D) with boxes of 64 columns
 // by min(64, block_size) rows (64 for a contiguous cache), 128-byte swizzle.
 template <class T, int D, int DV>
@@ -201,6 +217,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
     for (int i = t0; i < t1; i += 2) {
       const int mine = i + wg;  // the tile this warpgroup scores
       const u32 phase = pairs & 1;
+      TIMELINE_STAMP(pairs, wg, 0);
       // Page rows of the next pair's tiles, for this warpgroup's refills.
       int y_next[2] = {0, 0};
       if (issuer) y_next[0] = page_row(i + 2), y_next[1] = page_row(i + 3);
@@ -230,8 +247,16 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         for (int idx = 0; idx < Tile::kBlocks; ++idx) {
           // After a wait (a divergent spin), wgmma.fence again: else ptxas
           // inserts its own and serialises the MMAs.
-          if (idx == 0) mbar_wait(full_bar(wg, 0), phase), wgmma_fence();
-          if (idx == kHB) mbar_wait(full_bar(wg, 1), phase), wgmma_fence();
+          if (idx == 0) {
+            mbar_wait(full_bar(wg, 0), phase);
+            TIMELINE_STAMP(pairs, wg, 1);
+            wgmma_fence();
+          }
+          if (idx == kHB) {
+            mbar_wait(full_bar(wg, 1), phase);
+            TIMELINE_STAMP(pairs, wg, 2);
+            wgmma_fence();
+          }
           const int blk = Tile::block_at(wg, idx);
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk) {
@@ -242,6 +267,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         wgmma_commit();
         wgmma_wait<0>();
         fence_registers(s);
+        TIMELINE_STAMP(pairs, wg, 3);
 
         // Mask invisible tokens; row maxima over the quad.
         float tile_max[2] = {CUMLA_NEG_INF, CUMLA_NEG_INF};
@@ -293,6 +319,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         }
         mbar_arrive(xbar(X_M1));
       }
+      TIMELINE_STAMP(pairs, wg, 4);  // maxima exchanged
 #pragma unroll
       for (int h = 0; h < 2; ++h) scale0[h] = fast_exp2(run_max[h] * p.scale_log2 - offset_of(m0[h]));
 
@@ -358,9 +385,11 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         rescale(scale0);
         wgmma_fence();
         product_from_registers(0, 0);
+        TIMELINE_STAMP(pairs, 0, 5);
 
         // m1 from warpgroup 1; P0 * e^(m0 - m1) to shared memory for its V0_R product.
         mbar_wait(xbar(X_M1), phase);
+        TIMELINE_STAMP(pairs, 0, 6);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           m1[h] = sM[Tile::BM + r_lo + 8 * h];
@@ -373,19 +402,23 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
           p0_scaled[k / 2] = T::pack(s[k] * scale1[(k / 2) & 1], s[k + 1] * scale1[(k / 2) & 1]);
         store_p(p_at(0), p0_scaled);
         mbar_arrive(xbar(X_P0));
+        TIMELINE_STAMP(pairs, 0, 7);
 
         wgmma_wait<0>();  // P0 V0_L: group A of stage 0 is free
         fence_registers(o);
         fence_registers(pa);
+        TIMELINE_STAMP(pairs, 0, 8);
         refill(0, 0, y_next[0]);
         rescale(scale1);
         // O_L += P1 V1_L
         mbar_wait(xbar(X_P1), phase);
         mbar_wait(full_bar(1, 1), phase);  // (already complete: warpgroup 1 scored K1)
+        TIMELINE_STAMP(pairs, 0, 9);
         wgmma_fence();
         product_from_shared(p_at(1), 1, 0);
         wgmma_wait<0>();  // group B of stage 1 is free
         fence_registers(o);
+        TIMELINE_STAMP(pairs, 0, 10);
         refill(1, 1, y_next[1]);
       } else {
         // P1 = exp(S1 - m1); O_R = O_R * scale0 * scale1 + P1 V1_R + (P0 scale1) V0_R.
@@ -402,19 +435,25 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         rescale(scale0);
         wgmma_fence();
         product_from_registers(1, kHB);
+        TIMELINE_STAMP(pairs, 1, 5);
         mbar_wait(xbar(X_P0), phase);
         mbar_wait(full_bar(0, 1), phase);  // (already complete: warpgroup 0 scored K0)
+        TIMELINE_STAMP(pairs, 1, 6);
         wgmma_fence();
         product_from_shared(p_at(0), 0, kHB);
+        TIMELINE_STAMP(pairs, 1, 7);
         wgmma_wait<1>();  // P1 V1_R: group A of stage 1 is free
         fence_registers(pa);
+        TIMELINE_STAMP(pairs, 1, 8);
         refill(1, 0, y_next[1]);
         wgmma_wait<0>();  // P0 V0_R: group B of stage 0 is free
         fence_registers(o);
+        TIMELINE_STAMP(pairs, 1, 10);
         refill(0, 1, y_next[0]);
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) run_max[h] = m1[h];
+      TIMELINE_STAMP(pairs, wg, 11);
       ++pairs;
     }
 

@@ -67,9 +67,12 @@ def arch_for(major: int, minor: int) -> str:
 
 def options(arch: str) -> tuple[str, ...]:
     """NVRTC options; ``CUMLA_LINEINFO=1`` adds source lines to the code
-    (compute-sanitizer and profilers then name lines instead of offsets)."""
+    (compute-sanitizer and profilers then name lines instead of offsets);
+    ``CUMLA_TIMELINE=1`` builds the Hopper kernel's per-step clock stamps
+    (bench/timeline.py)."""
     lineinfo = ("-lineinfo",) if os.environ.get("CUMLA_LINEINFO") == "1" else ()
-    return ("-std=c++17", f"-arch={arch}") + lineinfo
+    timeline = ("-DCUMLA_TIMELINE",) if os.environ.get("CUMLA_TIMELINE") == "1" else ()
+    return ("-std=c++17", f"-arch={arch}") + lineinfo + timeline
 
 
 #: Hopper GPUs run the wgmma kernel wherever its dims allow. Tests switch this

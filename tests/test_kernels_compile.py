@@ -78,6 +78,25 @@ def test_hopper_kernel_runs_on_warpgroup_mma():
     assert "HMMA.16816.F32.BF16" in listing and "HGMMA" not in listing
 
 
+def test_hopper_timeline_build_keeps_the_kernel_as_it_is(monkeypatch):
+    """The profiling build (CUMLA_TIMELINE=1, bench/timeline.py) compiles with
+    the same MMAs, none serialised, plus its clock reads; the default build
+    reads no clock."""
+    assert CUOBJDUMP is not None, "cuobjdump missing: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm"
+    hopper = _kernels.hopper_kernel(_kernels.BFLOAT16, 576, 512)
+    listings = {}
+    for timeline in ("1", "0"):
+        monkeypatch.setenv("CUMLA_TIMELINE", timeline)
+        options = _kernels.options("sm_90a")
+        assert ("-DCUMLA_TIMELINE" in options) == (timeline == "1")
+        built = _compile.compile_source(NVRTC, _kernels.source(hopper.file), options, hopper.module)
+        assert built.ok and "C7519" not in built.log, built.log
+        listings[timeline] = _compile.sass(built.cubin, CUOBJDUMP)
+    mmas = [re.findall(r"HGMMA\.\w+", listings[t]) for t in ("1", "0")]
+    assert mmas[0] == mmas[1] and len(mmas[0]) >= 52
+    assert "SR_CLOCKLO" in listings["1"] and "SR_CLOCKLO" not in listings["0"]
+
+
 def _args(name: str) -> list[str]:
     """Template arguments of a kernel name, e.g. 'k<bf16_t, 576, 512>' -> ['bf16_t', '576', '512']."""
     return [a.strip() for a in name[name.index("<") + 1:name.rindex(">")].split(",")]

@@ -1,0 +1,110 @@
+"""Where the Hopper kernel's warpgroups wait: the clock at each step of its pairs.
+
+Builds cuda/latent_attention_sm90.cu with its per-step clock stamps (the
+profiling build, ``CUMLA_TIMELINE=1``; the default build has none), runs one
+configuration and prints, for each warpgroup and step, the median clock after
+the pair's start (warpgroup 0 at the top of the pair), over the pairs of CTA
+(0, 0) but the first two and the last two. What the seesaw model
+(bench/seesaw_model.py) predicts per pair can be read against it.
+
+    python bench/timeline.py [A-F] [--out DIR]      # on a Hopper GPU, from bench/
+"""
+from __future__ import annotations
+
+import os
+
+os.environ["CUMLA_TIMELINE"] = "1"  # before cumla compiles anything
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import cupy as cp  # noqa: E402
+import cumla  # noqa: E402
+from bench_gpu import BLOCK, CONFIGS, DN, L, R, make_config  # noqa: E402
+from cumla import _gpu, _kernels  # noqa: E402
+from cumla._arrays import BFLOAT16  # noqa: E402
+
+PAIRS, STEPS = 64, 12  # kTimelinePairs, kTimelineSteps in the kernel
+# Step k of each warpgroup (TIMELINE_STAMP(pairs, wg, k) in the kernel); None: not stamped.
+STEP_NAMES = (
+    ("pair start", "pair start"),
+    ("group A landed", "group A landed"),
+    ("group B landed", "group B landed"),
+    ("scores done", "scores done"),
+    ("m0 published", "m0 received, m1 published"),
+    ("own P V issued", "P1 published, own P V issued"),
+    ("m1 received", "P0 received"),
+    ("scaled P0 published", "P0 V0_R issued"),
+    ("own P V done", "own P V done"),
+    ("P1 received", None),
+    ("P1 V1_L done", "P0 V0_R done"),
+    ("refills issued, pair end", "refills issued, pair end"),
+)
+
+
+def run(config: str) -> np.ndarray:
+    """The stamps (PAIRS, 2, STEPS) of one planned call of ``config`` after warm-up calls."""
+    cfg = CONFIGS[config]
+    q, cache, table, seqlens = make_config(cfg["batch"], cfg["q_len"], cfg["heads"], cfg["seq"],
+                                           np.random.default_rng(0))
+    plan = cumla.plan(seqlens, heads=cfg["heads"], q_len=cfg["q_len"], v_dim=L)
+    out = cp.empty(q.shape[:-1] + (L,), dtype=q.dtype)
+
+    def call():
+        cumla.latent_attention(q, cache, v_dim=L, scale=1 / np.sqrt(DN + R), seqlens=seqlens,
+                               block_table=table, plan=plan, out=out, check=False)
+
+    for _ in range(3):
+        call()
+    spec = _kernels.hopper_kernel(BFLOAT16, L + R, L, BLOCK)
+    module = _gpu._module(spec.file, spec.module, _gpu._arch_of(cp.cuda.Device().id))
+    stamps = cp.ndarray((PAIRS, 2, STEPS), dtype=cp.int64, memptr=module.get_global("cumla_timeline"))
+    stamps.fill(0)
+    call()
+    cp.cuda.Device().synchronize()
+    return stamps.get()
+
+
+def summarise(stamps: np.ndarray) -> dict:
+    """Median clocks of each step after the pair's start, and cycles per pair."""
+    done = np.flatnonzero(stamps[:, 0, 0])  # pairs CTA (0, 0) ran
+    pairs = done[2:-2] if len(done) > 6 else done
+    start = stamps[pairs, 0, 0]
+    rows = []
+    for k, names in enumerate(STEP_NAMES):
+        row = {"step": k}
+        for wg in (0, 1):
+            live = stamps[pairs, wg, k] != 0
+            row[f"wg{wg}"] = names[wg]
+            row[f"wg{wg}_cycles"] = float(np.median(stamps[pairs, wg, k][live] - start[live])) if live.any() else None
+        rows.append(row)
+    period = np.diff(stamps[done, 0, 0])
+    return {"pairs": int(len(done)), "pairs_used": int(len(pairs)),
+            "cycles_per_pair": float(np.median(period)) if len(period) else None, "steps": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="?", default="A", choices=sorted(CONFIGS))
+    parser.add_argument("--out", help="folder for timeline-<config>.json")
+    args = parser.parse_args()
+    result = {"config": args.config, "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
+              **summarise(run(args.config))}
+    print(f"config {args.config}: {result['pairs']} pairs in CTA (0, 0), "
+          f"median {result['cycles_per_pair']:.0f} cycles per pair; clock after the pair's start:")
+    print("| step | warpgroup 0 | cycles | warpgroup 1 | cycles |")
+    print("|---|---|---|---|---|")
+    for row in result["steps"]:
+        cells = [f"{row[f'wg{wg}'] or '-'} | {'-' if row[f'wg{wg}_cycles'] is None else round(row[f'wg{wg}_cycles'])}"
+                 for wg in (0, 1)]
+        print(f"| {row['step']} | " + " | ".join(cells) + " |")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, f"timeline-{args.config}.json"), "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
