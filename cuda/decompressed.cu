@@ -198,6 +198,27 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
     auto row_of = [&](int mi, int hh) {
       return WGMMA ? 128 * (warp / 4) + 64 * mi + 16 * (warp % 4) + g + 8 * hh : 32 * warp + 16 * mi + g + 8 * hh;
     };
+    // Online-softmax step of row hh of block mi from this thread's share of
+    // its tile maximum: the quad's maximum moves the base (move_base) and
+    // scales the row sum; returns the factor of the row's O accumulators,
+    // `base` gets the row's exp2 offset.
+    auto row_step = [&](int mi, int hh, float m, float& base) {
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+      const float alpha = move_base(run_max[mi][hh], m, p.scale_log2);
+      base = base_offset(run_max[mi][hh], p.scale_log2);
+      run_sum[mi][hh] *= alpha;
+      return alpha;
+    };
+    // O of block mi times the rows' factors, unless every row of the warp kept its base.
+    auto rescale_o = [&](int mi, const float (&alpha)[2]) {
+      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+        for (int j = 0; j < 2 * kVPairs; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc_o[mi][j][e] *= alpha[e / 2];
+      }
+    };
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
@@ -382,18 +403,9 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
               if (tok >= limit[mi][hh]) s[k] = CUMLA_NEG_INF;
               m = fmaxf(m, s[k]);
             }
-            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-            alpha[hh] = move_base(run_max[mi][hh], m, p.scale_log2);
-            base[hh] = base_offset(run_max[mi][hh], p.scale_log2);
-            run_sum[mi][hh] *= alpha[hh];
+            alpha[hh] = row_step(mi, hh, m, base[hh]);
           }
-          if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
-#pragma unroll
-            for (int j = 0; j < 2 * kVPairs; ++j)
-#pragma unroll
-              for (int e = 0; e < 4; ++e) acc_o[mi][j][e] *= alpha[e / 2];
-          }
+          rescale_o(mi, alpha);
           u32 pa[16];  // P as the A operand: pa[4kk..4kk + 3] for tokens 16kk..
 #pragma unroll
           for (int k = 0; k < 32; ++k) {
@@ -458,18 +470,9 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
                   if (tok >= limit[mi][hh]) v = CUMLA_NEG_INF;
                   m = fmaxf(m, v);
                 }
-              m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-              m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-              alpha[hh] = move_base(run_max[mi][hh], m, p.scale_log2);
-              base[hh] = base_offset(run_max[mi][hh], p.scale_log2);
-              run_sum[mi][hh] *= alpha[hh];
+              alpha[hh] = row_step(mi, hh, m, base[hh]);
             }
-            if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
-#pragma unroll
-              for (int j = 0; j < 2 * kVPairs; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc_o[mi][j][e] *= alpha[e / 2];
-            }
+            rescale_o(mi, alpha);
 #pragma unroll
             for (int j = 0; j < 2; ++j)
 #pragma unroll
