@@ -13,7 +13,8 @@
 # TESTS the pytest -k expression of the GPU tests (default "hopper or
 # every_kernel or graph"; add "or fp8" for kernels that read FP8);
 # RACECHECK=N runs compute-sanitizer racecheck N times on the small
-# every-kernel test of each variant (its summaries are printed). Writes
+# every-kernel test of each variant (its summaries are printed); TIMELINE=X
+# prints each variant's Hopper timeline at config X (bench/timeline.py). Writes
 # $OUT/<variant>/ (benchmark .md/.json) and prints one table per variant; a
 # variant whose tests fail is not benchmarked.
 set -u
@@ -41,6 +42,9 @@ run_variant() {  # name, tree
   done
   (cd "$tree" && PYTHONPATH=$site timeout 300 python3 bench/bench_gpu.py ${BENCH_ARGS:---core-only --no-baseline} \
      --configs "$configs" --out "$OUT/$name" 2>&1) | grep -E "^\| ([A-F]|even|random|one|[0-9]+\.[0-9]) " | sed "s/^/$name /"
+  if [ -n "${TIMELINE:-}" ]; then
+    (cd "$tree" && PYTHONPATH=$site timeout 90 python3 bench/timeline.py "$TIMELINE" 2>&1) | sed "s/^/$name /"
+  fi
   echo "$name: $((SECONDS - start)) s"
 }
 
