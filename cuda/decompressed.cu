@@ -198,6 +198,16 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
     auto row_of = [&](int mi, int hh) {
       return WGMMA ? 128 * (warp / 4) + 64 * mi + 16 * (warp % 4) + g + 8 * hh : 32 * warp + 16 * mi + g + 8 * hh;
     };
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        run_max[mi][hh] = CUMLA_NEG_INF;
+        run_sum[mi][hh] = 0.f;
+        const int i = i0 + row_of(mi, hh);
+        limit[mi][hh] = p.causal ? n - p.q_len + i + 1 : n;
+      }
+    const bool warp_live = 32 * warp < live;
     // Online-softmax step of row hh of block mi from this thread's share of
     // its tile maximum: the quad's maximum moves the base (move_base) and
     // scales the row sum; returns the factor of the row's O accumulators,
@@ -219,16 +229,6 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
           for (int e = 0; e < 4; ++e) acc_o[mi][j][e] *= alpha[e / 2];
       }
     };
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        run_max[mi][hh] = CUMLA_NEG_INF;
-        run_sum[mi][hh] = 0.f;
-        const int i = i0 + row_of(mi, hh);
-        limit[mi][hh] = p.causal ? n - p.q_len + i + 1 : n;
-      }
-    const bool warp_live = 32 * warp < live;
 
     auto pass_cols = [](int pass) {
       return pass < kKeyPasses ? min(64, DN - 64 * pass) : min(64, DV - 64 * (pass - kKeyPasses));
