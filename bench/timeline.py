@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("config", nargs="?", default="A", choices=sorted(CONFIGS))
     parser.add_argument("--out", help="folder for timeline-<config>.json")
     args = parser.parse_args()
+    if _gpu._arch_of(cp.cuda.Device().id) != "sm_90a":
+        raise SystemExit("timeline.py stamps the Hopper kernel: it needs a Hopper GPU (sm_90a)")
     result = {"config": args.config, "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
               **summarise(run(args.config))}
     print(f"config {args.config}: {result['pairs']} pairs in CTA (0, 0), "
