@@ -15,7 +15,8 @@ from bench_gpu import CONFIGS, DN, L, R, fp8_pool, make_config, prefill_inputs
 from cumla import _kernels
 
 
-def run_core(name: str, fp8: bool) -> None:
+def core_call(name: str, fp8: bool = False):
+    """One planned call of config ``name``'s core (over FP8 rows with ``fp8``), ready to repeat."""
     cfg = CONFIGS[name]
     q, cache, table, seqlens = make_config(cfg["batch"], cfg["q_len"], cfg["heads"], cfg["seq"],
                                            np.random.default_rng(0))
@@ -24,9 +25,14 @@ def run_core(name: str, fp8: bool) -> None:
         cache = fp8_pool(cache, fmt)
     plan = cumla.plan(seqlens, heads=cfg["heads"], q_len=cfg["q_len"], v_dim=L)
     out = cp.empty(q.shape[:-1] + (L,), dtype=q.dtype)
+    return lambda: cumla.latent_attention(q, cache, v_dim=L, scale=1 / np.sqrt(DN + R), seqlens=seqlens,
+                                          block_table=table, plan=plan, out=out, check=False, cache_format=fmt)
+
+
+def run_core(name: str, fp8: bool) -> None:
+    call = core_call(name, fp8)
     for _ in range(3):
-        cumla.latent_attention(q, cache, v_dim=L, scale=1 / np.sqrt(DN + R), seqlens=seqlens,
-                               block_table=table, plan=plan, out=out, check=False, cache_format=fmt)
+        call()
 
 
 def run_prefill() -> None:

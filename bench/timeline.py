@@ -21,10 +21,10 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 
 import cupy as cp  # noqa: E402
-import cumla  # noqa: E402
-from bench_gpu import BLOCK, CONFIGS, DN, L, R, make_config  # noqa: E402
+from bench_gpu import BLOCK, CONFIGS, L, R  # noqa: E402
 from cumla import _gpu, _kernels  # noqa: E402
 from cumla._arrays import BFLOAT16  # noqa: E402
+from profile_one import core_call  # noqa: E402
 
 PAIRS, STEPS = 64, 12  # kTimelinePairs, kTimelineSteps in the kernel
 # Step k of each warpgroup (TIMELINE_STAMP(pairs, wg, k) in the kernel); None: not stamped.
@@ -46,16 +46,7 @@ STEP_NAMES = (
 
 def run(config: str) -> np.ndarray:
     """The stamps (PAIRS, 2, STEPS) of one planned call of ``config`` after warm-up calls."""
-    cfg = CONFIGS[config]
-    q, cache, table, seqlens = make_config(cfg["batch"], cfg["q_len"], cfg["heads"], cfg["seq"],
-                                           np.random.default_rng(0))
-    plan = cumla.plan(seqlens, heads=cfg["heads"], q_len=cfg["q_len"], v_dim=L)
-    out = cp.empty(q.shape[:-1] + (L,), dtype=q.dtype)
-
-    def call():
-        cumla.latent_attention(q, cache, v_dim=L, scale=1 / np.sqrt(DN + R), seqlens=seqlens,
-                               block_table=table, plan=plan, out=out, check=False)
-
+    call = core_call(config)
     for _ in range(3):
         call()
     spec = _kernels.hopper_kernel(BFLOAT16, L + R, L, BLOCK)
