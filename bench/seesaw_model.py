@@ -42,6 +42,8 @@ VARIANTS = {  # own: each warpgroup's own P V kind; p0_late: warpgroup 0 signals
     "warpgroup 1's own P from smem": dict(own=("RS", "SS"), p0_late=False, early=False),
     "warpgroup 0's own P from smem": dict(own=("SS", "RS"), p0_late=False, early=False),
     "next scores early": dict(own=("RS", "RS"), p0_late=False, early=True),
+    "scores in turn": dict(own=("RS", "RS"), p0_late=False, early=False, in_turn=True),
+    "scores in turn, next scores early": dict(own=("RS", "RS"), p0_late=False, early=True, in_turn=True),
 }
 
 
@@ -51,12 +53,13 @@ def paired(kind: str, other: str) -> float:
     return PAIRED[key][key.index(kind)] if kind != other else PAIRED[key][0]
 
 
-def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool) -> list[list[tuple]]:
+def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_turn: bool = False) -> list[list[tuple]]:
     """Both warpgroups' steps over ``pairs`` pairs, each step tagged with its pair.
     ``own``: the kind of each warpgroup's own P V; ``p0_late``: the scaled P0 is
     written over warpgroup 0's own P0 tile, after its product; ``early``:
     warpgroup 0 issues the next pair's group-A score MMAs right after its last
-    product, before waiting for it."""
+    product, before waiting for it; ``in_turn``: warpgroup 1's scores start once
+    warpgroup 0's are done (the tensor pipe runs them one after the other)."""
     out: list[list[tuple]] = [[], []]
     for p in range(pairs):
         for wg in (0, 1):
@@ -65,6 +68,8 @@ def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool) -> li
             b = [(p, ("copy", wg, "B")), (p, ("issue", s + "b", SCORE_MMAS - GROUP_A_MMAS, "S")),
                  (p, ("wait", s + "b"))]
             scores = (a if not (early and wg == 0 and p > 0) else []) + b
+            if in_turn and wg == 1:
+                scores = [(p, ("wait", "S0b"))] + scores
             if wg == 0:
                 own_p = [(p, ("cpu", STORE_P + SYNC))] if own[0] == "SS" else []
                 # With P0 in shared memory for its own product, the scaled P0 goes over it after that product.
@@ -91,10 +96,10 @@ def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool) -> li
 
 
 def simulate(own: tuple[str, str] = ("RS", "RS"), p0_late: bool = False, early: bool = False, latency: float = 0.0,
-             pairs: int = 40) -> tuple[float, float]:
+             pairs: int = 40, in_turn: bool = False) -> tuple[float, float]:
     """Cycles per pair and the tensor cores' busy fraction (dense-peak cycles of the
     work done over elapsed cycles) over ``pairs`` pairs."""
-    steps = programs(pairs, own, p0_late, early)
+    steps = programs(pairs, own, p0_late, early, in_turn)
     at, free_at = [0, 0], [0.0, 0.0]
     queues: list[list[list]] = [[], []]  # per warpgroup: [pair, batch, MMAs left, kind], oldest first
     finished, signals = set(), set()

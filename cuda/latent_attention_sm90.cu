@@ -14,7 +14,10 @@
 //   [1] O_R += (P0 e^(m0 - m1)) V0_R                          (scaled P0 from shared memory)
 // so one warpgroup's softmax runs while the other's products keep the tensor
 // cores busy, and no warpgroup ever waits for a CTA-wide barrier inside a
-// request. Only row maxima and P tiles cross between the warpgroups
+// request. Warpgroup 1 issues S1 once warpgroup 0 has issued S0: the tensor
+// pipe runs them in turn and warpgroup 0's softmax overlaps S1 (issued
+// together, both finished at once and both softmaxes left the pipe idle).
+// Only row maxima, P tiles and that signal cross between the warpgroups
 // (mbarriers, one direction each).
 //
 // Q and the two cache stages (stage s holds the tiles warpgroup s scores) sit
@@ -47,7 +50,7 @@ struct HopperTile {
   static constexpr bool kPInStage = D - DV >= 64;           // a block past DV holds P
   static constexpr int kOwnPBytes = kPInStage ? 0 : 2 * kPBytes;
   static constexpr int kRedBytes = 6 * BM * 4;              // m0, m1; both warpgroups' row sums, two buffers
-  static constexpr int kBarBytes = 9 * 8;                   // mbarriers: 4 for copies, 5 for exchanges
+  static constexpr int kBarBytes = 10 * 8;                  // mbarriers: 4 for copies, 6 for exchanges
   static constexpr int kSmemBytes = 1024 + 3 * kTileBytes + kOwnPBytes + kRedBytes + kBarBytes;  // 1024: alignment
   static_assert(D % 64 == 0 && DV <= D && (kHalf == 64 || kHalf == 128 || kHalf == 256),
                 "dims outside the Hopper kernel's range (the MMA widths hopper.cuh specialises)");
@@ -61,8 +64,9 @@ struct HopperTile {
 
 // One-way signals between the warpgroups: mbarriers every thread of the
 // sending warpgroup arrives on (each arrival releases that thread's writes),
-// completing once per pair: m0 and P0 from warpgroup 0, m1 and P1 from 1.
-enum : int { X_M0 = 0, X_M1 = 1, X_P0 = 2, X_P1 = 3, X_SUMS = 4 };  // X_SUMS: both warpgroups, once per request
+// completing once per pair: S0 issued, m0 and P0 from warpgroup 0, m1 and
+// P1 from 1.
+enum : int { X_M0 = 0, X_M1 = 1, X_P0 = 2, X_P1 = 3, X_SUMS = 4, X_S0 = 5 };  // X_SUMS: both warpgroups, once per request
 constexpr int kGroupThreads = 128;
 constexpr int BAR_OWN = 1;  // named barrier of warpgroup 0 (1 + w for warpgroup w; 0 is __syncthreads')
 
@@ -127,6 +131,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
 #pragma unroll
     for (int i = 0; i < 4; ++i) mbar_init(full_bar(i / 2, i % 2), 1), mbar_init(xbar(i), kGroupThreads);
     mbar_init(xbar(X_SUMS), 2 * kGroupThreads);
+    mbar_init(xbar(X_S0), kGroupThreads);
     mbar_init_fence();
   }
   // Pairs done so far: the current pair's tiles complete phase `pairs % 2` of
@@ -243,6 +248,10 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         // S = Q K^T over the tile's 64 tokens, group A's blocks first.
         // Descriptors advance by adding the byte offset / 16 to their address field.
         const u64 k_desc = wgmma_desc(sK, 16, 1024);
+        // Scores in turn: warpgroup 1's start once warpgroup 0's are issued,
+        // so that the tensor pipe runs S0 first and warpgroup 0's softmax
+        // overlaps S1 instead of both softmaxes leaving the pipe idle.
+        if (wg == 1) mbar_wait(xbar(X_S0), phase);
 #pragma unroll
         for (int idx = 0; idx < Tile::kBlocks; ++idx) {
           // After a wait (a divergent spin), wgmma.fence again: else ptxas
@@ -265,6 +274,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
           }
         }
         wgmma_commit();
+        if (wg == 0) mbar_arrive(xbar(X_S0));
         wgmma_wait<0>();
         fence_registers(s);
         TIMELINE_STAMP(pairs, wg, 3);

@@ -130,9 +130,9 @@ def fp8_in_kernel(fmt: Any, v_dim: int) -> bool:
 def _hopper_smem(dim: int, v_dim: int) -> int:
     """Mirror of HopperTile::kSmemBytes (cuda/latent_attention_sm90.cu): Q and two
     stages, two P tiles unless a block past v_dim holds them, row maxima, row sums
-    (two buffers), nine mbarriers."""
+    (two buffers), ten mbarriers."""
     own_p = 0 if dim - v_dim >= 64 else 2 * 64 * 64 * 2
-    return 1024 + 3 * 64 * dim * 2 + own_p + 6 * 64 * 4 + 9 * 8
+    return 1024 + 3 * 64 * dim * 2 + own_p + 6 * 64 * 4 + 10 * 8
 
 
 #: Smallest page the Hopper kernel's TMA copies take (a page is one box of
