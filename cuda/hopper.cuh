@@ -54,9 +54,12 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 phase) {
 // memory at `dst`, completing `bytes` on `bar`. Out-of-bounds elements
 // (negative y included) arrive as zeros.
 __device__ __forceinline__ void tma_load_2d(u32 dst, const TmaMap& map, int x, int y, u32 bar) {
+  // Cache rows are read once per request: first out of L2.
+  u64 policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
   asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
-      "l"(reinterpret_cast<u64>(&map)), "r"(x), "r"(y), "r"(bar)
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(dst),
+      "l"(reinterpret_cast<u64>(&map)), "r"(x), "r"(y), "r"(bar), "l"(policy)
       : "memory");
 }
 
