@@ -15,10 +15,11 @@ from bench_gpu import CONFIGS, DN, L, R, fp8_pool, make_config, prefill_inputs
 from cumla import _kernels
 
 
-def core_call(name: str, fp8: bool = False):
-    """One planned call of config ``name``'s core (over FP8 rows with ``fp8``), ready to repeat."""
+def core_call(name: str, fp8: bool = False, batch: int | None = None):
+    """One planned call of config ``name``'s core (over FP8 rows with ``fp8``; ``batch``
+    requests instead of the config's), ready to repeat."""
     cfg = CONFIGS[name]
-    q, cache, table, seqlens = make_config(cfg["batch"], cfg["q_len"], cfg["heads"], cfg["seq"],
+    q, cache, table, seqlens = make_config(batch or cfg["batch"], cfg["q_len"], cfg["heads"], cfg["seq"],
                                            np.random.default_rng(0))
     fmt = cumla.fp8_format(L, R, 128) if fp8 else None
     if fp8:

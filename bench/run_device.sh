@@ -43,8 +43,9 @@ t=$(limit 300) && timeout "$t" python3 bench/bench_gpu.py --out "$OUT" --configs
 if [ "$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1)" = 9.0 ]; then
   section "warpgroup MMA rates"
   t=$(limit 60) && timeout "$t" python3 bench/mma_rates.py --out "$OUT" 2>&1 | tee -a "$log"
-  section "Hopper kernel timeline (config A)"
+  section "Hopper kernel timeline (config A, then with 8 requests: copy latency on a lightly loaded memory)"
   t=$(limit 60) && timeout "$t" python3 bench/timeline.py A 2>&1 | tee -a "$log"
+  t=$(limit 40) && timeout "$t" python3 bench/timeline.py A --batch 8 2>&1 | tee -a "$log"
 fi
 if [ "${3:-1}" = 1 ]; then
   for tool in memcheck racecheck; do

@@ -7,7 +7,13 @@ the pair's start (warpgroup 0 at the top of the pair), over the pairs of CTA
 (0, 0) but the first two and the last two. What the seesaw model
 (bench/seesaw_model.py) predicts per pair can be read against it.
 
-    python bench/timeline.py [A-F] [--out DIR]      # on a Hopper GPU, from bench/
+It also prints each copy group's refill-to-landing time: from the stamp
+before the refill (one pair) to the stamp after the wait for it (the next
+pair); when the waiting warpgroup arrives before the copy lands, that is the
+copy's latency. ``--batch`` runs the configuration with fewer requests, so
+that the same copies meet a less loaded memory system.
+
+    python bench/timeline.py [A-F] [--batch N] [--out DIR]      # on a Hopper GPU, from bench/
 """
 from __future__ import annotations
 
@@ -44,9 +50,20 @@ STEP_NAMES = (
 )
 
 
-def run(config: str) -> np.ndarray:
-    """The stamps (PAIRS, 2, STEPS) of one planned call of ``config`` after warm-up calls."""
-    call = core_call(config)
+# Copy groups: (name, (warpgroup, step) stamped before the refill in one pair,
+# (warpgroup, step) stamped after the wait for it in the next pair).
+REFILLS = (
+    ("stage 0 group A", (0, 8), (0, 1)),
+    ("stage 0 group B", (1, 10), (0, 2)),
+    ("stage 1 group A", (1, 8), (1, 1)),
+    ("stage 1 group B", (0, 10), (1, 2)),
+)
+
+
+def run(config: str, batch: int | None = None) -> np.ndarray:
+    """The stamps (PAIRS, 2, STEPS) of one planned call of ``config`` (``batch``
+    requests if given) after warm-up calls."""
+    call = core_call(config, batch=batch)
     for _ in range(3):
         call()
     spec = _kernels.hopper_kernel(BFLOAT16, L + R, L, BLOCK)
@@ -72,20 +89,28 @@ def summarise(stamps: np.ndarray) -> dict:
             row[f"wg{wg}_cycles"] = float(np.median(stamps[pairs, wg, k][live] - start[live])) if live.any() else None
         rows.append(row)
     period = np.diff(stamps[done, 0, 0])
+    refills = []
+    for name, (wg_issue, issue), (wg_land, land) in REFILLS:
+        this, following = pairs[:-1], pairs[1:]
+        ok = (following == this + 1) & (stamps[this, wg_issue, issue] != 0) & (stamps[following, wg_land, land] != 0)
+        spans = stamps[following[ok], wg_land, land] - stamps[this[ok], wg_issue, issue]
+        refills.append({"group": name, "cycles": float(np.median(spans)) if len(spans) else None})
     return {"pairs": int(len(done)), "pairs_used": int(len(pairs)),
-            "cycles_per_pair": float(np.median(period)) if len(period) else None, "steps": rows}
+            "cycles_per_pair": float(np.median(period)) if len(period) else None, "steps": rows,
+            "refill_to_landing": refills}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="A", choices=sorted(CONFIGS))
+    parser.add_argument("--batch", type=int, help="requests (default: the config's)")
     parser.add_argument("--out", help="folder for timeline-<config>.json")
     args = parser.parse_args()
     if _gpu._arch_of(cp.cuda.Device().id) != "sm_90a":
         raise SystemExit("timeline.py stamps the Hopper kernel: it needs a Hopper GPU (sm_90a)")
-    result = {"config": args.config, "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
-              **summarise(run(args.config))}
-    print(f"config {args.config}: {result['pairs']} pairs in CTA (0, 0), "
+    result = {"config": args.config, "batch": args.batch or CONFIGS[args.config]["batch"],
+              "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), **summarise(run(args.config, args.batch))}
+    print(f"config {args.config} (batch {result['batch']}): {result['pairs']} pairs in CTA (0, 0), "
           f"median {result['cycles_per_pair']:.0f} cycles per pair; clock after the pair's start:")
     print("| step | warpgroup 0 | cycles | warpgroup 1 | cycles |")
     print("|---|---|---|---|---|")
@@ -93,6 +118,8 @@ def main() -> None:
         cells = [f"{row[f'wg{wg}'] or '-'} | {'-' if row[f'wg{wg}_cycles'] is None else round(row[f'wg{wg}_cycles'])}"
                  for wg in (0, 1)]
         print(f"| {row['step']} | " + " | ".join(cells) + " |")
+    print("refill to landing (median cycles): " + ", ".join(
+        f"{r['group']} {'-' if r['cycles'] is None else round(r['cycles'])}" for r in result["refill_to_landing"]))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, f"timeline-{args.config}.json"), "w") as f:
