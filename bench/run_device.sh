@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # One call on a CUDA machine: GPU tests, the benchmark, the warpgroup MMA
-# rates and the Hopper kernel's per-step timeline (bench/mma_rates.py,
-# bench/timeline.py; Hopper only), then compute-sanitizer
+# rates, the TMA copy latency and the Hopper kernel's per-step timeline
+# (bench/mma_rates.py, bench/copy_latency.py, bench/timeline.py; Hopper
+# only), then compute-sanitizer
 # on the small every-kernel test, the distributed benchmark and the examples.
 #   OUT=/tmp/out bash bench/run_device.sh [pytest -k expression | none] [configs] [sanitize: 1|0]
 # Writes to $OUT: gpu-tests.log, bench.log, the results (.md, .json,
-# distributed-<N>gpu.json, mma-rates.json on Hopper) and device.log (GPU,
-# install, MMA rates, sanitizer, distributed and example output, in sections),
+# distributed-<N>gpu.json, mma-rates.json and copy-latency.json on Hopper) and device.log (GPU,
+# install, MMA rates, copy latency, timeline, sanitizer, distributed and example output, in sections),
 # few files so that a file-count limit on fetched outputs loses nothing.
 # cumla is installed (without dependencies) into a scratch folder first, as a
 # user would have it, so the CUDA sources come from the installed package.
@@ -43,6 +44,8 @@ t=$(limit 300) && timeout "$t" python3 bench/bench_gpu.py --out "$OUT" --configs
 if [ "$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1)" = 9.0 ]; then
   section "warpgroup MMA rates"
   t=$(limit 60) && timeout "$t" python3 bench/mma_rates.py --out "$OUT" 2>&1 | tee -a "$log"
+  section "TMA copy latency, idle and loaded"
+  t=$(limit 40) && timeout "$t" python3 bench/copy_latency.py --out "$OUT" 2>&1 | tee -a "$log"
   section "Hopper kernel timeline (config A, then with 8 requests: copy latency on a lightly loaded memory)"
   t=$(limit 60) && timeout "$t" python3 bench/timeline.py A 2>&1 | tee -a "$log"
   t=$(limit 40) && timeout "$t" python3 bench/timeline.py A --batch 8 2>&1 | tee -a "$log"

@@ -138,16 +138,31 @@ def test_shared_memory_sizes_match_the_kernels():
         assert result.ok, result.log
 
 
-def test_mma_rate_benchmark_compiles_without_serialised_mmas():
-    """bench/mma_rates.py's kernels build, and ptxas keeps their MMAs
-    asynchronous (C7519 reports a wgmma pipeline it serialised)."""
+def bench_module(name: str):
+    """bench/<name>.py, imported (the bench folder is not a package)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "mma_rates.py"
-    spec = importlib.util.spec_from_file_location("mma_rates", path)
-    rates = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rates)
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mma_rate_benchmark_compiles_without_serialised_mmas():
+    """bench/mma_rates.py's kernels build, and ptxas keeps their MMAs
+    asynchronous (C7519 reports a wgmma pipeline it serialised)."""
+    rates = bench_module("mma_rates")
     result = _compile.compile_source(NVRTC, rates.source(), _kernels.options("sm_90a"), rates.kernel_names())
     assert result.ok, result.log
     assert "C7519" not in result.log, result.log
+
+
+def test_copy_latency_probe_compiles():
+    """bench/copy_latency.py's probes (1, 4 and 9 boxes per copy) build for sm_90a."""
+    probe = bench_module("copy_latency")
+    names = tuple(dict.fromkeys(f"copy_latency<{boxes}>" for _, boxes, _, _ in probe.CASES))
+    assert len(names) == 3
+    result = _compile.compile_source(NVRTC, probe.source(), _kernels.options("sm_90a"), names)
+    assert result.ok, result.log
