@@ -6,9 +6,10 @@
 # on the small every-kernel test, the distributed benchmark and the examples.
 #   OUT=/tmp/out bash bench/run_device.sh [pytest -k expression | none] [configs] [sanitize: 1|0]
 # Writes to $OUT: gpu-tests.log, bench.log, the results (.md, .json,
-# distributed-<N>gpu.json, mma-rates.json and copy-latency.json on Hopper) and device.log (GPU,
-# install, MMA rates, copy latency, timeline, sanitizer, distributed and example output, in sections),
-# few files so that a file-count limit on fetched outputs loses nothing.
+# distributed-<N>gpu.json, mma-rates.json and copy-latency.json on Hopper)
+# and device.log (GPU, install, MMA rates, copy latency, timeline,
+# sanitizer, distributed and example output, in sections), few files so
+# that a file-count limit on fetched outputs loses nothing.
 # cumla is installed (without dependencies) into a scratch folder first, as a
 # user would have it, so the CUDA sources come from the installed package.
 # Each stage has a time limit so one hung stage cannot eat the others' time,
