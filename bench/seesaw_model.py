@@ -14,7 +14,11 @@ pipe alternates the warpgroups' instructions). Kinds: "S" a score MMA
 64x64x16 (both operands in shared memory), "RS"/"SS" a P V MMA 64x256x16
 with P from registers / shared memory. The CUDA-core steps are SASS
 instruction counts at ~2 cycles each. Shared-memory and L2 bandwidth are
-outside it.
+outside it, and so is what they do to the CUDA-core steps: the kernel's
+timeline (bench/timeline.py, 2026-11-30) shows those steps at 2-4x these
+counts beside the score MMAs, which take the whole shared-memory bandwidth,
+and ~7.4k cycles per pair against the model's ~4.7k. The model called
+"scores in turn" slower; it measured 0.6-2% faster.
 
     python bench/seesaw_model.py          # the kernel's order and its variants, by copy latency
 """
