@@ -40,13 +40,13 @@ SCORE_MMAS, GROUP_A_MMAS, PV_MMAS = 36, 16, 4  # per tile; group A: the scoring 
 MAX, EXP, STORE_P, REFILL, SCALE, SYNC = 80, 250, 180, 60, 40, 30  # CUDA-core steps (cycles)
 VARIANTS = {  # own: each warpgroup's own P V kind; p0_late: warpgroup 0 signals the scaled P0
     # only after its own product (P0 shares one tile); early: see programs()
-    "as written": dict(own=("RS", "RS"), p0_late=False, early=False),
+    "scores together (v17)": dict(own=("RS", "RS"), p0_late=False, early=False),
     "own P from smem, P0 one tile": dict(own=("SS", "SS"), p0_late=True, early=False),
     "own P from smem, P0 two tiles": dict(own=("SS", "SS"), p0_late=False, early=False),
     "warpgroup 1's own P from smem": dict(own=("RS", "SS"), p0_late=False, early=False),
     "warpgroup 0's own P from smem": dict(own=("SS", "RS"), p0_late=False, early=False),
     "next scores early": dict(own=("RS", "RS"), p0_late=False, early=True),
-    "scores in turn": dict(own=("RS", "RS"), p0_late=False, early=False, in_turn=True),
+    "scores in turn (v18, as written)": dict(own=("RS", "RS"), p0_late=False, early=False, in_turn=True),
     "scores in turn, next scores early": dict(own=("RS", "RS"), p0_late=False, early=True, in_turn=True),
 }
 
