@@ -131,8 +131,8 @@ def decode(
     strategy : {"auto", "absorbed", "decompressed"}, optional
         "auto" picks the one with fewer FLOPs by :func:`cumla.cost`;
         with a ``plan``, "absorbed" (plans schedule that strategy). On the
-        H200 the two measured level at a 256-token prefill chunk (16 heads;
-        decompressed 359-366 µs, absorbed 365-372 µs).
+        H200, at a 256-token prefill chunk (16 heads), decompressed took
+        359-383 µs and absorbed 365-544 µs across runs (``bench/results``).
     return_lse : bool, optional
         Also return the natural-log sum-exp of the scaled scores.
     out : ndarray, optional
