@@ -130,28 +130,41 @@ struct SwizzledRows {
 // logical chunks dst_chunk.. of a tile laid out by Rows::offset(row, chunk); rows for
 // which src_row gives null are zero-filled (and nothing is read). Warps take
 // rows, lanes take chunks: src_row (a block-table lookup) runs once per row
-// and each warp's copies cover contiguous bytes.
-template <int ROW_CHUNKS, int COPY = ROW_CHUNKS, class Rows = SwizzledRows<ROW_CHUNKS>, class RowPtr>
+// and each warp's copies cover contiguous bytes. WARPS is the block's warp
+// count. Every layout here swizzles by row % 8, so a pass (a multiple of 8
+// rows further) moves each lane's destinations by Rows::offset(pass rows, 0):
+// the offsets are computed once, and each pass adds a constant.
+template <int WARPS, int ROW_CHUNKS, int COPY = ROW_CHUNKS, class Rows = SwizzledRows<ROW_CHUNKS>, class RowPtr>
 __device__ __forceinline__ void load_rows(u32 tile, int rows, int dst_chunk, const u16* any_mapped,
                                           RowPtr src_row) {
   constexpr int kLanesPerRow = COPY >= 32 ? 32 : COPY >= 16 ? 16 : 8;
   constexpr int kRowsPerWarp = 32 / kLanesPerRow;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  const int stride = warps * kRowsPerWarp;  // rows per pass of the whole block
+  constexpr int kStride = WARPS * kRowsPerWarp;  // rows per pass of the whole block
+  constexpr int kChunkSteps = (COPY + kLanesPerRow - 1) / kLanesPerRow;
+  static_assert(kStride % 8 == 0, "a pass must move whole swizzle periods of 8 rows");
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int sub = lane / kLanesPerRow, first = lane % kLanesPerRow;
+  const int r0 = warp * kRowsPerWarp + sub;  // this lane's row in pass 0
   // Lane l looks up the row this warp copies in pass l / kRowsPerWarp, so the
   // lookups (block-table loads, divisions) run in parallel, once per row.
-  const int mine = warp * kRowsPerWarp + (lane / kRowsPerWarp) * stride + lane % kRowsPerWarp;
+  const int mine = warp * kRowsPerWarp + (lane / kRowsPerWarp) * kStride + lane % kRowsPerWarp;
   const u16* my_row = mine < rows ? src_row(mine) : nullptr;
   const unsigned long long my_bits = reinterpret_cast<unsigned long long>(my_row);
-  const int passes = (rows + stride - 1) / stride;
-  for (int pass = 0; pass < passes; ++pass) {
-    const int sub = lane / kLanesPerRow;
-    const int r = warp * kRowsPerWarp + pass * stride + sub;
-    const u16* row = reinterpret_cast<const u16*>(__shfl_sync(0xffffffffu, my_bits, pass * kRowsPerWarp + sub));
-    if (r >= rows) continue;
+  u32 dst[kChunkSteps];
 #pragma unroll
-    for (int c = lane % kLanesPerRow; c < COPY; c += kLanesPerRow)
-      cp_async16(tile + Rows::offset(r, dst_chunk + c), row != nullptr ? row + c * 8 : any_mapped, row != nullptr);
+  for (int k = 0; k < kChunkSteps; ++k) dst[k] = tile + Rows::offset(r0, dst_chunk + first + k * kLanesPerRow);
+  const int passes = (rows + kStride - 1) / kStride;
+#pragma unroll
+  for (int pass = 0; pass < passes; ++pass) {
+    const u16* row = reinterpret_cast<const u16*>(__shfl_sync(0xffffffffu, my_bits, pass * kRowsPerWarp + sub));
+    if (rows % kStride != 0 && r0 + pass * kStride >= rows) continue;
+    // A null row zero-fills: nothing is read, the address only has to be mapped.
+    const bool valid = row != nullptr;
+    const u16* src = valid ? row + first * 8 : any_mapped;
+    const u32 step = Rows::offset(pass * kStride, 0);
+#pragma unroll
+    for (int k = 0; k < kChunkSteps; ++k)
+      if (first + k * kLanesPerRow < COPY) cp_async16(dst[k] + step, src + k * kLanesPerRow * 8, valid);
   }
 }
 

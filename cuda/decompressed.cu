@@ -177,7 +177,7 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
     cp_async_wait<0>();
     __syncthreads();
     const u16* q_b = q + ((static_cast<size_t>(b) * p.q_len + i0) * p.heads + h) * QK;
-    load_rows<QK / 8, QK / 8, QRows>(sQ, BM, 0, q, [&](int r) {
+    load_rows<Tile::kThreads / 32, QK / 8, QK / 8, QRows>(sQ, BM, 0, q, [&](int r) {
       return r < live ? q_b + static_cast<size_t>(r) * p.heads * QK : nullptr;
     });
     cp_async_commit();
@@ -285,7 +285,7 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
       // slices streamed through the ring (started by the previous tile).
       auto token = [&](int r) { return cache_row(p, cache, b, n, t * BN + r, D); };
       __syncthreads();  // the previous tile's readers of sK/sV are done
-      if constexpr (R > 0) load_rows<QK / 8, R / 8, KRows>(sK, BN, DN / 8, cache, [&](int r) {
+      if constexpr (R > 0) load_rows<Tile::kThreads / 32, QK / 8, R / 8, KRows>(sK, BN, DN / 8, cache, [&](int r) {
         const u16* row = token(r);
         return row != nullptr ? row + L : nullptr;
       });

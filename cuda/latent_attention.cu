@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
           qf[k][e] = r < live_rows ? *reinterpret_cast<const u32*>(q_rows + static_cast<size_t>(r) * D + c) : 0u;
         }
     } else {
-      load_rows<D / 8>(sQ, BM, 0, q, [&](int r) { return r < live_rows ? q_rows + static_cast<size_t>(r) * D : nullptr; });
+      load_rows<Tile::kWarps, D / 8>(sQ, BM, 0, q, [&](int r) { return r < live_rows ? q_rows + static_cast<size_t>(r) * D : nullptr; });
     }
     // One cp.async group per tile, empty ones past t1, so that waiting for
     // "all but the kAhead - 1 newest groups" always means "tile t is in".
@@ -113,10 +113,10 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
       if (t < t1) {
         if constexpr (Tile::kFp8) {
           constexpr int kRawChunks = Tile::kRawBytes / 16;
-          load_rows<kRawChunks, kRawChunks, PlainRows<Tile::kRawBytes>>(
+          load_rows<Tile::kWarps, kRawChunks, kRawChunks, PlainRows<Tile::kRawBytes>>(
               stage_of(t), BN, 0, cache, [&](int r) { return cache_row(p, cache, b, n, t * BN + r, Tile::kRawBytes / 2); });
         } else {
-          load_rows<D / 8>(stage_of(t), BN, 0, cache, [&](int r) { return cache_row(p, cache, b, n, t * BN + r, D); });
+          load_rows<Tile::kWarps, D / 8>(stage_of(t), BN, 0, cache, [&](int r) { return cache_row(p, cache, b, n, t * BN + r, D); });
         }
       }
       cp_async_commit();

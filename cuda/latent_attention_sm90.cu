@@ -40,6 +40,7 @@ constexpr int HOPPER_MIN_PAGE = 8;  // smallest page TMA copies as a box (cumla/
 template <int D, int DV>
 struct HopperTile {
   static constexpr int BM = 64, BN = 64;      // query rows, tokens per tile
+  static constexpr int kWarps = 8;             // two warpgroups
   static constexpr int kBlocks = D / 64;       // 128-byte column blocks per row
   static constexpr int kHalf = DV / 2;         // output columns per warpgroup
   static constexpr int kHalfBlocks = kHalf / 64;
@@ -198,7 +199,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
     }
     const u16* q_rows = q + (static_cast<size_t>(b) * p.rows + row0) * D;
     const int live_rows = min(Tile::BM, p.rows - row0);
-    load_rows<Tile::kChunks, Tile::kChunks, Rows>(
+    load_rows<Tile::kWarps, Tile::kChunks, Tile::kChunks, Rows>(
         sQ, Tile::BM, 0, q, [&](int r) { return r < live_rows ? q_rows + static_cast<size_t>(r) * D : nullptr; });
     cp_async_commit();
 
