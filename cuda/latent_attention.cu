@@ -263,7 +263,10 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
       }
       __syncthreads();  // P complete
 
-      // O[rows, my columns] += P V, V = first DV columns of the tile.
+      // O[rows, my columns] += P V, V = first DV columns of the tile. Rows
+      // 16 apart share their swizzle: one walker serves every k-step.
+      const RowWalk<Tile::kChunks> vb(sK, (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
+      constexpr u32 kVStep = 16 * Rows::kStride * 16;
 #pragma unroll
       for (int k = 0; k < BN / 16; ++k) {
         u32 a[4];
@@ -271,13 +274,11 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
 #pragma unroll
         for (int j = 0; j < Tile::kPairsPerWarp; ++j) {
           const int pair = wn * Tile::kPairsPerWarp + j;
-          if (pair < Tile::kColPairs) {
-            u32 bfrag[4];
-            ldsm_x4_trans(bfrag, sK + Rows::offset(16 * k + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                                   2 * pair + (lane >> 4)));
-            T::mma(acc[j][0], a, bfrag[0], bfrag[1]);
-            T::mma(acc[j][1], a, bfrag[2], bfrag[3]);
-          }
+          if (Tile::kColPairs % WN != 0 && pair >= Tile::kColPairs) continue;  // only when DV/16 is not a multiple of WN
+          u32 bfrag[4];
+          ldsm_x4_trans(bfrag, vb.at(pair / 4, pair % 4) + k * kVStep);
+          T::mma(acc[j][0], a, bfrag[0], bfrag[1]);
+          T::mma(acc[j][1], a, bfrag[2], bfrag[3]);
         }
       }
     }
@@ -312,7 +313,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
 #pragma unroll
       for (int j = 0; j < Tile::kPairsPerWarp; ++j) {
         const int pair = wn * Tile::kPairsPerWarp + j;
-        if (pair >= Tile::kColPairs) continue;
+        if (Tile::kColPairs % WN != 0 && pair >= Tile::kColPairs) continue;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int col = 16 * pair + 8 * half + 2 * tq;
