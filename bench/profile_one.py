@@ -15,16 +15,16 @@ from bench_gpu import CONFIGS, DN, L, R, fp8_pool, make_config, prefill_inputs
 from cumla import _kernels
 
 
-def core_call(name: str, fp8: bool = False, batch: int | None = None):
+def core_call(name: str, fp8: bool = False, batch: int | None = None, num_parts: int | None = None):
     """One planned call of config ``name``'s core (over FP8 rows with ``fp8``; ``batch``
-    requests instead of the config's), ready to repeat."""
+    requests instead of the config's; the plan's ``num_parts`` if given), ready to repeat."""
     cfg = CONFIGS[name]
     q, cache, table, seqlens = make_config(batch or cfg["batch"], cfg["q_len"], cfg["heads"], cfg["seq"],
                                            np.random.default_rng(0))
     fmt = cumla.fp8_format(L, R, 128) if fp8 else None
     if fp8:
         cache = fp8_pool(cache, fmt)
-    plan = cumla.plan(seqlens, heads=cfg["heads"], q_len=cfg["q_len"], v_dim=L)
+    plan = cumla.plan(seqlens, heads=cfg["heads"], q_len=cfg["q_len"], v_dim=L, num_parts=num_parts)
     out = cp.empty(q.shape[:-1] + (L,), dtype=q.dtype)
     return lambda: cumla.latent_attention(q, cache, v_dim=L, scale=1 / np.sqrt(DN + R), seqlens=seqlens,
                                           block_table=table, plan=plan, out=out, check=False, cache_format=fmt)

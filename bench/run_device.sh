@@ -47,7 +47,7 @@ if [ "$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1)" =
   t=$(limit 60) && timeout "$t" python3 bench/mma_rates.py --out "$OUT" 2>&1 | tee -a "$log"
   section "TMA copy latency, idle and loaded"
   t=$(limit 40) && timeout "$t" python3 bench/copy_latency.py --out "$OUT" 2>&1 | tee -a "$log"
-  section "Hopper kernel timeline (config A, then with 8 requests: copy latency on a lightly loaded memory)"
+  section "Hopper kernel timeline (config A, then 8 requests on 8 parts: copy latency on a lightly loaded memory)"
   t=$(limit 60) && timeout "$t" python3 bench/timeline.py A 2>&1 | tee -a "$log"
   t=$(limit 40) && timeout "$t" python3 bench/timeline.py A --batch 8 2>&1 | tee -a "$log"
 fi

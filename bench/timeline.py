@@ -10,8 +10,10 @@ the pair's start (warpgroup 0 at the top of the pair), over the pairs of CTA
 It also prints each copy group's refill-to-landing time: from the stamp
 before the refill (one pair) to the stamp after the wait for it (the next
 pair); when the waiting warpgroup arrives before the copy lands, that is the
-copy's latency. ``--batch`` runs the configuration with fewer requests, so
-that the same copies meet a less loaded memory system.
+copy's latency. ``--batch N`` runs N requests on N schedule parts (one per
+request, 2N CTAs at H = 128), so that the same copies meet a lightly loaded
+memory system (with the default plan the requests would be split over every
+SM again, and the load per SM would not change).
 
     python bench/timeline.py [A-F] [--batch N] [--out DIR]      # on a Hopper GPU, from bench/
 """
@@ -62,8 +64,8 @@ REFILLS = (
 
 def run(config: str, batch: int | None = None) -> np.ndarray:
     """The stamps (PAIRS, 2, STEPS) of one planned call of ``config`` (``batch``
-    requests if given) after warm-up calls."""
-    call = core_call(config, batch=batch)
+    requests on as many parts if given) after warm-up calls."""
+    call = core_call(config, batch=batch, num_parts=batch)
     for _ in range(3):
         call()
     spec = _kernels.hopper_kernel(BFLOAT16, L + R, L, BLOCK)
