@@ -80,6 +80,24 @@ def test_hopper_kernel_runs_on_warpgroup_mma():
     assert "HMMA.16816.F32.BF16" in listing and "HGMMA" not in listing
 
 
+def test_portable_kernel_loads_and_mmas_are_unconditional():
+    """At DeepSeek dims no ldmatrix or MMA of the portable kernel (16, 32 and
+    64 rows per CTA) sits behind a predicate: a bound test the compiler cannot
+    prove (e.g. on a warp index) made the P V loop one serial ldmatrix -> MMA
+    chain, 10-12% of the time at 64 rows (docs/NOTES.md, portable v7)."""
+    assert CUOBJDUMP is not None, "cuobjdump missing: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm"
+    portable = _kernels.latent_kernel(_kernels.BFLOAT16, 576, 512, 128, "sm_80")
+    names = tuple(n for n in portable.module if n.startswith("latent_attention<"))
+    assert len(names) == 3
+    for arch in ("sm_80", "sm_90a"):
+        built = _compile.compile_source(NVRTC, _kernels.source(portable.file), _kernels.options(arch), names)
+        assert built.ok, built.log
+        listing = _compile.sass(built.cubin, CUOBJDUMP)
+        assert listing.count("HMMA.16816") >= 3 * 64
+        predicated = re.findall(r"@!?U?P\w+\s+(?:LDSM|HMMA)\S*", listing)
+        assert not predicated, predicated[:5]
+
+
 def test_hopper_timeline_build_keeps_the_kernel_as_it_is(monkeypatch):
     """The profiling build (CUMLA_TIMELINE=1, bench/timeline.py) compiles with
     the same MMAs, none serialised, plus its clock reads; the default build
