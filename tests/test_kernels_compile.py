@@ -82,18 +82,19 @@ def test_hopper_kernel_runs_on_warpgroup_mma():
 
 def test_portable_kernel_loads_and_mmas_are_unconditional():
     """At DeepSeek dims no ldmatrix or MMA of the portable kernel (16, 32 and
-    64 rows per CTA) sits behind a predicate: a bound test the compiler cannot
+    64 rows per CTA; 16-bit and FP8 rows) sits behind a predicate: a bound test the compiler cannot
     prove (e.g. on a warp index) made the P V loop one serial ldmatrix -> MMA
     chain, 10-12% of the time at 64 rows (docs/NOTES.md, portable v7)."""
     assert CUOBJDUMP is not None, "cuobjdump missing: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm"
     portable = _kernels.latent_kernel(_kernels.BFLOAT16, 576, 512, 128, "sm_80")
-    names = tuple(n for n in portable.module if n.startswith("latent_attention<"))
-    assert len(names) == 3
+    fp8 = _kernels.latent_kernel(_kernels.BFLOAT16, 576, 512, 128, "sm_80", fp8=cumla.fp8_format(512, 64, 128))
+    names = tuple(n for spec in (portable, fp8) for n in spec.module if n.startswith("latent_attention<"))
+    assert len(set(names)) == 6
     for arch in ("sm_80", "sm_90a"):
         built = _compile.compile_source(NVRTC, _kernels.source(portable.file), _kernels.options(arch), names)
         assert built.ok, built.log
         listing = _compile.sass(built.cubin, CUOBJDUMP)
-        assert listing.count("HMMA.16816") >= 3 * 64
+        assert listing.count("HMMA.16816") >= 6 * 64
         predicated = re.findall(r"@!?U?P\w+\s+(?:LDSM|HMMA)\S*", listing)
         assert not predicated, predicated[:5]
 
