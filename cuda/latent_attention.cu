@@ -275,8 +275,16 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
         for (int j = 0; j < Tile::kPairsPerWarp; ++j) {
           const int pair = wn * Tile::kPairsPerWarp + j;
           if (Tile::kColPairs % WN != 0 && pair >= Tile::kColPairs) continue;  // only when DV/16 is not a multiple of WN
+          // The walker's swizzle index must be a constant: with a pair
+          // count per warp not a multiple of 4 (small dims) the address is
+          // computed directly instead of indexing it at run time (local memory).
+          u32 v_addr;
+          if constexpr (Tile::kPairsPerWarp % 4 == 0)
+            v_addr = vb.at(pair / 4, pair % 4);
+          else
+            v_addr = sK + Rows::offset((lane & 7) + ((lane >> 3) & 1) * 8, 2 * pair + (lane >> 4));
           u32 bfrag[4];
-          ldsm_x4_trans(bfrag, vb.at(pair / 4, pair % 4) + k * kVStep);
+          ldsm_x4_trans(bfrag, v_addr + k * kVStep);
           T::mma(acc[j][0], a, bfrag[0], bfrag[1]);
           T::mma(acc[j][1], a, bfrag[2], bfrag[3]);
         }

@@ -30,6 +30,7 @@ def test_kernel_compiles(file, names, arch):
     for function, stack, spills, registers in report:
         print(f"{arch} {function}: {registers} registers, {stack} B stack, {spills} B spilled")
         assert int(spills) == 0, f"{function} spills registers on {arch}:\n{result.log}"
+        assert int(stack) == 0, f"{function} keeps a {stack}-byte stack frame (local memory) on {arch}"
 
 
 def test_every_hopper_specialisation_the_selection_admits_compiles():
