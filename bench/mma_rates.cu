@@ -86,3 +86,59 @@ __global__ void __launch_bounds__(256, 1) mma_rates(long long* cycles, float* si
   const long long stop = clock64();
   if (threadIdx.x % 128 == 0) cycles[2 * blockIdx.x + wg] = stop - start;
 }
+
+// mma.sync (the portable kernel's MMA): WARPS_PER_SMSP warps per scheduler
+// (4 * WARPS_PER_SMSP per CTA, one CTA per SM) each issue rounds of 16
+// m16n8k16 bf16 MMAs into 8 independent accumulators, with LDSM ldmatrix.x4
+// loads per 4 MMAs from conflict-free shared-memory rows (the portable
+// kernel's score loop loads 3 per 4 MMAs, its P V loop ~2). A round's MMAs
+// read the fragments the previous round loaded, so every load is used and
+// none is waited for at once. Each warp writes its loop's clock cycles to
+// cycles[warp of the grid].
+constexpr int kSyncRateSmem = 32 * 512;  // mma_sync_rate's shared memory (bench/mma_rates.py mirrors it)
+template <int WARPS_PER_SMSP, int LDSM>
+__global__ void __launch_bounds__(128 * WARPS_PER_SMSP, 1) mma_sync_rate(long long* cycles, float* sink, int reps) {
+  constexpr int kFrags = LDSM > 0 ? 4 * LDSM : 4;  // fragments a round reads (and, with LDSM, loads)
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const int lane = threadIdx.x % 32;
+  const u32 rows = smem_addr(smem) + 16 * lane;  // 32 x 512 contiguous bytes
+  for (int i = threadIdx.x; i < kSyncRateSmem / 16; i += blockDim.x)
+    asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};" ::"r"(smem_addr(smem) + 16 * i), "r"(0));
+  __syncthreads();
+  float acc[8][4];
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
+  u32 cur[kFrags][4], nxt[kFrags][4];
+#pragma unroll
+  for (int f = 0; f < kFrags; ++f)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) cur[f][e] = nxt[f][e] = 0u;
+  const long long start = clock64();
+#pragma unroll 2
+  for (int r = 0; r < reps; ++r) {
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+      if (LDSM > 0 && k % 4 == 0) {
+#pragma unroll
+        for (int l = 0; l < LDSM; ++l)  // a distinct row per load and round parity: none is merged or hoisted
+          ldsm_x4(nxt[k / 4 * LDSM + l], rows + 512 * (k / 4 * LDSM + l + 16 * (r & 1)));
+      }
+      const u32(&b)[4] = cur[(k + 1) % kFrags];
+      bf16_t::mma(acc[k % 8], cur[k % kFrags], b[k % 2 * 2], b[k % 2 * 2 + 1]);
+    }
+    if constexpr (LDSM > 0) {
+#pragma unroll
+      for (int f = 0; f < kFrags; ++f)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) cur[f][e] = nxt[f][e];
+    }
+  }
+  const long long stop = clock64();
+  float total = 0.f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) total += acc[j][0] + acc[j][1] + acc[j][2] + acc[j][3];
+  if (reps < 0) sink[threadIdx.x % 256] = total;  // never: keeps the MMAs live
+  if (lane == 0) cycles[blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32] = stop - start;
+}

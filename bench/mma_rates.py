@@ -12,6 +12,11 @@ memory; paired, the tensor pipe alternates the warpgroups' instructions:
 
     python bench/mma_rates.py [--out DIR]      # on a Hopper GPU; prints a table
 
+A second table gives the rate of mma.sync m16n8k16 (the portable kernel's
+MMA) per scheduler, with 1 or 2 warps per scheduler and 0, 2 or 3
+ldmatrix.x4 per 4 MMAs (the portable kernel's P V and score loops): what
+the portable kernel's 64-row tiles can reach on this GPU.
+
 Dense bf16 peak: 4096 FLOP per cycle and SM (989 TFLOP/s at 1.83 GHz).
 """
 from __future__ import annotations
@@ -52,14 +57,49 @@ CASES = [
 ]
 
 
+# (warps per scheduler, ldmatrix.x4 per 4 MMAs) of the mma.sync rate kernel
+SYNC_CASES = [(1, 0), (2, 0), (2, 2), (2, 3)]
+SYNC_SMEM = 32 * 512  # mma_rates.cu's kSyncRateSmem
+SYNC_MMA_FLOP = 2 * 16 * 8 * 16
+
+
 def kernel_name(first: tuple[int, int], second: tuple[int, int] | None) -> str:
     n1, op1 = second or first
     return f"mma_rates<{first[0]}, {first[1]}, {n1}, {op1}>"
 
 
+def sync_kernel_name(warps_per_smsp: int, ldsm: int) -> str:
+    return f"mma_sync_rate<{warps_per_smsp}, {ldsm}>"
+
+
 def kernel_names() -> tuple[str, ...]:
     """Every kernel the cases launch, once each."""
-    return tuple(dict.fromkeys(kernel_name(a, b) for _, a, b in CASES))
+    return tuple(dict.fromkeys(kernel_name(a, b) for _, a, b in CASES)) + tuple(
+        sync_kernel_name(*case) for case in SYNC_CASES)
+
+
+def sync_rates(module, sms: int) -> list[dict]:
+    """The mma.sync table: cycles per MMA and scheduler, and FLOP per cycle and SM."""
+    import cupy as cp
+
+    rows = []
+    print("| warps per scheduler | ldmatrix.x4 per 4 MMAs | cycles per MMA and scheduler | FLOP/cycle/SM | % of dense peak |")
+    print("|---|---|---|---|---|")
+    for warps, ldsm in SYNC_CASES:
+        kernel = module.get_function(sync_kernel_name(warps, ldsm))
+        kernel.max_dynamic_shared_size_bytes = SYNC_SMEM
+        threads = 128 * warps
+        cycles = cp.zeros(sms * threads // 32, dtype=cp.int64)
+        sink = cp.zeros(256, dtype=cp.float32)
+        for _ in range(2):  # the first launch warms the clocks up
+            kernel((sms,), (threads,), (cycles, sink, np.int32(REPS)), shared_mem=SYNC_SMEM)
+        cp.cuda.Device().synchronize()
+        per_mma = float(np.median(cycles.get())) / (REPS * 16 * warps)
+        flop = 4 * SYNC_MMA_FLOP / per_mma
+        rows.append({"warps_per_scheduler": warps, "ldmatrix_per_4_mma": ldsm, "cycles_per_mma": per_mma,
+                     "flop_per_cycle": flop})
+        print(f"| {warps} | {ldsm} | {per_mma:.1f} | {flop:.0f} | {100 * flop / PEAK_FLOP_PER_CYCLE:.0f}% |")
+    return rows
 
 
 def source() -> str:
@@ -111,9 +151,10 @@ def main() -> None:
             both = f"{flop:.0f} | {100 * flop / PEAK_FLOP_PER_CYCLE:.0f}% | {smem:.0f}" if wg == 0 else " | | "
             shape = "" if entry["op"] == OPS[COPIES] else f", N={entry['n']}"
             print(f"| {name if wg == 0 else ''} | {wg}: {entry['op']}{shape} | {entry['cycles_per_op']:.1f} | {both} |")
+    sync = sync_rates(module, sms)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "mma-rates.json").write_text(json.dumps(rows, indent=1))
+        (args.out / "mma-rates.json").write_text(json.dumps({"warpgroup": rows, "mma_sync": sync}, indent=1))
 
 
 if __name__ == "__main__":
