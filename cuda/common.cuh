@@ -131,9 +131,10 @@ struct SwizzledRows {
 // which src_row gives null are zero-filled (and nothing is read). Warps take
 // rows, lanes take chunks: src_row (a block-table lookup) runs once per row
 // and each warp's copies cover contiguous bytes. WARPS is the block's warp
-// count. Every layout here swizzles by row % 8, so a pass (a multiple of 8
-// rows further) moves each lane's destinations by Rows::offset(pass rows, 0):
-// the offsets are computed once, and each pass adds a constant.
+// count. Every layout here swizzles by row % 8 at most (PlainRows not at
+// all), so a pass (a multiple of 8 rows further) moves each lane's
+// destinations by Rows::offset(pass rows, 0): the offsets are computed once,
+// and each pass adds a constant.
 template <int WARPS, int ROW_CHUNKS, int COPY = ROW_CHUNKS, class Rows = SwizzledRows<ROW_CHUNKS>, class RowPtr>
 __device__ __forceinline__ void load_rows(u32 tile, int rows, int dst_chunk, const u16* any_mapped,
                                           RowPtr src_row) {
