@@ -78,6 +78,17 @@ def kernel_names() -> tuple[str, ...]:
         sync_kernel_name(*case) for case in SYNC_CASES)
 
 
+def launch_warm(kernel, sms: int, threads: int, args: tuple, smem: int) -> None:
+    """One CTA per SM, twice (the first launch warms the clocks up), then wait;
+    the kernel writes its clock counts into one of ``args``."""
+    import cupy as cp
+
+    kernel.max_dynamic_shared_size_bytes = smem
+    for _ in range(2):
+        kernel((sms,), (threads,), args, shared_mem=smem)
+    cp.cuda.Device().synchronize()
+
+
 def sync_rates(module, sms: int) -> list[dict]:
     """The mma.sync table: cycles per MMA and scheduler, and FLOP per cycle and SM."""
     import cupy as cp
@@ -86,14 +97,11 @@ def sync_rates(module, sms: int) -> list[dict]:
     print("| warps per scheduler | ldmatrix.x4 per 4 MMAs | cycles per MMA and scheduler | FLOP/cycle/SM | % of dense peak |")
     print("|---|---|---|---|---|")
     for warps, ldsm in SYNC_CASES:
-        kernel = module.get_function(sync_kernel_name(warps, ldsm))
-        kernel.max_dynamic_shared_size_bytes = SYNC_SMEM
         threads = 128 * warps
         cycles = cp.zeros(sms * threads // 32, dtype=cp.int64)
         sink = cp.zeros(256, dtype=cp.float32)
-        for _ in range(2):  # the first launch warms the clocks up
-            kernel((sms,), (threads,), (cycles, sink, np.int32(REPS)), shared_mem=SYNC_SMEM)
-        cp.cuda.Device().synchronize()
+        launch_warm(module.get_function(sync_kernel_name(warps, ldsm)), sms, threads,
+                    (cycles, sink, np.int32(REPS)), SYNC_SMEM)
         per_mma = float(np.median(cycles.get())) / (REPS * 16 * warps)
         flop = 4 * SYNC_MMA_FLOP / per_mma
         rows.append({"warps_per_scheduler": warps, "ldmatrix_per_4_mma": ldsm, "cycles_per_mma": per_mma,
@@ -130,12 +138,8 @@ def main() -> None:
     print("| case | warpgroup | cycles per MMA (or copy) | FLOP/cycle/SM (both) | % of dense peak | smem B/cycle (both) |")
     print("|---|---|---|---|---|---|")
     for name, first, second in CASES:
-        kernel = module.get_function(kernel_name(first, second))
-        kernel.max_dynamic_shared_size_bytes = SMEM_BYTES
-        threads = 256 if second else 128
-        for _ in range(2):  # the first launch warms the clocks up
-            kernel((sms,), (threads,), (cycles, sink, src, np.int32(REPS)), shared_mem=SMEM_BYTES)
-        cp.cuda.Device().synchronize()
+        launch_warm(module.get_function(kernel_name(first, second)), sms, 256 if second else 128,
+                    (cycles, sink, src, np.int32(REPS)), SMEM_BYTES)
         per_wg = cycles.get().reshape(sms, 2)
         ops = [first] + ([second] if second else [])
         flop = smem = 0.0
