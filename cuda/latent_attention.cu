@@ -29,6 +29,8 @@ struct LatentTile {
   static constexpr int kScoreTiles = kTokPerWarp / 8;  // n8 tiles of scores per warp
   static constexpr int kColPairs = DV / 16;            // 16-wide output column pairs
   static constexpr int kPairsPerWarp = (kColPairs + WN - 1) / WN;
+  // DV/16 not a multiple of WN (small dims): the last warps' pairs run past DV.
+  static constexpr bool kRaggedPairs = kColPairs % WN != 0;
   using Rows = SwizzledRows<kChunks>;
   using PRows = SwizzledRows<BN / 8>;
   // With one row group (Sq*H <= 16, small TP slices) the query fragments fit
@@ -274,7 +276,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
 #pragma unroll
         for (int j = 0; j < Tile::kPairsPerWarp; ++j) {
           const int pair = wn * Tile::kPairsPerWarp + j;
-          if (Tile::kColPairs % WN != 0 && pair >= Tile::kColPairs) continue;  // only when DV/16 is not a multiple of WN
+          if (Tile::kRaggedPairs && pair >= Tile::kColPairs) continue;
           // The walker's swizzle index must be a constant: with a pair
           // count per warp not a multiple of 4 (small dims) the address is
           // computed directly instead of indexing it at run time (local memory).
@@ -321,7 +323,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
 #pragma unroll
       for (int j = 0; j < Tile::kPairsPerWarp; ++j) {
         const int pair = wn * Tile::kPairsPerWarp + j;
-        if (Tile::kColPairs % WN != 0 && pair >= Tile::kColPairs) continue;
+        if (Tile::kRaggedPairs && pair >= Tile::kColPairs) continue;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int col = 16 * pair + 8 * half + 2 * tq;
