@@ -7,8 +7,9 @@
 // to shared memory once (cp.async, double-buffered, swizzled) and serves
 // every row of the CTA. Warps form a WM x WN grid: warp (wm, wn) computes
 // scores for rows [16wm, 16wm+16) and tokens [wn*BN/WN, ...), the row max
-// and the probabilities P go through shared memory, then the same warp
-// accumulates O[rows, its DV/WN columns] += P V on tensor cores (mma.sync).
+// and the probabilities P go through shared memory, then O += P V on tensor
+// cores (mma.sync) in warp tiles of 32 rows (16 when BM = 16) and a share of
+// the columns: V is read by BM/32 warps per column instead of WM.
 //
 // G > 0: the cache holds FP8 rows (fp8.cuh; DV = L). Rows are copied raw,
 // kStages tiles ahead, and each tile is dequantised into the one 16-bit tile
@@ -28,9 +29,17 @@ struct LatentTile {
   static constexpr int kTokPerWarp = BN / WN;         // score columns per warp
   static constexpr int kScoreTiles = kTokPerWarp / 8;  // n8 tiles of scores per warp
   static constexpr int kColPairs = DV / 16;            // 16-wide output column pairs
-  static constexpr int kPairsPerWarp = (kColPairs + WN - 1) / WN;
-  // DV/16 not a multiple of WN (small dims): the last warps' pairs run past DV.
-  static constexpr bool kRaggedPairs = kColPairs % WN != 0;
+  // O = P V warp tiles: kPvRows rows (kPvSub mma row blocks) x kPairsPerWarp
+  // column pairs; warp w takes row block w % kPvRowBlocks. Every warp tracks
+  // the softmax base of its P V rows from the same shared maxima as the
+  // warps that score them, so their decisions agree.
+  static constexpr int kPvRows = BM >= 32 ? 32 : 16;
+  static constexpr int kPvSub = kPvRows / 16;
+  static constexpr int kPvRowBlocks = BM / kPvRows;
+  static constexpr int kPvColBlocks = kWarps / kPvRowBlocks;
+  static constexpr int kPairsPerWarp = (kColPairs + kPvColBlocks - 1) / kPvColBlocks;
+  // DV/16 not a multiple of the column blocks (small dims): the last warps' pairs run past DV.
+  static constexpr bool kRaggedPairs = kColPairs % kPvColBlocks != 0;
   using Rows = SwizzledRows<kChunks>;
   using PRows = SwizzledRows<BN / 8>;
   // With one row group (Sq*H <= 16, small TP slices) the query fragments fit
@@ -79,6 +88,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int wm = warp % WM, wn = warp / WM;
+  const int pv_row0 = (warp % Tile::kPvRowBlocks) * Tile::kPvRows, pv_cb = warp / Tile::kPvRowBlocks;
   const int g = lane / 4, tq = lane % 4;  // mma fragment row group / column pair
   const int row0 = blockIdx.y * BM;
   const int part = blockIdx.x;
@@ -126,14 +136,20 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
 #pragma unroll
     for (int i = 0; i < Tile::kAhead; ++i) load_tile(t0 + i);
 
-    // Per thread: rows g and g+8 of the warp's 16.
-    float acc[Tile::kPairsPerWarp][2][4];
+    // O: per thread rows pv_row0 + 16i + g and + 8 of its P V tile; pv_max
+    // is those rows' softmax base, run_max/run_sum those of its score rows.
+    float acc[Tile::kPvSub][Tile::kPairsPerWarp][2][4];
+    float pv_max[Tile::kPvSub][2];
 #pragma unroll
-    for (int j = 0; j < Tile::kPairsPerWarp; ++j)
+    for (int i = 0; i < Tile::kPvSub; ++i) {
+      pv_max[i][0] = pv_max[i][1] = CUMLA_NEG_INF;
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
+      for (int j = 0; j < Tile::kPairsPerWarp; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[j][h][e] = 0.f;
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[i][j][h][e] = 0.f;
+    }
     float run_max[2] = {CUMLA_NEG_INF, CUMLA_NEG_INF}, run_sum[2] = {0.f, 0.f};
     const int my_row[2] = {row0 + wm * 16 + g, row0 + wm * 16 + g + 8};
     int limit[2];
@@ -230,18 +246,30 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
       __syncthreads();
       // A row's exponent base moves only when the tile passes it by more
       // than kRescaleSlack, so once the maxima settle most warps skip the
-      // rescale of their O accumulators (below). All WN warps of a row group
-      // read the same maxima and so take the same decisions.
-      float alpha[2], base[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
+      // rescale of their O accumulators (below). Every warp reads a row's
+      // maxima from the same shared memory and so takes the same decisions,
+      // for its score rows and for its P V rows.
+      auto tile_max_of = [&](int row) {
         float m = CUMLA_NEG_INF;
 #pragma unroll
-        for (int w = 0; w < WN; ++w) m = fmaxf(m, sRed[w * BM + wm * 16 + g + 8 * h]);
-        alpha[h] = move_base(run_max[h], m, p.scale_log2);
+        for (int w = 0; w < WN; ++w) m = fmaxf(m, sRed[w * BM + row]);
+        return m;
+      };
+      float base[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        run_sum[h] *= move_base(run_max[h], tile_max_of(wm * 16 + g + 8 * h), p.scale_log2);
         base[h] = base_offset(run_max[h], p.scale_log2);
-        run_sum[h] *= alpha[h];
       }
+      float pv_alpha[Tile::kPvSub][2];
+      bool rescale = false;
+#pragma unroll
+      for (int i = 0; i < Tile::kPvSub; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          pv_alpha[i][h] = move_base(pv_max[i][h], tile_max_of(pv_row0 + 16 * i + g + 8 * h), p.scale_log2);
+          rescale |= pv_alpha[i][h] != 1.f;
+        }
       // P = exp2(s * scale_log2 - base) into shared memory as T.
 #pragma unroll
       for (int j = 0; j < Tile::kScoreTiles; ++j)
@@ -252,30 +280,29 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
           run_sum[h] += p0 + p1;
           store_pair<T, BN / 8>(sP, wm * 16 + g + 8 * h, tok_base + j * 8 + 2 * tq, p0, p1);
         }
-      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+      if (__any_sync(0xffffffffu, rescale)) {
 #pragma unroll
-        for (int j = 0; j < Tile::kPairsPerWarp; ++j)
+        for (int i = 0; i < Tile::kPvSub; ++i)
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            acc[j][h][0] *= alpha[0];
-            acc[j][h][1] *= alpha[0];
-            acc[j][h][2] *= alpha[1];
-            acc[j][h][3] *= alpha[1];
-          }
+          for (int j = 0; j < Tile::kPairsPerWarp; ++j)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[i][j][e / 4][e % 4] *= pv_alpha[i][(e % 4) / 2];
       }
       __syncthreads();  // P complete
 
-      // O[rows, my columns] += P V, V = first DV columns of the tile. Rows
-      // 16 apart share their swizzle: one walker serves every k-step.
+      // O[my rows, my columns] += P V, V = first DV columns of the tile.
+      // Rows 16 apart share their swizzle: one walker serves every k-step.
       const RowWalk<Tile::kChunks> vb(sK, (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
       constexpr u32 kVStep = 16 * Rows::kStride * 16;
 #pragma unroll
       for (int k = 0; k < BN / 16; ++k) {
-        u32 a[4];
-        ldsm_x4(a, sP + PRows::offset(wm * 16 + (lane & 15), 2 * k + (lane >> 4)));
+        u32 a[Tile::kPvSub][4];
+#pragma unroll
+        for (int i = 0; i < Tile::kPvSub; ++i)
+          ldsm_x4(a[i], sP + PRows::offset(pv_row0 + 16 * i + (lane & 15), 2 * k + (lane >> 4)));
 #pragma unroll
         for (int j = 0; j < Tile::kPairsPerWarp; ++j) {
-          const int pair = wn * Tile::kPairsPerWarp + j;
+          const int pair = pv_cb * Tile::kPairsPerWarp + j;
           if (Tile::kRaggedPairs && pair >= Tile::kColPairs) continue;
           // The walker's swizzle index must be a constant: with a pair
           // count per warp not a multiple of 4 (small dims) the address is
@@ -287,8 +314,11 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
             v_addr = sK + Rows::offset((lane & 7) + ((lane >> 3) & 1) * 8, 2 * pair + (lane >> 4));
           u32 bfrag[4];
           ldsm_x4_trans(bfrag, v_addr + k * kVStep);
-          T::mma(acc[j][0], a, bfrag[0], bfrag[1]);
-          T::mma(acc[j][1], a, bfrag[2], bfrag[3]);
+#pragma unroll
+          for (int i = 0; i < Tile::kPvSub; ++i) {
+            T::mma(acc[i][j][0], a[i], bfrag[0], bfrag[1]);
+            T::mma(acc[i][j][1], a[i], bfrag[2], bfrag[3]);
+          }
         }
       }
     }
@@ -304,36 +334,35 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
     for (int h = 0; h < 2; ++h)
       if (tq == 0) sRed[wn * BM + wm * 16 + g + 8 * h] = run_sum[h];
     __syncthreads();
-    float total[2], lse[2];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      total[h] = 0.f;
+    for (int i = 0; i < Tile::kPvSub; ++i) {
 #pragma unroll
-      for (int w = 0; w < WN; ++w) total[h] += sRed[w * BM + wm * 16 + g + 8 * h];
-      lse[h] = total[h] > 0.f ? run_max[h] * p.scale + logf(total[h]) : CUMLA_NEG_INF;
-      total[h] = total[h] > 0.f ? 1.f / total[h] : 0.f;
-    }
-
+      for (int h = 0; h < 2; ++h) {
+        const int local = pv_row0 + 16 * i + g + 8 * h, r = row0 + local;
+        float total = 0.f;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = my_row[h];
-      if (r >= p.rows) continue;
-      const size_t out_row = seg.out_row(p.rows, r);
-      if (wn == 0 && tq == 0) (seg.final() ? p.lse : p.part_lse)[out_row] = lse[h];
+        for (int w = 0; w < WN; ++w) total += sRed[w * BM + local];
+        if (r >= p.rows) continue;
+        const float inv = total > 0.f ? 1.f / total : 0.f;
+        const size_t out_row = seg.out_row(p.rows, r);
+        if (pv_cb == 0 && tq == 0)
+          (seg.final() ? p.lse : p.part_lse)[out_row] =
+              total > 0.f ? pv_max[i][h] * p.scale + logf(total) : CUMLA_NEG_INF;
 #pragma unroll
-      for (int j = 0; j < Tile::kPairsPerWarp; ++j) {
-        const int pair = wn * Tile::kPairsPerWarp + j;
-        if (Tile::kRaggedPairs && pair >= Tile::kColPairs) continue;
+        for (int j = 0; j < Tile::kPairsPerWarp; ++j) {
+          const int pair = pv_cb * Tile::kPairsPerWarp + j;
+          if (Tile::kRaggedPairs && pair >= Tile::kColPairs) continue;
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int col = 16 * pair + 8 * half + 2 * tq;
-          const float v0 = acc[j][half][2 * h] * total[h], v1 = acc[j][half][2 * h + 1] * total[h];
-          if (seg.final()) {
-            u32* dst = reinterpret_cast<u32*>(static_cast<u16*>(p.out) + out_row * DV + col);
-            *dst = T::pack(v0, v1);
-          } else {
-            float2* dst = reinterpret_cast<float2*>(p.part_out + out_row * DV + col);
-            *dst = make_float2(v0, v1);
+          for (int half = 0; half < 2; ++half) {
+            const int col = 16 * pair + 8 * half + 2 * tq;
+            const float v0 = acc[i][j][half][2 * h] * inv, v1 = acc[i][j][half][2 * h + 1] * inv;
+            if (seg.final()) {
+              u32* dst = reinterpret_cast<u32*>(static_cast<u16*>(p.out) + out_row * DV + col);
+              *dst = T::pack(v0, v1);
+            } else {
+              float2* dst = reinterpret_cast<float2*>(p.part_out + out_row * DV + col);
+              *dst = make_float2(v0, v1);
+            }
           }
         }
       }
