@@ -95,6 +95,11 @@ __device__ __forceinline__ void ldsm_x4_trans(u32 (&r)[4], u32 addr) {
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
+// Named barrier `id` (0 is __syncthreads') among `threads` threads.
+__device__ __forceinline__ void named_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
 // Traps when a launch gives less dynamic shared memory than the kernel lays
 // out: the host mirrors each layout's size (cumla/_kernels.py), and a mirror
 // that falls behind must fail loudly instead of corrupting memory.
@@ -170,17 +175,20 @@ __device__ __forceinline__ void load_rows(u32 tile, int rows, int dst_chunk, con
 }
 
 // ldmatrix addresses along one row of a SwizzledRows tile, for chunks
-// 2k + hi, k = 4 * k4 + u: the swizzle of the four u is computed once, so an
-// unrolled k-loop pays one add per access.
+// 2k + hi, k = first + 4 * k4 + u: the swizzle (and 128-byte block) of the
+// four u is computed once, so an unrolled k-loop pays one add per access.
 template <int ROW_CHUNKS>
 struct RowWalk {
   u32 base;
   u32 swz[4];
   RowWalk() = default;
-  __device__ __forceinline__ RowWalk(u32 tile, int row, int hi) {
+  __device__ __forceinline__ RowWalk(u32 tile, int row, int hi, int first = 0) {
     base = tile + static_cast<u32>(row * SwizzledRows<ROW_CHUNKS>::kStride * 16);
 #pragma unroll
-    for (int u = 0; u < 4; ++u) swz[u] = static_cast<u32>(((2 * u + hi) ^ (row & 7)) * 16);
+    for (int u = 0; u < 4; ++u) {
+      const int chunk = 2 * (first + u) + hi;
+      swz[u] = static_cast<u32>((chunk >> 3) * 128 + ((chunk & 7) ^ (row & 7)) * 16);
+    }
   }
   __device__ __forceinline__ u32 at(int k4, int u) const { return base + k4 * 128 + swz[u]; }
 };

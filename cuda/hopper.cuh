@@ -151,8 +151,3 @@ __device__ __forceinline__ void fence_registers(u32 (&a)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(a[i])::"memory");
 }
-
-// Named barrier `id` (0 is __syncthreads') among `threads` threads.
-__device__ __forceinline__ void named_sync(int id, int threads) {
-  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}

@@ -5,11 +5,13 @@
 // and query tokens of the request when Sq*H <= BM) and walks a range of
 // BN-token cache tiles given by the split-KV schedule. Each tile is copied
 // to shared memory once (cp.async, double-buffered, swizzled) and serves
-// every row of the CTA. Warps form a WM x WN grid: warp (wm, wn) computes
-// scores for rows [16wm, 16wm+16) and tokens [wn*BN/WN, ...), the row max
-// and the probabilities P go through shared memory, then O += P V on tensor
-// cores (mma.sync) in warp tiles of 32 rows (16 when BM = 16) and a share of
-// the columns: V is read by BM/32 warps per column instead of WM.
+// every row of the CTA. Warps form a WM x WN grid: warp (wm, wn) owns the
+// scores of rows [16wm, 16wm+16) and tokens [wn*BN/WN, ...) (with WM even,
+// partner warps wm, wm ^ 1 each compute both their 32 rows over half of D
+// and swap partial sums), the row max and the probabilities P go through
+// shared memory, then O += P V on tensor cores (mma.sync) in warp tiles of
+// 32 rows (16 when BM = 16) and a share of the columns: V is read by BM/32
+// warps per column instead of WM.
 //
 // G > 0: the cache holds FP8 rows (fp8.cuh; DV = L). Rows are copied raw,
 // kStages tiles ahead, and each tile is dequantised into the one 16-bit tile
@@ -54,6 +56,15 @@ struct LatentTile {
   static constexpr int kTileBytes = kFp8 ? kKVBytes : 0;  // the dequantised tile
   static constexpr int kPBytes = PRows::bytes(BM);
   static constexpr int kRedBytes = WN * BM * 4;
+  // Two or more row groups: the score warp tile is 32 rows (a warp's and its
+  // partner's, wm ^ 1) over half of the k-steps, then the partners swap the
+  // partial sums of each other's 16 rows through P's space. ldmatrix per
+  // mma drops from 3/4 to 1/2 (WM = 4): the score loop is bound by
+  // shared-memory bandwidth, not by the tensor cores (bench/mma_rates.py).
+  static constexpr bool kSplitK = WM % 2 == 0;
+  static constexpr int kStepsLo = (D / 16 + 1) / 2;  // the lower half's k-steps
+  static constexpr int kSwapBytes = kScoreTiles * 512;  // a warp's 16 x kTokPerWarp fp32 partial scores
+  static_assert(!kSplitK || (kWarps / 2) * kSwapBytes <= kPBytes, "the score swap must fit in P's space");
   // Copies in flight: 16-bit tiles (the MMAs read each stage in place), or raw
   // FP8 tiles beside the one dequantised tile: up to 3 with Q in registers, 2
   // for 32 rows, 1 for 64, fewer where shared memory holds fewer.
@@ -70,6 +81,30 @@ struct LatentTile {
 };
 
 }  // namespace
+
+// One k-step of S += A B^T: NA row blocks of 16 rows (their A fragments)
+// against ST n8 token tiles whose B fragments are read here from b_addr (tile
+// pairs ROWS16 bytes apart), once for every row block.
+template <class T, u32 ROWS16, int NA, int ST>
+__device__ __forceinline__ void score_step(float (&s)[NA][ST][4], const u32 (&a)[NA][4], u32 b_addr) {
+  if constexpr (ST == 1) {
+    u32 bfrag[2];
+    ldsm_x2(bfrag, b_addr);
+#pragma unroll
+    for (int i = 0; i < NA; ++i) T::mma(s[i][0], a[i], bfrag[0], bfrag[1]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < ST / 2; ++j) {
+      u32 bfrag[4];
+      ldsm_x4(bfrag, b_addr + j * ROWS16);
+#pragma unroll
+      for (int i = 0; i < NA; ++i) {
+        T::mma(s[i][2 * j], a[i], bfrag[0], bfrag[1]);
+        T::mma(s[i][2 * j + 1], a[i], bfrag[2], bfrag[3]);
+      }
+    }
+  }
+}
 
 template <class T, int D, int DV, int WM, int BN, int G = 0>
 __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant__ AttnParams p) {
@@ -106,14 +141,14 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
     __syncthreads();  // the previous request's readers are done with shared memory
     const u16* q_rows = q + (static_cast<size_t>(b) * p.rows + row0) * D;
     const int live_rows = min(BM, p.rows - row0);
-    u32 qf[Tile::kQInRegs ? D / 16 : 1][4];
+    u32 qf[Tile::kQInRegs ? D / 16 : 1][1][4];
     if constexpr (Tile::kQInRegs) {  // A fragments of rows g, g+8 straight from global memory
 #pragma unroll
       for (int k = 0; k < D / 16; ++k)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = g + 8 * (e & 1), c = 16 * k + 8 * (e >> 1) + 2 * tq;
-          qf[k][e] = r < live_rows ? *reinterpret_cast<const u32*>(q_rows + static_cast<size_t>(r) * D + c) : 0u;
+          qf[k][0][e] = r < live_rows ? *reinterpret_cast<const u32*>(q_rows + static_cast<size_t>(r) * D + c) : 0u;
         }
     } else {
       load_rows<Tile::kWarps, D / 8>(sQ, BM, 0, q, [&](int r) { return r < live_rows ? q_rows + static_cast<size_t>(r) * D : nullptr; });
@@ -166,41 +201,88 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
       load_tile(t + Tile::kAhead);
       const u32 sK = Tile::kFp8 ? sTile : stage_of(t);
 
-      // S = Q K^T for this warp's 16 rows x kTokPerWarp tokens, the k-steps
-      // spread over kChains accumulator sets so consecutive mma do not wait
-      // on each other (a single score tile would be one 36-long chain).
-      constexpr int kChains = Tile::kScoreTiles >= 4 ? 2 : 4;
-      float sc[kChains][Tile::kScoreTiles][4];
+      // S = Q K^T for this warp's 16 rows x kTokPerWarp tokens.
+      const int tok_base = wn * Tile::kTokPerWarp;
+      constexpr u32 kRows16 = 16 * Rows::kStride * 16;  // 16 rows further (same swizzle)
+      // Split scores: partner warps wm, wm ^ 1 each score both their 32 rows
+      // over half of the k-steps.
+      const int half = Tile::kSplitK ? wm & 1 : 0;
+      const int first = half ? Tile::kStepsLo : 0;
+      // Rows 16 apart share their swizzle: one walker serves every score tile pair.
+      const RowWalk<Tile::kChunks> kb(sK, tok_base + (lane & 7) + (Tile::kScoreTiles == 1 ? 0 : (lane >> 4) << 3),
+                                      (lane >> 3) & 1, first);
+      float s[Tile::kScoreTiles][4];
+      if constexpr (Tile::kSplitK) {
+        float sp[2][Tile::kScoreTiles][4];
 #pragma unroll
-      for (int c = 0; c < kChains; ++c)
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < Tile::kScoreTiles; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) sp[i][j][e] = 0.f;
+        const int steps = half ? D / 16 - Tile::kStepsLo : Tile::kStepsLo;
+        const RowWalk<Tile::kChunks> qa(sQ, (wm - half) * 16 + (lane & 15), lane >> 4, first);
+#pragma unroll 1
+        for (int k4 = 0; k4 < (Tile::kStepsLo + 3) / 4; ++k4) {
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            if (4 * k4 + u >= steps) break;
+            u32 a[2][4];
+            ldsm_x4(a[0], qa.at(k4, u));
+            ldsm_x4(a[1], qa.at(k4, u) + kRows16);
+            score_step<T, kRows16>(sp, a, kb.at(k4, u));
+          }
+        }
+        // Each warp keeps the 16 rows it owns from here on (wm * 16..) and
+        // takes its partner's partial sums of them through the pair's slot
+        // in P's space (free until P is written): the lower half sends
+        // first, the upper half adds, then sends back. a + b == b + a, so
+        // both warps of a pair see the same sums.
+        const u32 slot = sP + (warp / 2) * Tile::kSwapBytes + lane * 16;
+        const int pair_barrier = 1 + warp / 2;
+        auto send = [&](const float(&x)[Tile::kScoreTiles][4]) {
+#pragma unroll
+          for (int j = 0; j < Tile::kScoreTiles; ++j)
+            asm volatile("st.shared.v4.f32 [%0], {%1,%2,%3,%4};" ::"r"(slot + j * 512), "f"(x[j][0]), "f"(x[j][1]),
+                         "f"(x[j][2]), "f"(x[j][3]));
+        };
+        auto receive = [&](float(&x)[Tile::kScoreTiles][4]) {
+#pragma unroll
+          for (int j = 0; j < Tile::kScoreTiles; ++j) {
+            float y[4];
+            asm volatile("ld.shared.v4.f32 {%0,%1,%2,%3}, [%4];"
+                         : "=f"(y[0]), "=f"(y[1]), "=f"(y[2]), "=f"(y[3]) : "r"(slot + j * 512));
+#pragma unroll
+            for (int e = 0; e < 4; ++e) x[j][e] += y[e];
+          }
+        };
+        if (half == 0) send(sp[1]);
+        named_sync(pair_barrier, 64);
+        if (half == 1) {
+          receive(sp[1]);
+          send(sp[0]);
+        }
+        named_sync(pair_barrier, 64);
+        if (half == 0) receive(sp[0]);
 #pragma unroll
         for (int j = 0; j < Tile::kScoreTiles; ++j)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) sc[c][j][e] = 0.f;
-      const int tok_base = wn * Tile::kTokPerWarp;
-      {
-        // Rows 16 apart share their swizzle: one walker serves every score tile pair.
-        const RowWalk<Tile::kChunks> kb(sK, tok_base + (lane & 7) + (Tile::kScoreTiles == 1 ? 0 : (lane >> 4) << 3),
-                                        (lane >> 3) & 1);
-        constexpr u32 kPairStep = 16 * Rows::kStride * 16;
-        auto step = [&](float (&s)[Tile::kScoreTiles][4], const u32 (&a)[4], u32 b_addr) {
-          if constexpr (Tile::kScoreTiles == 1) {
-            u32 bfrag[2];
-            ldsm_x2(bfrag, b_addr);
-            T::mma(s[0], a, bfrag[0], bfrag[1]);
-          } else {
+          for (int e = 0; e < 4; ++e) s[j][e] = half ? sp[1][j][e] : sp[0][j][e];
+      } else {
+        // One row block: the k-steps spread over kChains accumulator sets so
+        // consecutive mma do not wait on each other (a single score tile
+        // would be one 36-long chain).
+        constexpr int kChains = Tile::kScoreTiles >= 4 ? 2 : 4;
+        float sc[kChains][1][Tile::kScoreTiles][4];
 #pragma unroll
-            for (int j = 0; j < Tile::kScoreTiles / 2; ++j) {
-              u32 bfrag[4];
-              ldsm_x4(bfrag, b_addr + j * kPairStep);
-              T::mma(s[2 * j], a, bfrag[0], bfrag[1]);
-              T::mma(s[2 * j + 1], a, bfrag[2], bfrag[3]);
-            }
-          }
-        };
+        for (int c = 0; c < kChains; ++c)
+#pragma unroll
+          for (int j = 0; j < Tile::kScoreTiles; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) sc[c][0][j][e] = 0.f;
         if constexpr (Tile::kQInRegs) {
 #pragma unroll
-          for (int k = 0; k < D / 16; ++k) step(sc[k % kChains], qf[k], kb.at(k / 4, k % 4));
+          for (int k = 0; k < D / 16; ++k) score_step<T, kRows16>(sc[k % kChains], qf[k], kb.at(k / 4, k % 4));
         } else {
           const RowWalk<Tile::kChunks> qa(sQ, wm * 16 + (lane & 15), lane >> 4);
 #pragma unroll 1
@@ -208,23 +290,21 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
 #pragma unroll
             for (int u = 0; u < 4; ++u) {
               if ((D / 16) % 4 != 0 && 4 * k4 + u >= D / 16) break;
-              u32 a[4];
-              ldsm_x4(a, qa.at(k4, u));
-              step(sc[u % kChains], a, kb.at(k4, u));
+              u32 a[1][4];
+              ldsm_x4(a[0], qa.at(k4, u));
+              score_step<T, kRows16>(sc[u % kChains], a, kb.at(k4, u));
             }
           }
         }
+#pragma unroll
+        for (int j = 0; j < Tile::kScoreTiles; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            s[j][e] = sc[0][0][j][e];
+#pragma unroll
+            for (int c = 1; c < kChains; ++c) s[j][e] += sc[c][0][j][e];
+          }
       }
-
-      float s[Tile::kScoreTiles][4];
-#pragma unroll
-      for (int j = 0; j < Tile::kScoreTiles; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          s[j][e] = sc[0][j][e];
-#pragma unroll
-          for (int c = 1; c < kChains; ++c) s[j][e] += sc[c][j][e];
-        }
 
       // Mask invisible tokens; row max over this warp's tokens, then across warps.
       float tile_max[2] = {CUMLA_NEG_INF, CUMLA_NEG_INF};
