@@ -41,6 +41,13 @@ def kernel(file: str, names: tuple[str, ...], name: str, smem: int = 0) -> cp.Ra
 
 @lru_cache(maxsize=None)
 def _kernel_on(file: str, names: tuple[str, ...], name: str, device_id: int, smem: int) -> cp.RawKernel:
+    runtime = cp.cuda.runtime
+    limit = runtime.deviceGetAttribute(runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id)
+    if smem > limit:
+        # The tiles are sized for 227 KB (Hopper); A100-class GPUs give 163 KB, sm_86/89 99 KB.
+        raise RuntimeError(f"{name} needs {smem} bytes of shared memory per block; this GPU (compute capability "
+                           f"{cp.cuda.Device(device_id).compute_capability}) allows {limit}: these dims have no "
+                           f"kernel for it yet")
     fn = _module(file, names, _arch_of(device_id)).get_function(name)
     if smem > 48 * 1024:
         fn.max_dynamic_shared_size_bytes = smem

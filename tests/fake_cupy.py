@@ -44,6 +44,12 @@ class Kernel:
                                shared_mem=shared_mem, limit=self.max_dynamic_shared_size_bytes))
 
 
+#: Opt-in shared memory per block by compute capability (CUDA's tables):
+#: 163 KB on sm_80 (A100), 99 KB on sm_86/89, 227 KB on sm_90.
+OPT_IN_SHARED_MEMORY = {"80": 166912, "86": 101376, "89": 101376, "90": 232448}
+OPT_IN_ATTRIBUTE = 97  # cudaDevAttrMaxSharedMemoryPerBlockOptin
+
+
 def make(sm_count: int = 132, capability: str = "90") -> types.ModuleType:
     """A fresh fake ``cupy`` module; ``module.launches`` lists the recorded launches."""
     fake = types.ModuleType("cupy")
@@ -67,7 +73,13 @@ def make(sm_count: int = 132, capability: str = "90") -> types.ModuleType:
             self.attributes = {"MultiProcessorCount": sm_count}
 
     fake.RawModule = RawModule
-    fake.cuda = types.SimpleNamespace(Device=Device)
+    def device_attribute(attribute, device_id):
+        assert attribute == OPT_IN_ATTRIBUTE, f"attribute {attribute} is not faked"
+        return OPT_IN_SHARED_MEMORY[capability]
+
+    runtime = types.SimpleNamespace(cudaDevAttrMaxSharedMemoryPerBlockOptin=OPT_IN_ATTRIBUTE,
+                                    deviceGetAttribute=device_attribute)
+    fake.cuda = types.SimpleNamespace(Device=Device, runtime=runtime)
     fake.asnumpy = lambda x: np.asarray(x).copy()
     fake.empty = lambda *a, **k: _wrap(np.zeros(*a, **k))  # defined values: nothing runs the kernels
 

@@ -101,8 +101,6 @@ def test_absorbed_decode_launches(cp):
     ("90", True, 16, "latent_attention_sm90<f16_t, 576, 512>"),
     ("90", True, 4, "latent_attention<f16_t, 576, 512, 4, 64>"),  # pages below TMA's 8 rows
     ("90", False, 64, "latent_attention<f16_t, 576, 512, 4, 64>"),
-    ("80", True, 64, "latent_attention<f16_t, 576, 512, 4, 64>"),
-    ("89", True, 64, "latent_attention<f16_t, 576, 512, 4, 64>"),
 ])
 def test_kernel_selection_by_arch(monkeypatch, capability, hopper, block, expected):
     fake = use_fake(monkeypatch, fake_cupy.make(capability=capability))
@@ -115,6 +113,25 @@ def test_kernel_selection_by_arch(monkeypatch, capability, hopper, block, expect
         assert fake.tma_maps[-1][1:] == (3 * 19 * 16, 576, 16)  # one box per 16-token page
     options = {opts for opts, _ in fake.compiled}
     assert ("-std=c++17", f"-arch=sm_{capability}{'a' if capability == '90' else ''}") in options
+
+
+@pytest.mark.parametrize("capability", ["80", "89"])
+def test_kernels_over_the_devices_shared_memory_are_refused_before_launch(monkeypatch, capability):
+    """DeepSeek dims need 185-230 KB per block in the portable kernels: an
+    A100 (163 KB) or an sm_89 GPU (99 KB) gets a clear error, not a failed
+    launch; dims whose tiles fit run there."""
+    fake = use_fake(monkeypatch, fake_cupy.make(capability=capability))
+    with pytest.raises(RuntimeError, match=r"latent_attention<f16_t, 576, 512, 4, 64> needs 229888 bytes of shared "
+                                           rf"memory per block; this GPU \(compute capability {capability}\) allows"):
+        cumla.decode(**inputs(fake, heads=64, dtype=np.float16), strategy="absorbed")
+    assert [launch.name for launch in fake.launches] == ["make_schedule"]
+    rng = np.random.default_rng(2)
+    q = device(fake, rng.standard_normal((2, 16, 80), dtype=np.float32).astype(np.float16))
+    cache = device(fake, rng.standard_normal((2, 100, 80), dtype=np.float32).astype(np.float16))
+    cumla.latent_attention(q, cache, v_dim=64, scale=0.1)
+    attend = next(launch for launch in fake.launches if launch.name.startswith("latent_attention"))
+    assert attend.name == "latent_attention<f16_t, 80, 64, 1, 64>"
+    assert attend.shared_mem <= fake_cupy.OPT_IN_SHARED_MEMORY[capability]
 
 
 def test_hopper_kernel_covers_only_its_dims():
