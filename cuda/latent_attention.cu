@@ -373,7 +373,6 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
       // O[my rows, my columns] += P V, V = first DV columns of the tile.
       // Rows 16 apart share their swizzle: one walker serves every k-step.
       const RowWalk<Tile::kChunks> vb(sK, (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
-      constexpr u32 kVStep = 16 * Rows::kStride * 16;
 #pragma unroll
       for (int k = 0; k < BN / 16; ++k) {
         u32 a[Tile::kPvSub][4];
@@ -393,7 +392,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
           else
             v_addr = sK + Rows::offset((lane & 7) + ((lane >> 3) & 1) * 8, 2 * pair + (lane >> 4));
           u32 bfrag[4];
-          ldsm_x4_trans(bfrag, v_addr + k * kVStep);
+          ldsm_x4_trans(bfrag, v_addr + k * kRows16);
 #pragma unroll
           for (int i = 0; i < Tile::kPvSub; ++i) {
             T::mma(acc[i][j][0], a[i], bfrag[0], bfrag[1]);
