@@ -222,17 +222,23 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
             for (int e = 0; e < 4; ++e) sp[i][j][e] = 0.f;
         const int steps = half ? D / 16 - Tile::kStepsLo : Tile::kStepsLo;
         const RowWalk<Tile::kChunks> qa(sQ, (wm - half) * 16 + (lane & 15), lane >> 4, first);
+        auto k_step = [&](int k4, int u) {
+          u32 a[2][4];
+          ldsm_x4(a[0], qa.at(k4, u));
+          ldsm_x4(a[1], qa.at(k4, u) + kRows16);
+          score_step<T, kRows16>(sp, a, kb.at(k4, u));
+        };
+        // Whole groups of 4 k-steps (a 128-byte block of each row) with no
+        // bound test between their steps, so the compiler can issue a step's
+        // ldmatrix ahead of the previous step's MMAs; then the 0-3 left.
+        const int groups = steps / 4;
 #pragma unroll 1
-        for (int k4 = 0; k4 < (Tile::kStepsLo + 3) / 4; ++k4) {
+        for (int k4 = 0; k4 < groups; ++k4)
 #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            if (4 * k4 + u >= steps) break;
-            u32 a[2][4];
-            ldsm_x4(a[0], qa.at(k4, u));
-            ldsm_x4(a[1], qa.at(k4, u) + kRows16);
-            score_step<T, kRows16>(sp, a, kb.at(k4, u));
-          }
-        }
+          for (int u = 0; u < 4; ++u) k_step(k4, u);
+#pragma unroll
+        for (int u = 0; u < 3; ++u)
+          if (u < steps % 4) k_step(groups, u);
         // Each warp keeps the 16 rows it owns from here on (wm * 16..) and
         // takes its partner's partial sums of them through the pair's slot
         // in P's space (free until P is written): the lower half sends
