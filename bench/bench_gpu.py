@@ -345,6 +345,8 @@ def markdown(result) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     kernels = sorted({r["kernel"] for r in result["configs"]})
+    if result.get("smem_limit"):
+        lines[4:4] = [f"Tiles sized for {result['smem_limit']} bytes of shared memory per block (--smem-limit).", ""]
     lines[4:4] = [f"Kernel: {', '.join(kernels)}; the portable kernel's time on the same GPU beside it.",
                   "Time: GPU time per call (attention and combine; the plan's schedule is made once, outside) "
                   "of 10 planned calls replayed as one "
@@ -409,7 +411,14 @@ def main(argv=None) -> int:
     parser.add_argument("--extras", default=None,
                         help="comma-separated extra sections among fp8,decompressed,serving "
                              "(default: all of them, none with --core-only)")
+    parser.add_argument("--smem-limit", type=int, default=None,
+                        help="size the kernels' tiles for this many bytes of shared memory per block "
+                             "(166912: an A100's) instead of the device's own limit")
     args = parser.parse_args(argv)
+    if args.smem_limit is not None:
+        from cumla import _gpu
+
+        _gpu.smem_limit = lambda device_id: args.smem_limit
     known = set(EXTRAS.split(","))
     extras = known if args.extras is None and not args.core_only else set(filter(None, (args.extras or "").split(",")))
     if extras - known:
@@ -423,7 +432,8 @@ def main(argv=None) -> int:
     date = datetime.date.today().isoformat()
     rows = []
     result = dict(date=date, gpu=gpu, copy_tb_s=copy_bw / 1e12, matmul_tflop_s=mm_rate / 1e12,
-                  matmul_via=via, cupy=cp.__version__, configs=rows, decompressed=None, serving=None, fp8=None)
+                  matmul_via=via, cupy=cp.__version__, smem_limit=args.smem_limit, configs=rows, decompressed=None,
+                  serving=None, fp8=None)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"{date}-{gpu.replace(' ', '-')}")
 

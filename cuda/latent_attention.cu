@@ -3,7 +3,9 @@
 //
 // One CTA of 8 warps owns BM = 16*WM query rows of one request (all heads
 // and query tokens of the request when Sq*H <= BM) and walks a range of
-// BN-token cache tiles given by the split-KV schedule. Each tile is copied
+// BN-token cache tiles given by the split-KV schedule (BN = 64, the
+// schedule's tile, or 32 where SMEM_KB, the device's shared memory per
+// block, holds no 64-token stages: 163 KB on an A100). Each tile is copied
 // to shared memory once (cp.async, double-buffered, swizzled) and serves
 // every row of the CTA. Warps form a WM x WN grid: warp (wm, wn) owns the
 // scores of rows [16wm, 16wm+16) and tokens [wn*BN/WN, ...) (with WM even,
@@ -22,7 +24,7 @@
 
 namespace {
 
-template <class T, int D, int DV, int WM, int BN, int G = 0>
+template <class T, int D, int DV, int WM, int BN, int G = 0, int SMEM_KB = 227>
 struct LatentTile {
   static constexpr int kWarps = 8;
   static constexpr int WN = kWarps / WM;
@@ -65,19 +67,21 @@ struct LatentTile {
   static constexpr int kStepsLo = (D / 16 + 1) / 2;  // the lower half's k-steps
   static constexpr int kSwapBytes = kScoreTiles * 512;  // a warp's 16 x kTokPerWarp fp32 partial scores
   static_assert(!kSplitK || (kWarps / 2) * kSwapBytes <= kPBytes, "the score swap must fit in P's space");
-  // Copies in flight: 16-bit tiles (the MMAs read each stage in place), or raw
-  // FP8 tiles beside the one dequantised tile: up to 3 with Q in registers, 2
-  // for 32 rows, 1 for 64, fewer where shared memory holds fewer.
-  static constexpr int kRawFit = (227 * 1024 - kQBytes - kTileBytes - kPBytes - kRedBytes) / (kFp8 ? kStageBytes : 1);
-  static constexpr int kRawWanted = kQInRegs ? 3 : WM == 2 ? 2 : 1;
-  static constexpr int kStages = kFp8 ? (kRawFit < kRawWanted ? kRawFit : kRawWanted) : kQInRegs ? 3 : 2;
-  static_assert(kStages >= 1, "FP8 rows too wide for shared memory");
+  // Copies in flight, as many as wanted and SMEM_KB (the device's shared
+  // memory per block) holds: 16-bit tiles (the MMAs read each stage in place;
+  // 3 with Q in registers, else 2; 1 where no more fit: each tile's copy
+  // then waits for the previous tile's readers), or raw FP8 tiles beside
+  // the one dequantised tile (3 with Q in registers, 2 for 32 rows, else 1).
+  static constexpr int kFit = (SMEM_KB * 1024 - kQBytes - kTileBytes - kPBytes - kRedBytes) / kStageBytes;
+  static constexpr int kWanted = kQInRegs ? 3 : !kFp8 || WM == 2 ? 2 : 1;
+  static constexpr int kStages = kFit < kWanted ? kFit : kWanted;
+  static_assert(kStages >= 1, "the tiles do not fit in SMEM_KB of shared memory");
   static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes + kTileBytes + kPBytes + kRedBytes;
   // Tiles copied ahead of the one being computed.
   static constexpr int kAhead = kFp8 ? kStages : kStages - 1;
-  static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
+  static_assert(kSmemBytes <= SMEM_KB * 1024, "tile does not fit in shared memory");
   static_assert(D % 16 == 0 && DV % 16 == 0 && DV <= D, "dims must be multiples of 16");
-  static_assert(kTokPerWarp % 8 == 0 && BN % 16 == 0, "tile shape");
+  static_assert(kTokPerWarp % 8 == 0 && BN % 16 == 0 && kScheduleTile % BN == 0, "tile shape");
 };
 
 }  // namespace
@@ -106,9 +110,9 @@ __device__ __forceinline__ void score_step(float (&s)[NA][ST][4], const u32 (&a)
   }
 }
 
-template <class T, int D, int DV, int WM, int BN, int G = 0>
+template <class T, int D, int DV, int WM, int BN, int G = 0, int SMEM_KB = 227>
 __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant__ AttnParams p) {
-  using Tile = LatentTile<T, D, DV, WM, BN, G>;
+  using Tile = LatentTile<T, D, DV, WM, BN, G, SMEM_KB>;
   using Rows = typename Tile::Rows;
   using PRows = typename Tile::PRows;
   constexpr int WN = Tile::WN, BM = Tile::BM;
@@ -134,8 +138,10 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
 
   for (int b = work.first(); b <= work.last(p.batch); ++b) {
     Segment seg;
-    if (!work.segment(p, b, BN, seg)) continue;
-    const int n = seg.n, t0 = seg.t0, t1 = seg.t1;
+    if (!work.segment(p, b, kScheduleTile, seg)) continue;
+    // The schedule's tiles in BN-token tiles (the same ones when BN is 64).
+    constexpr int kSplit = kScheduleTile / BN;
+    const int n = seg.n, t0 = seg.t0 * kSplit, t1 = min(seg.t1 * kSplit, (n + BN - 1) / BN);
 
     cp_async_wait<0>();
     __syncthreads();  // the previous request's readers are done with shared memory
@@ -170,6 +176,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
     };
 #pragma unroll
     for (int i = 0; i < Tile::kAhead; ++i) load_tile(t0 + i);
+    if constexpr (Tile::kAhead == 0) cp_async_commit();  // Q's copies, waited for with the first tile's
 
     // O: per thread rows pv_row0 + 16i + g and + 8 of its P V tile; pv_max
     // is those rows' softmax base, run_max/run_sum those of its score rows.
@@ -192,13 +199,17 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
     for (int h = 0; h < 2; ++h) limit[h] = visible_limit(n, my_row[h], p.heads, p.q_len, p.causal);
 
     for (int t = t0; t < t1; ++t) {
-      cp_async_wait<Tile::kAhead - 1>();
+      if constexpr (Tile::kAhead == 0) {  // one stage: tile t's copy once tile t-1's readers are done
+        __syncthreads();
+        load_tile(t);
+      }
+      cp_async_wait<Tile::kAhead == 0 ? 0 : Tile::kAhead - 1>();
       __syncthreads();  // tile t is in; everyone is done with tile t-1 and its stage
       if constexpr (Tile::kFp8) {
         dequantize_rows<T, D, DV, G, Rows, BN>(smem + (stage_of(t) - sQ), sTile);
         __syncthreads();  // the tile is whole; its raw stage is free for tile t + kAhead
       }
-      load_tile(t + Tile::kAhead);
+      if constexpr (Tile::kAhead > 0) load_tile(t + Tile::kAhead);
       const u32 sK = Tile::kFp8 ? sTile : stage_of(t);
 
       // S = Q K^T for this warp's 16 rows x kTokPerWarp tokens.
@@ -462,7 +473,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
 // i, i + 256, ... of every row.
 template <class T, int D, int DV>
 __global__ void __launch_bounds__(256, 1) latent_attention_simt(const __grid_constant__ AttnParams p) {
-  constexpr int kRows = 16, kTok = 32, kThreads = 256, kSched = 64;  // schedule tiles are 64 tokens
+  constexpr int kRows = 16, kTok = 32, kThreads = 256;
   constexpr int kCols = (DV + kThreads - 1) / kThreads;
   constexpr int kPitch = D + 1;  // odd pitch: column walks hit distinct banks
   using S = typename T::storage;
@@ -482,8 +493,8 @@ __global__ void __launch_bounds__(256, 1) latent_attention_simt(const __grid_con
 
   for (int b = work.first(); b <= work.last(p.batch); ++b) {
     Segment seg;
-    if (!work.segment(p, b, kSched, seg)) continue;
-    const int n = seg.n, t0 = seg.t0 * kSched, t1 = min(n, seg.t1 * kSched);
+    if (!work.segment(p, b, kScheduleTile, seg)) continue;
+    const int n = seg.n, t0 = seg.t0 * kScheduleTile, t1 = min(n, seg.t1 * kScheduleTile);
     __syncthreads();
     for (int i = tid; i < kRows * D; i += kThreads) {
       const int r = i / D, c = i % D;

@@ -7,6 +7,10 @@
 // work[4p+3]) in (request, tile) order. Request b's pieces are the parts
 // first_part[b] .. first_part[b] + n, n = piece_base[b+1] - piece_base[b];
 // piece k of b keeps its partial result in slot piece_base[b] + k.
+// Tokens per schedule tile (cumla/_kernels.SCHEDULE_TILE): the unit of the
+// work ranges; kernels with smaller tiles split each one.
+enum : int { kScheduleTile = 64 };
+
 struct Schedule {
   const int* work;        // (num_parts, 4)
   const int* first_part;  // (B,)

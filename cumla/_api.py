@@ -198,6 +198,8 @@ def decode(
             latent_dim=problem.latent_dim, rope_dim=problem.rope_dim, nope_dim=problem.nope_dim,
             v_dim=problem.v_dim, itemsize=problem.dtype.itemsize,
         ).best
+        if strategy == "decompressed" and not backend.runs_decompressed(problem):
+            strategy = "absorbed"
     q4, out4 = _as_4d(q), _out_4d(problem, out)
     w3 = w_kv.reshape(problem.latent_dim, problem.heads, -1)
     if strategy == "absorbed":

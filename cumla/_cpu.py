@@ -100,6 +100,11 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     return o, lse
 
 
+def runs_decompressed(problem: Problem) -> bool:
+    """Whether this backend runs the decompressed strategy for ``problem``: always."""
+    return True
+
+
 def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: float, causal: bool,
                  plan=None, out=None):
     """Decompressed form: per chunk, keys and values are rebuilt from the latent rows.

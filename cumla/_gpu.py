@@ -40,11 +40,16 @@ def kernel(file: str, names: tuple[str, ...], name: str, smem: int = 0) -> cp.Ra
 
 
 @lru_cache(maxsize=None)
-def _kernel_on(file: str, names: tuple[str, ...], name: str, device_id: int, smem: int) -> cp.RawKernel:
+def smem_limit(device_id: int) -> int:
+    """Shared memory a block of the device can opt in to (227 KB on Hopper, 163 KB on A100, 99 KB on sm_86/89)."""
     runtime = cp.cuda.runtime
-    limit = runtime.deviceGetAttribute(runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id)
+    return runtime.deviceGetAttribute(runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin, device_id)
+
+
+@lru_cache(maxsize=None)
+def _kernel_on(file: str, names: tuple[str, ...], name: str, device_id: int, smem: int) -> cp.RawKernel:
+    limit = smem_limit(device_id)
     if smem > limit:
-        # The tiles are sized for 227 KB (Hopper); A100-class GPUs give 163 KB, sm_86/89 99 KB.
         raise RuntimeError(f"{name} needs {smem} bytes of shared memory per block; this GPU (compute capability "
                            f"{cp.cuda.Device(device_id).compute_capability}) allows {limit}: these dims have no "
                            f"kernel for it yet")
@@ -152,11 +157,12 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     o = out if out is not None else cp.empty((batch, q_len, heads, v_dim), dtype=problem.dtype)
     if batch == 0:
         return o, cp.empty((batch, q_len, heads), dtype=np.float32)
-    arch = _arch_of(cp.cuda.Device().id)
+    device_id = cp.cuda.Device().id
+    arch, limit = _arch_of(device_id), smem_limit(device_id)
     paged = block_table is not None
     spec = None
     if problem.cache_format is not None:  # a kernel that reads the FP8 rows, else dequantise first
-        spec = latent_kernel(problem.dtype, dim, v_dim, rows, arch, fp8=problem.cache_format)
+        spec = latent_kernel(problem.dtype, dim, v_dim, rows, arch, fp8=problem.cache_format, smem_limit=limit)
         if spec is None:
             problem, cache, block_table = _dense_cache(problem, cache, block_table)
     q = _on_16_bytes(cp.ascontiguousarray(q_lat.astype(problem.dtype, copy=False)))
@@ -168,7 +174,8 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     cache_rows = problem.num_blocks * problem.block_size  # (num_blocks or B) x (block_size or S)
     tma_ready = 0 < cache_rows < 2**31
     if spec is None:
-        spec = latent_kernel(problem.dtype, dim, v_dim, rows, arch, problem.block_size if paged else None, tma_ready)
+        spec = latent_kernel(problem.dtype, dim, v_dim, rows, arch, problem.block_size if paged else None, tma_ready,
+                             smem_limit=limit)
     args = (_params(problem, plan, q, cache, seqlens, block_table, o, lse, scale, causal),)
     if spec.tma:
         box_rows = min(problem.block_size, 64) if paged else 64
@@ -177,6 +184,16 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     attend(spec.grid(plan.num_parts, rows), (THREADS,), args, shared_mem=spec.smem)
     _combine(spec.combine, args[0], rows, batch, v_dim)
     return o, lse
+
+
+def runs_decompressed(problem: Problem) -> bool:
+    """Whether the decompressed kernel for ``problem`` fits the current device's
+    shared memory (at DeepSeek dims it takes 200 KB: not on an A100); where it
+    does not, ``strategy="auto"`` runs the absorbed strategy."""
+    device_id = cp.cuda.Device().id
+    spec = decompressed_kernel(problem.dtype, problem.latent_dim, problem.rope_dim, problem.nope_dim, problem.v_dim,
+                               _arch_of(device_id))
+    return spec.smem <= smem_limit(device_id)
 
 
 def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: float, causal: bool,

@@ -21,7 +21,8 @@ from ._fp8 import fp8_format
 CHECK_ARCHS = ("sm_80", "sm_90a")
 SCHEDULE_TILE = 64  # tokens per schedule tile (the tensor-core kernel's BN)
 THREADS = 256
-SMEM_LIMIT = 227 * 1024  # opt-in shared memory per block on sm_80 and sm_90
+SMEM_LIMIT = 227 * 1024  # opt-in shared memory per block on sm_90 (Hopper), the most any kernel takes
+A100_SMEM = 163 * 1024  # on sm_80 and sm_87 (sm_86/89: 99 KB)
 DECOMPRESSED_STAGES = 4  # most latent/W slice stages the decompressed kernel keeps in flight
 
 _INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.M)
@@ -105,18 +106,20 @@ class LatentKernel:
         return (groups, parts) if self.file == "latent_attention_sm90.cu" else (parts, groups)
 
 
-def _tc_smem(dim: int, rows: int, tile: int, raw_bytes: int = 0) -> int:
-    """Mirror of LatentTile::kSmemBytes (cuda/latent_attention.cu); ``raw_bytes``:
-    the FP8 row size of a kernel that dequantises (0 for 16-bit rows)."""
+def _tc_smem(dim: int, rows: int, tile: int, raw_bytes: int = 0, limit: int = SMEM_LIMIT) -> tuple[int, int] | None:
+    """Mirror of LatentTile::kSmemBytes and kStages (cuda/latent_attention.cu) for
+    ``limit`` bytes of shared memory per block: (bytes, stages), None where not
+    one stage fits; ``raw_bytes``: the FP8 row size of a kernel that dequantises
+    (0 for 16-bit rows)."""
     q_in_regs = rows == 16 and dim <= 576
     tile_bytes = tile * (-(-dim // 64) * 64) * 2
     q_bytes = 0 if q_in_regs else rows * (-(-dim // 64) * 64) * 2
-    rest = q_bytes + rows * tile * 2 + (8 // (rows // 16)) * rows * 4  # Q, P, row reductions
-    if raw_bytes:  # raw stages (as many as wanted and fit, at least one) and the dequantised tile
-        fit = (SMEM_LIMIT - rest - tile_bytes) // (tile * raw_bytes)
-        stages = max(1, min(3 if q_in_regs else 2 if rows == 32 else 1, fit))
-        return rest + stages * tile * raw_bytes + tile_bytes
-    return rest + (3 if q_in_regs else 2) * tile_bytes
+    p_bytes = rows * (-(-tile // 64) * 64) * 2  # rows padded to 8 chunks
+    rest = q_bytes + p_bytes + (8 // (rows // 16)) * rows * 4 + (tile_bytes if raw_bytes else 0)  # + row reductions
+    stage = tile * raw_bytes if raw_bytes else tile_bytes  # raw FP8 rows beside the dequantised tile, or 16-bit
+    wanted = 3 if q_in_regs else 2 if not raw_bytes or rows == 32 else 1
+    stages = min(wanted, (limit - rest) // stage)
+    return (rest + stages * stage, stages) if stages >= 1 else None
 
 
 def fp8_in_kernel(fmt: Any, v_dim: int) -> bool:
@@ -153,13 +156,15 @@ def _tiles_into_pages(block_size: int) -> bool:
 HOPPER_HALVES = (64, 128, 256)
 
 
-def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int, block_size: int | None = None) -> LatentKernel | None:
+def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int, block_size: int | None = None,
+                  smem_limit: int = SMEM_LIMIT) -> LatentKernel | None:
     """The sm_90a wgmma kernel for these dims and cache layout, or None where it
     does not apply: float32; L+R not a multiple of 64; L not 128, 256 or 512
-    (or above L+R); pages of fewer than 8 tokens or that do not tile 64 tokens."""
+    (or above L+R); pages of fewer than 8 tokens or that do not tile 64 tokens;
+    more shared memory than ``smem_limit``."""
     element = element_of(dtype)
     if (element == "f32_t" or dim % 64 or v_dim % 2 or v_dim // 2 not in HOPPER_HALVES or v_dim > dim
-            or _hopper_smem(dim, v_dim) > SMEM_LIMIT):
+            or _hopper_smem(dim, v_dim) > min(smem_limit, SMEM_LIMIT)):
         return None
     if block_size is not None and not _tiles_into_pages(block_size):
         return None
@@ -167,19 +172,36 @@ def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int, block_size: int | None 
     return LatentKernel("latent_attention_sm90.cu", (name,), name, 64, _hopper_smem(dim, v_dim), element, tma=True)
 
 
-def _portable(element: str, dim: int, v_dim: int, rows: int, fmt: Any = None) -> tuple[str, int, int]:
+def _portable(element: str, dim: int, v_dim: int, rows: int, fmt: Any = None,
+              limit: int = SMEM_LIMIT) -> tuple[str, int, int]:
     """(name, rows per CTA, shared memory) of the portable tensor-core kernel
-    (reading FP8 rows of layout ``fmt`` itself when given)."""
-    warps_m = 1 if rows <= 16 else 2 if rows <= 32 else 4
-    smem = _tc_smem(dim, 16 * warps_m, SCHEDULE_TILE, 0 if fmt is None else fmt.row_bytes)
-    if smem > SMEM_LIMIT:
-        raise ValueError(f"L+R = {dim} needs {smem} bytes of shared memory per CTA, over {SMEM_LIMIT}")
-    group = "" if fmt is None else f", {fmt.group}"
-    return f"latent_attention<{element}, {dim}, {v_dim}, {warps_m}, {SCHEDULE_TILE}{group}>", 16 * warps_m, smem
+    (reading FP8 rows of layout ``fmt`` itself when given) for ``limit`` bytes
+    of shared memory per block. The fewest rows per CTA that hold M, in
+    64-token tiles, else 32 (each warp's score columns a multiple of 8);
+    where those do not fit, other row counts; double-buffered 16-bit tiles
+    before single ones (each tile's copy then waits for the previous tile's
+    readers)."""
+    by_rows = 1 if rows <= 16 else 2 if rows <= 32 else 4
+    order = {1: (1, 2, 4), 2: (2, 1, 4), 4: (4, 2, 1)}[by_rows]
+    limit = min(limit, SMEM_LIMIT) // 1024 * 1024  # the kernel's budget is in KB
+    raw_bytes = 0 if fmt is None else fmt.row_bytes
+    shapes = [(wm, tile) for wm in order for tile in (SCHEDULE_TILE, SCHEDULE_TILE // 2) if tile * wm % 64 == 0]
+    for least in (1,) if fmt is not None else (2, 1):
+        fits = [(wm, tile, fit[0]) for wm, tile in shapes
+                if (fit := _tc_smem(dim, 16 * wm, tile, raw_bytes, limit)) is not None and fit[1] >= least]
+        if fits:
+            warps_m, tile, smem = fits[0]
+            break
+    else:
+        raise ValueError(f"L+R = {dim} needs more shared memory per block than {limit} bytes at any tile shape")
+    extra = "" if fmt is None else f", {fmt.group}"
+    if limit < SMEM_LIMIT:  # tiles sized for a smaller budget (KB) than the default 227
+        extra = f", {0 if fmt is None else fmt.group}, {limit // 1024}"
+    return f"latent_attention<{element}, {dim}, {v_dim}, {warps_m}, {tile}{extra}>", 16 * warps_m, smem
 
 
 def latent_kernel(dtype: np.dtype, dim: int, v_dim: int, rows: int, arch: str, block_size: int | None = None,
-                  tma_ready: bool = True, fp8: Any = None) -> LatentKernel | None:
+                  tma_ready: bool = True, fp8: Any = None, smem_limit: int = SMEM_LIMIT) -> LatentKernel | None:
     """The kernel for a dtype, query/cache width ``dim``, ``v_dim``, M = Sq*H rows, an
     arch and the cache's page size (None: contiguous).
 
@@ -189,21 +211,22 @@ def latent_kernel(dtype: np.dtype, dim: int, v_dim: int, rows: int, arch: str, b
     that hold M), and float32 on CUDA cores. With ``fp8`` (an FP8 row layout)
     the tensor-core kernel that dequantises those rows itself, or None where
     no kernel reads them (float32, or a layout ``fp8_in_kernel`` refuses).
+    ``smem_limit``: the device's shared memory per block (tiles shrink to fit).
     """
     if fp8 is not None:
         if element_of(np.dtype(dtype)) == "f32_t" or not fp8_in_kernel(fp8, v_dim):
             return None
-        return _choose(np.dtype(dtype), dim, v_dim, rows, False, None, fp8)  # any page size
+        return _choose(np.dtype(dtype), dim, v_dim, rows, False, None, fp8, smem_limit)  # any page size
     return _choose(np.dtype(dtype), dim, v_dim, rows, arch == "sm_90a" and USE_HOPPER_KERNEL and tma_ready,
-                   block_size)
+                   block_size, None, smem_limit)
 
 
 @lru_cache(maxsize=None)
 def _choose(dtype: np.dtype, dim: int, v_dim: int, rows: int, hopper: bool, block_size: int | None,
-            fp8: Any = None) -> LatentKernel:
+            fp8: Any = None, smem_limit: int = SMEM_LIMIT) -> LatentKernel:
     """latent_kernel's choice, once per distinct call shape (decode asks every call)."""
     if hopper:
-        spec = hopper_kernel(dtype, dim, v_dim, block_size)
+        spec = hopper_kernel(dtype, dim, v_dim, block_size, smem_limit)
         if spec is not None:
             return spec
     element = element_of(dtype)
@@ -213,8 +236,14 @@ def _choose(dtype: np.dtype, dim: int, v_dim: int, rows: int, hopper: bool, bloc
         return LatentKernel("latent_attention.cu", (name,), name, 16, smem, element)
     if dim % 16 or v_dim % 16:
         raise ValueError(f"16-bit kernels need L+R and L multiples of 16, got {dim} and {v_dim}")
-    name, block_rows, smem = _portable(element, dim, v_dim, rows, fp8)
-    module = tuple(sorted({_portable(element, dim, v_dim, r, fp8)[0] for r in (16, 32, 64)}))
+    name, block_rows, smem = _portable(element, dim, v_dim, rows, fp8, smem_limit)
+    module = {name}  # with the row counts' other kernels that fit: one module for every M
+    for other in (16, 32, 64):
+        try:
+            module.add(_portable(element, dim, v_dim, other, fp8, smem_limit)[0])
+        except ValueError:
+            pass
+    module = tuple(sorted(module))
     return LatentKernel("latent_attention.cu", module, name, block_rows, smem, element)
 
 
@@ -305,6 +334,11 @@ def check_matrix() -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
             dim, v_dim = fmt.width, fmt.latent_dim
             out.append(("latent_attention.cu", latent_kernel(dtype, dim, v_dim, 16, "sm_80", fp8=fmt).module,
                         CHECK_ARCHS))
+    # Tiles for an A100's 163 KB and an sm_89 GPU's 99 KB per block, 16-bit and FP8 rows.
+    for limit in (A100_SMEM, 99 * 1024):
+        for fmt in (None, fp8_format(512, 64, 128)):
+            out.append(("latent_attention.cu", latent_kernel(BFLOAT16, 576, 512, 16, "sm_80", fp8=fmt,
+                                                             smem_limit=limit).module, CHECK_ARCHS))
     for dtype in (BFLOAT16, np.dtype(np.float16)):
         for dim, v_dim in ((576, 512), (256, 128)):
             out.append(("latent_attention_sm90.cu", hopper_kernel(dtype, dim, v_dim).module, ("sm_90a",)))

@@ -115,23 +115,64 @@ def test_kernel_selection_by_arch(monkeypatch, capability, hopper, block, expect
     assert ("-std=c++17", f"-arch=sm_{capability}{'a' if capability == '90' else ''}") in options
 
 
-@pytest.mark.parametrize("capability", ["80", "89"])
-def test_kernels_over_the_devices_shared_memory_are_refused_before_launch(monkeypatch, capability):
-    """DeepSeek dims need 185-230 KB per block in the portable kernels: an
-    A100 (163 KB) or an sm_89 GPU (99 KB) gets a clear error, not a failed
-    launch; dims whose tiles fit run there."""
-    fake = use_fake(monkeypatch, fake_cupy.make(capability=capability))
-    with pytest.raises(RuntimeError, match=r"latent_attention<f16_t, 576, 512, 4, 64> needs 229888 bytes of shared "
-                                           rf"memory per block; this GPU \(compute capability {capability}\) allows"):
-        cumla.decode(**inputs(fake, heads=64, dtype=np.float16), strategy="absorbed")
-    assert [launch.name for launch in fake.launches] == ["make_schedule"]
+def test_tiles_shrink_to_the_devices_shared_memory(monkeypatch):
+    """An A100 (163 KB per block) runs DeepSeek dims on 32-token tiles at 32
+    and 64 rows per CTA; the prefill chunk's decompressed kernel (200 KB)
+    does not fit there, so "auto" runs the absorbed strategy."""
+    fake = use_fake(monkeypatch, fake_cupy.make(capability="80"))
+    cumla.decode(**inputs(fake, heads=64, dtype=np.float16), strategy="absorbed")
+    attend = fake.launches[1]
+    assert attend.name == "latent_attention<f16_t, 576, 512, 4, 32, 0, 163>"
+    assert attend.shared_mem == 156160 <= attend.limit <= fake_cupy.OPT_IN_SHARED_MEMORY["80"]
+    fake.launches.clear()
+    args = inputs(fake, q_len=256, heads=16, dtype=np.float16)
+    assert cumla.cost(batch=3, seq_len=300, heads=16, q_len=256, latent_dim=L, rope_dim=R, nope_dim=DN, v_dim=DV,
+                      itemsize=2).best == "decompressed"
+    cumla.decode(**args, strategy="auto")
+    assert not any(launch.name.startswith("decompressed") for launch in fake.launches)
+    assert any(launch.name == "latent_attention<f16_t, 576, 512, 4, 32, 0, 163>" for launch in fake.launches)
+
+
+def test_sm89_runs_single_stage_tiles_and_refuses_the_decompressed_kernel(monkeypatch):
+    """sm_89 GPUs (99 KB per block): DeepSeek dims run on 32-row CTAs of one
+    32-token stage; the decompressed kernel (200 KB) gets a clear error before
+    anything is launched when asked for by name."""
+    fake = use_fake(monkeypatch, fake_cupy.make(capability="89"))
+    cumla.decode(**inputs(fake, heads=64, dtype=np.float16), strategy="absorbed")
+    attend = fake.launches[1]
+    assert attend.name == "latent_attention<f16_t, 576, 512, 2, 32, 0, 99>"
+    assert attend.shared_mem == 78336 and attend.grid[1] == 2  # 64 rows in two 32-row CTAs
+    fake.launches.clear()
+    with pytest.raises(RuntimeError, match=r"decompressed_attention<f16_t, 512, 64, 128, 128, 64, 4> needs 204800 "
+                                           r"bytes of shared memory per block; this GPU \(compute capability 89\)"):
+        cumla.decode(**inputs(fake, heads=16, dtype=np.float16), strategy="decompressed")
+    assert not any(launch.name.startswith("decompressed") for launch in fake.launches)
     rng = np.random.default_rng(2)
     q = device(fake, rng.standard_normal((2, 16, 80), dtype=np.float32).astype(np.float16))
     cache = device(fake, rng.standard_normal((2, 100, 80), dtype=np.float32).astype(np.float16))
     cumla.latent_attention(q, cache, v_dim=64, scale=0.1)
     attend = next(launch for launch in fake.launches if launch.name.startswith("latent_attention"))
-    assert attend.name == "latent_attention<f16_t, 80, 64, 1, 64>"
-    assert attend.shared_mem <= fake_cupy.OPT_IN_SHARED_MEMORY[capability]
+    assert attend.name == "latent_attention<f16_t, 80, 64, 1, 64, 0, 99>"
+    assert attend.shared_mem <= fake_cupy.OPT_IN_SHARED_MEMORY["89"]
+
+
+def test_tiles_for_every_budget_fit_it():
+    """Each (rows, budget, 16-bit or FP8 rows) gets a kernel whose shared memory
+    fits the budget; the default budget keeps its names."""
+    fmt = cumla.fp8_format(L, R, 128)
+    for limit in (_kernels.SMEM_LIMIT, _kernels.A100_SMEM, 99 * 1024, 64 * 1024):
+        for rows in (1, 16, 17, 32, 64, 256):
+            for cache_format in (None, fmt):
+                try:
+                    spec = _kernels.latent_kernel(cumla.bfloat16, L + R, L, rows, "sm_80", fp8=cache_format,
+                                                  smem_limit=limit)
+                except ValueError:
+                    assert limit == 64 * 1024  # below one 32-token stage beside 16 rows of Q
+                    continue
+                assert spec.smem <= limit and spec.name.endswith(">" if limit == _kernels.SMEM_LIMIT
+                                                                 else f", {limit // 1024}>")
+    assert _kernels.latent_kernel(cumla.bfloat16, L + R, L, 64, "sm_80").name == \
+        "latent_attention<bf16_t, 576, 512, 4, 64>"
 
 
 def test_hopper_kernel_covers_only_its_dims():

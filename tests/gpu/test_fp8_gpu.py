@@ -55,10 +55,17 @@ def test_fp8_rows_read_in_the_kernel_match_reference(case, group):
     (32, 1, (300, 17), 1),
 ])
 @pytest.mark.parametrize("parts", [None, 7])
-def test_flashmla_fp8_layout_at_deepseek_dims(dtype, heads, q_len, seqlens, block, parts):
+@pytest.mark.parametrize("smem", [None, _kernels.A100_SMEM, 99 * 1024])
+def test_flashmla_fp8_layout_at_deepseek_dims(dtype, heads, q_len, seqlens, block, parts, smem, monkeypatch):
     """The 656-byte rows (512 e4m3, 4 float32 scales, 64 bfloat16 RoPE) through 16,
-    32 and 64 query rows per CTA (3, 2 and 1 raw stages), split and unsplit."""
+    32 and 64 query rows per CTA (3, 2 and 1 raw stages), split and unsplit;
+    also with the tiles for an A100's 163 KB per block (32 tokens at 64 rows)
+    and an sm_89 GPU's 99 KB (32 rows per CTA, 32 tokens)."""
     import cupy as cp
+    from cumla import _gpu
+
+    if smem is not None:
+        monkeypatch.setattr(_gpu, "smem_limit", lambda device_id: smem)
 
     case = MLACase(len(seqlens), q_len, heads, latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128,
                    seqlens=tuple(seqlens), capacity=max(seqlens), block_size=block, causal=True, dtype=dtype,

@@ -111,6 +111,32 @@ def test_deepseek_dims_with_every_split(dtype, heads, q_len, seqlens, block, par
     assert_close(o, ref_o, dtype, lse, ref_lse)
 
 
+@pytest.mark.parametrize("budget", [_kernels.A100_SMEM, 99 * 1024])
+@pytest.mark.parametrize("heads,q_len,seqlens,block", [
+    (16, 1, (4096, 1, 0, 777), 64),
+    (128, 2, (2049, 5), 64),
+    (64, 3, (1000, 64, 65), 16),
+    (8, 1, (513,), 1),
+])
+@pytest.mark.parametrize("parts", [None, 7])
+def test_deepseek_dims_on_less_shared_memory(budget, heads, q_len, seqlens, block, parts, monkeypatch):
+    """The portable kernel's tiles for an A100's 163 KB of shared memory per
+    block (32-token tiles at 32 and 64 rows) and an sm_89 GPU's 99 KB (one
+    stage, 32-row CTAs), run here with the device's limit replaced."""
+    from cumla import _gpu
+
+    monkeypatch.setattr(_gpu, "smem_limit", lambda device_id: budget)
+    case = MLACase(len(seqlens), q_len, heads, seqlens=tuple(seqlens), capacity=max(seqlens),
+                   block_size=block, causal=True, dtype="bfloat16", scale=None, squeeze=False, seed=6, **DEEPSEEK)
+    cp = cupy()
+    args = make_latent_inputs(case, cp)
+    lengths = args["seqlens"] if args["seqlens"] is not None else cp.asarray(np.array(seqlens, np.int32))
+    plan = None if parts is None else cumla.plan(lengths, heads=heads, q_len=q_len, v_dim=512, num_parts=parts)
+    o, lse = run_latent(args, case, plan=plan)
+    ref_o, ref_lse = reference.latent_attention(**on_host(args))
+    assert_close(o, ref_o, "bfloat16", lse, ref_lse)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
 @pytest.mark.parametrize("q_len,seqlens,block,causal", [
     (300, (700, 0, 257), 64, True),
