@@ -100,8 +100,14 @@ DEEPSEEK = dict(latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128)
 @pytest.mark.parametrize("parts", [None, 1, 7, 200])
 def test_deepseek_dims_with_every_split(dtype, heads, q_len, seqlens, block, parts, kernel_family):
     """DeepSeek's 576/512 specialisation; plans from 1 part (no split) to many."""
+    check_deepseek_dims(dtype, heads, q_len, seqlens, block, parts, seed=5)
+
+
+def check_deepseek_dims(dtype, heads, q_len, seqlens, block, parts, seed):
+    """A causal DeepSeek-dims call (planned into ``parts`` parts unless None)
+    against the float64 reference."""
     case = MLACase(len(seqlens), q_len, heads, seqlens=tuple(seqlens), capacity=max(seqlens),
-                   block_size=block, causal=True, dtype=dtype, scale=None, squeeze=False, seed=5, **DEEPSEEK)
+                   block_size=block, causal=True, dtype=dtype, scale=None, squeeze=False, seed=seed, **DEEPSEEK)
     cp = cupy()
     args = make_latent_inputs(case, cp)
     lengths = args["seqlens"] if args["seqlens"] is not None else cp.asarray(np.array(seqlens, np.int32))
@@ -126,15 +132,7 @@ def test_deepseek_dims_on_less_shared_memory(budget, heads, q_len, seqlens, bloc
     from cumla import _gpu
 
     monkeypatch.setattr(_gpu, "smem_limit", lambda device_id: budget)
-    case = MLACase(len(seqlens), q_len, heads, seqlens=tuple(seqlens), capacity=max(seqlens),
-                   block_size=block, causal=True, dtype="bfloat16", scale=None, squeeze=False, seed=6, **DEEPSEEK)
-    cp = cupy()
-    args = make_latent_inputs(case, cp)
-    lengths = args["seqlens"] if args["seqlens"] is not None else cp.asarray(np.array(seqlens, np.int32))
-    plan = None if parts is None else cumla.plan(lengths, heads=heads, q_len=q_len, v_dim=512, num_parts=parts)
-    o, lse = run_latent(args, case, plan=plan)
-    ref_o, ref_lse = reference.latent_attention(**on_host(args))
-    assert_close(o, ref_o, "bfloat16", lse, ref_lse)
+    check_deepseek_dims("bfloat16", heads, q_len, seqlens, block, parts, seed=6)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
