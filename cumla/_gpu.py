@@ -64,11 +64,22 @@ def _sm_count(device_id: int) -> int:
     return cp.cuda.Device(device_id).attributes["MultiProcessorCount"]
 
 
-def default_parts(rows: int) -> int:
-    """CTA columns that give every SM one CTA, with ceil(rows / BM) CTAs per column
-    (BM = 64 rows once M > 64, for every 16-bit kernel)."""
-    block_rows = latent_kernel(np.float16, 64, 128, rows, "sm_80").rows
-    return max(1, _sm_count(cp.cuda.Device().id) // math.ceil(rows / block_rows))
+def default_parts(rows: int, v_dim: int = 512, block_rows: int | None = None) -> int:
+    """CTA columns that give every SM one CTA, with ceil(rows / BM) CTAs per column.
+
+    BM is ``block_rows`` (the launching kernel's) when given, else the rows per
+    CTA of the portable 16-bit kernel for L = ``v_dim`` and R = 64 within this
+    device's shared memory (64 once M > 32 with Hopper's 227 KB, 32 with an
+    sm_89 GPU's 99 KB; the Hopper kernel's 64 give the same parts).
+    """
+    device_id = cp.cuda.Device().id
+    if block_rows is None:
+        try:
+            block_rows = latent_kernel(np.float16, v_dim + 64, v_dim, rows, "sm_80",
+                                       smem_limit=smem_limit(device_id)).rows
+        except ValueError:  # dims without a 16-bit kernel: the smallest one's rows
+            block_rows = latent_kernel(np.float16, 64, 64, rows, "sm_80").rows
+    return max(1, _sm_count(device_id) // math.ceil(rows / block_rows))
 
 
 def run_schedule(plan: Plan, seqlens, capacity: int = INT_MAX) -> None:
@@ -168,14 +179,15 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     q = _on_16_bytes(cp.ascontiguousarray(q_lat.astype(problem.dtype, copy=False)))
     _check_aligned("cache", cache)
     seqlens, block_table = _index_arrays(problem, seqlens, block_table)
-    if plan is None:
-        plan = Plan(cp, batch, rows, v_dim, default_parts(rows)).update(seqlens, problem.capacity)
-    lse = plan.lse.reshape(batch, q_len, heads)  # scratch: with plan= and out=, nothing is allocated
     cache_rows = problem.num_blocks * problem.block_size  # (num_blocks or B) x (block_size or S)
     tma_ready = 0 < cache_rows < 2**31
     if spec is None:
         spec = latent_kernel(problem.dtype, dim, v_dim, rows, arch, problem.block_size if paged else None, tma_ready,
                              smem_limit=limit)
+    if plan is None:
+        plan = Plan(cp, batch, rows, v_dim, default_parts(rows, block_rows=spec.rows)).update(seqlens,
+                                                                                            problem.capacity)
+    lse = plan.lse.reshape(batch, q_len, heads)  # scratch: with plan= and out=, nothing is allocated
     args = (_params(problem, plan, q, cache, seqlens, block_table, o, lse, scale, causal),)
     if spec.tma:
         box_rows = min(problem.block_size, 64) if paged else 64

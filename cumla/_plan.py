@@ -117,7 +117,7 @@ def plan(seqlens: Any, *, heads: int, q_len: int = 1, v_dim: int = 512, num_part
     from ._gpu import default_parts
 
     if num_parts is None:
-        num_parts = default_parts(rows)
+        num_parts = default_parts(rows, v_dim)
     elif isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
         raise ValueError(f"num_parts must be a positive int, got {num_parts!r}")
     return Plan(xp, seqlens.shape[0], rows, v_dim, num_parts).update(seqlens)

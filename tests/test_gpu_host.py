@@ -142,6 +142,9 @@ def test_sm89_runs_single_stage_tiles_and_refuses_the_decompressed_kernel(monkey
     attend = fake.launches[1]
     assert attend.name == "latent_attention<f16_t, 576, 512, 2, 32, 0, 99>"
     assert attend.shared_mem == 78336 and attend.grid[1] == 2  # 64 rows in two 32-row CTAs
+    sms = fake.cuda.Device().attributes["MultiProcessorCount"]
+    assert attend.grid[0] == sms // 2  # one CTA per SM: half as many parts as SMs
+    assert cumla.plan(device(fake, np.array([300, 1, 0], np.int32)), heads=64).num_parts == sms // 2
     fake.launches.clear()
     with pytest.raises(RuntimeError, match=r"decompressed_attention<f16_t, 512, 64, 128, 128, 64, 4> needs 204800 "
                                            r"bytes of shared memory per block; this GPU \(compute capability 89\)"):
