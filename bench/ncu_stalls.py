@@ -39,6 +39,10 @@ def main() -> None:
     reasons = [h for h in header if h.startswith("stall_") and "Not Issued" not in h]
     total = sum(number(r[col[SAMPLES]]) for r in rows)
     print(f"{args.csv.name}: {total} samples over {len(rows)} instructions")
+    by_reason = {h[len("stall_"):]: sum(number(r[col[h]]) for r in rows) for h in reasons}
+    by_reason["other"] = total - sum(by_reason.values())
+    print("\nBy reason: " + ", ".join(f"{k} {100 * v / max(total, 1):.1f}%"
+                                     for k, v in sorted(by_reason.items(), key=lambda kv: -kv[1]) if v > 0) + "\n")
     print("| index | samples | share | executed | instruction | main reasons |")
     print("|---|---|---|---|---|---|")
     ranked = sorted(range(len(rows)), key=lambda i: -number(rows[i][col[SAMPLES]]))[:args.top]

@@ -4,7 +4,8 @@
 #   OUT=/tmp/out bash bench/profile_device.sh SHAPE KERNEL_REGEX [patch[+patch]] ...
 # SHAPE is profile_one.py's argument (A-F, C-fp8, A-portable, prefill); each trailing
 # argument names docs/experiments patches applied to a copy of the tree first
-# ("main" is the tree itself). Writes $OUT/ncu-<SHAPE>-<variant>.txt and .csv.
+# ("main" is the tree itself). Writes $OUT/ncu-<SHAPE>-<variant>.txt, .csv and
+# -stalls.md (bench/ncu_stalls.py on the csv: totals by reason, top instructions).
 set -u
 OUT=${OUT:-bench/results/profiles}
 mkdir -p "$OUT"
@@ -25,7 +26,8 @@ for variant in "${@:-main}"; do
    timeout 200 ncu --clock-control none -k "regex:$kernel" -c 1 $sections --print-details all \
      -o "$stem" python3 profile_one.py "$shape" >/dev/null 2>&1 &&
    ncu -i "$stem.ncu-rep" --print-details all > "$stem.txt" 2>&1 &&
-   ncu -i "$stem.ncu-rep" --page source --print-source sass --csv > "$stem.csv" 2>&1)
+   ncu -i "$stem.ncu-rep" --page source --print-source sass --csv > "$stem.csv" 2>&1 &&
+   python3 "$root/bench/ncu_stalls.py" "$stem.csv" > "$stem-stalls.md" 2>&1)
   rm -f "$stem.ncu-rep"
   echo "$variant: $(grep -m1 "Duration" "$stem.txt")"
 done
