@@ -5,7 +5,8 @@
 # SHAPE is profile_one.py's argument (A-F, C-fp8, A-portable, prefill); each trailing
 # argument names docs/experiments patches applied to a copy of the tree first
 # ("main" is the tree itself). Writes $OUT/ncu-<SHAPE>-<variant>.txt, .csv and
-# -stalls.md (bench/ncu_stalls.py on the csv: totals by reason, top instructions).
+# -stalls.md (bench/ncu_stalls.py on the csv: totals by reason, top instructions,
+# samples per 40-instruction window).
 set -u
 OUT=${OUT:-bench/results/profiles}
 mkdir -p "$OUT"
@@ -27,7 +28,7 @@ for variant in "${@:-main}"; do
      -o "$stem" python3 profile_one.py "$shape" >/dev/null 2>&1 &&
    ncu -i "$stem.ncu-rep" --print-details all > "$stem.txt" 2>&1 &&
    ncu -i "$stem.ncu-rep" --page source --print-source sass --csv > "$stem.csv" 2>&1 &&
-   python3 "$root/bench/ncu_stalls.py" "$stem.csv" > "$stem-stalls.md" 2>&1)
+   python3 "$root/bench/ncu_stalls.py" "$stem.csv" --windows 40 > "$stem-stalls.md" 2>&1)
   rm -f "$stem.ncu-rep"
   echo "$variant: $(grep -m1 "Duration" "$stem.txt")"
 done
