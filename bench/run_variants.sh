@@ -15,7 +15,7 @@
 # RACECHECK=N runs compute-sanitizer racecheck N times on the small
 # every-kernel test of each variant (its summaries are printed); TIMELINE=X
 # prints each variant's Hopper timeline at config X (bench/timeline.py). Writes
-# $OUT/<variant>/ (benchmark .md/.json) and prints one table per variant; a
+# $OUT/<variant>/ (benchmark .md/.json; "_" for the "+" of a+b) and prints one table per variant; a
 # variant whose tests fail is not benchmarked. A variant is started only
 # while VARIANT_S seconds (default 160: tests, one racecheck and the FP8
 # rows) are left before DEADLINE (default 570, under a 10-minute call), so
@@ -29,23 +29,25 @@ configs=${1:-ABCDEF}
 . "$root/bench/variant_lib.sh"
 
 run_variant() {  # name, tree
-  local name=$1 tree=$2 site start=$SECONDS
+  # Output files take "_" for the "+" of combined variants: a remote runner
+  # may not return names with "+" (session 13 lost a call's files to it).
+  local name=$1 tree=$2 site start=$SECONDS stem="$OUT/${1//+/_}"
   if ! site=$(install_tree "$tree"); then
     echo "$name: install failed"
     return
   fi
   if ! (cd "$tree/tests" && PYTHONPATH=$site timeout 200 python3 -m pytest -q -x -p no:cacheprovider -m gpu gpu \
-          -k "${TESTS:-hopper or every_kernel or graph}" >"$OUT/$name-tests.log" 2>&1); then
-    echo "$name: GPU tests FAILED"; tail -n 15 "$OUT/$name-tests.log"
+          -k "${TESTS:-hopper or every_kernel or graph}" >"$stem-tests.log" 2>&1); then
+    echo "$name: GPU tests FAILED"; tail -n 15 "$stem-tests.log"
     return
   fi
-  echo "$name: $(tail -n 1 "$OUT/$name-tests.log")"
+  echo "$name: $(tail -n 1 "$stem-tests.log")"
   for _ in $(seq "${RACECHECK:-0}"); do
     (cd "$tree/tests" && PYTHONPATH=$site timeout 120 compute-sanitizer --tool racecheck python3 -m pytest -q \
        -p no:cacheprovider -m gpu gpu -k test_every_kernel_small 2>&1) | grep "RACECHECK SUMMARY" | sed "s/^/$name /"
   done
   (cd "$tree" && PYTHONPATH=$site timeout 300 python3 bench/bench_gpu.py ${BENCH_ARGS:---core-only --no-baseline} \
-     --configs "$configs" --out "$OUT/$name" 2>&1) | grep -E "^\| ([A-F]|even|random|one|[0-9]+\.[0-9]) " | sed "s/^/$name /"
+     --configs "$configs" --out "$stem" 2>&1) | grep -E "^\| ([A-F]|even|random|one|[0-9]+\.[0-9]) " | sed "s/^/$name /"
   if [ -n "${TIMELINE:-}" ]; then
     (cd "$tree" && PYTHONPATH=$site timeout 90 python3 bench/timeline.py "$TIMELINE" 2>&1) | sed "s/^/$name /"
   fi
