@@ -169,6 +169,7 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
 
   for (int b = work.first(); b <= work.last(p.batch); ++b) {
     Segment seg;
+    static_assert(BN == kScheduleTile, "the kernel's tiles are the schedule's");
     if (!work.segment(p, b, BN, seg)) continue;
     const int n = seg.n, t0 = seg.t0, t1 = seg.t1;
     const int i0 = m_tile * BM;                       // first query token of this CTA
@@ -543,7 +544,7 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
 //      O[qi] += P V, each for every 16th output column.
 template <int L, int R, int DN, int DV>
 __global__ void __launch_bounds__(256, 1) decompressed_attention_f32(const __grid_constant__ AttnParams p) {
-  constexpr int BN = 16, BQ = 16, TILE = 64, QK = DN + R, D = L + R, KP = QK + 1;  // KP: conflict-free rows
+  constexpr int BN = 16, BQ = 16, QK = DN + R, D = L + R, KP = QK + 1;  // KP: conflict-free rows
   constexpr int kCols = DN + DV, kOut = (DV + 15) / 16;
   constexpr int kSmemBytes = 4 * (BN * L + BQ * QK + BN * KP + BN * DV + BQ * BN);
   static_assert(BQ * BN == 256, "one thread per (query, token) pair");
@@ -565,7 +566,7 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention_f32(const __gri
 
   for (int b = work.first(); b <= work.last(p.batch); ++b) {
     Segment seg;
-    if (!work.segment(p, b, TILE, seg)) continue;
+    if (!work.segment(p, b, kScheduleTile, seg)) continue;
     const int n = seg.n, i = i0 + qi;
     const int limit = p.causal ? n - p.q_len + i + 1 : n;
     __syncthreads();  // the previous request's readers of sQ are done
@@ -578,8 +579,8 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention_f32(const __gri
     for (int k = 0; k < kOut; ++k) o[k] = 0.f;
     float run_max = CUMLA_NEG_INF, run_sum = 0.f;
 
-    const int end = min(seg.t1 * TILE, n);
-    for (int tok0 = seg.t0 * TILE; tok0 < end; tok0 += BN) {
+    const int end = min(seg.t1 * kScheduleTile, n);
+    for (int tok0 = seg.t0 * kScheduleTile; tok0 < end; tok0 += BN) {
       __syncthreads();  // the previous step's readers of sC/sK/sV are done
       for (int e = threadIdx.x; e < BN * D; e += blockDim.x) {
         const int r = e / D, c = e % D;

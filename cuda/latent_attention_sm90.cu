@@ -56,6 +56,7 @@ struct HopperTile {
   static_assert(D % 64 == 0 && DV <= D && (kHalf == 64 || kHalf == 128 || kHalf == 256),
                 "dims outside the Hopper kernel's range (the MMA widths hopper.cuh specialises)");
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
+  static_assert(BN == kScheduleTile, "the kernel's tiles are the schedule's");
   // Block idx of warpgroup w's scoring order: its own V half (group A), then the rest (group B).
   static __device__ __forceinline__ int block_at(int w, int idx) {
     if (w == 0) return idx;
@@ -141,7 +142,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
 
   for (int b = work.first(); b <= work.last(p.batch); ++b) {
     Segment seg;
-    if (!work.segment(p, b, Tile::BN, seg)) continue;
+    if (!work.segment(p, b, kScheduleTile, seg)) continue;
     // Through shuffles, like wg: branches on these stay uniform for ptxas.
     const int n = __shfl_sync(0xffffffffu, seg.n, 0), t0 = __shfl_sync(0xffffffffu, seg.t0, 0),
               t1 = __shfl_sync(0xffffffffu, seg.t1, 0);

@@ -7,9 +7,13 @@
 // work[4p+3]) in (request, tile) order. Request b's pieces are the parts
 // first_part[b] .. first_part[b] + n, n = piece_base[b+1] - piece_base[b];
 // piece k of b keeps its partial result in slot piece_base[b] + k.
-// Tokens per schedule tile (cumla/_kernels.SCHEDULE_TILE): the unit of the
-// work ranges; kernels with smaller tiles split each one.
-enum : int { kScheduleTile = 64 };
+// Tokens per schedule tile: the unit of the work ranges (kernels with smaller
+// tiles split each one). Defined by cumla/_kernels.options from SCHEDULE_TILE,
+// the tile the host gives make_schedule, so the two cannot disagree.
+#ifndef CUMLA_SCHEDULE_TILE
+#error "CUMLA_SCHEDULE_TILE is undefined: compile with cumla._kernels.options"
+#endif
+enum : int { kScheduleTile = CUMLA_SCHEDULE_TILE };
 
 struct Schedule {
   const int* work;        // (num_parts, 4)

@@ -70,10 +70,11 @@ def options(arch: str) -> tuple[str, ...]:
     """NVRTC options; ``CUMLA_LINEINFO=1`` adds source lines to the code
     (compute-sanitizer and profilers then name lines instead of offsets);
     ``CUMLA_TIMELINE=1`` builds the Hopper kernel's per-step clock stamps
-    (bench/timeline.py)."""
+    (bench/timeline.py). The schedule tile (SCHEDULE_TILE) reaches the
+    kernels as CUMLA_SCHEDULE_TILE."""
     lineinfo = ("-lineinfo",) if os.environ.get("CUMLA_LINEINFO") == "1" else ()
     timeline = ("-DCUMLA_TIMELINE",) if os.environ.get("CUMLA_TIMELINE") == "1" else ()
-    return ("-std=c++17", f"-arch={arch}") + lineinfo + timeline
+    return ("-std=c++17", f"-arch={arch}", f"-DCUMLA_SCHEDULE_TILE={SCHEDULE_TILE}") + lineinfo + timeline
 
 
 #: Hopper GPUs run the wgmma kernel wherever its dims allow. Tests switch this

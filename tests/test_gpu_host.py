@@ -93,7 +93,7 @@ def test_absorbed_decode_launches(cp):
     assert field(attend, "cache") == args["cache"].data.ptr and field(attend, "w") == 0
     assert field(attend, "scale") == np.float32(1 / math.sqrt(DN + R))
     options = {opts for opts, _ in cp.compiled}
-    assert ("-std=c++17", "-arch=sm_90a") in options
+    assert ("-std=c++17", "-arch=sm_90a", f"-DCUMLA_SCHEDULE_TILE={_kernels.SCHEDULE_TILE}") in options
 
 
 @pytest.mark.parametrize("capability,hopper,block,expected", [
@@ -112,7 +112,8 @@ def test_kernel_selection_by_arch(monkeypatch, capability, hopper, block, expect
     if block == 16 and "sm90" in expected:
         assert fake.tma_maps[-1][1:] == (3 * 19 * 16, 576, 16)  # one box per 16-token page
     options = {opts for opts, _ in fake.compiled}
-    assert ("-std=c++17", f"-arch=sm_{capability}{'a' if capability == '90' else ''}") in options
+    arch = f"-arch=sm_{capability}{'a' if capability == '90' else ''}"
+    assert ("-std=c++17", arch, f"-DCUMLA_SCHEDULE_TILE={_kernels.SCHEDULE_TILE}") in options
 
 
 def test_tiles_shrink_to_the_devices_shared_memory(monkeypatch):
