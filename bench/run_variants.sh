@@ -4,14 +4,16 @@
 # tests that cover the Hopper kernel (its Hypothesis test, DeepSeek dims with
 # every split, the every-kernel test, graph capture) and the core benchmark.
 #   OUT=/tmp/out [VARIANTS="main fp8-fast-convert"] [BENCH_ARGS=...] [TESTS=...] bash bench/run_variants.sh [configs]
-# VARIANTS picks some ("main" is the tree itself, "a+b" patches a then b;
-# default: main and each patch), e.g. to split
+# VARIANTS picks some ("main" is the tree itself, "a+b" patches a then b,
+# "ablations/x" a timing ablation of docs/experiments/ablations/; default:
+# main and each patch of docs/experiments/), e.g. to split
 # them over calls of limited length (~1.5 min a variant). BENCH_ARGS are
 # bench_gpu.py's options (default "--core-only --no-baseline"; "--no-baseline"
 # adds the FP8, uneven-batch, head-slice and page-size rows, ~1.5 min more;
 # "--core-only --no-baseline --extras fp8,decompressed" picks some of them);
 # TESTS the pytest -k expression of the GPU tests (default "hopper or
-# every_kernel or graph"; add "or fp8" for kernels that read FP8);
+# every_kernel or graph"; add "or fp8" for kernels that read FP8; "none" runs
+# no tests, for timing ablations whose results are wrong on purpose);
 # RACECHECK=N runs compute-sanitizer racecheck N times on the small
 # every-kernel test of each variant (its summaries are printed); TIMELINE=X
 # prints each variant's Hopper timeline at config X (bench/timeline.py). Writes
@@ -32,16 +34,20 @@ run_variant() {  # name, tree
   # Output files take "_" for the "+" of combined variants: a remote runner
   # may not return names with "+" (session 13 lost a call's files to it).
   local name=$1 tree=$2 site start=$SECONDS stem="$OUT/${1//+/_}"
+  mkdir -p "$(dirname "$stem")"  # names in a folder: ablations/x
   if ! site=$(install_tree "$tree"); then
     echo "$name: install failed"
     return
   fi
-  if ! (cd "$tree/tests" && PYTHONPATH=$site timeout 200 python3 -m pytest -q -x -p no:cacheprovider -m gpu gpu \
+  if [ "${TESTS:-}" = none ]; then
+    echo "$name: no tests (timing only)"
+  elif ! (cd "$tree/tests" && PYTHONPATH=$site timeout 200 python3 -m pytest -q -x -p no:cacheprovider -m gpu gpu \
           -k "${TESTS:-hopper or every_kernel or graph}" >"$stem-tests.log" 2>&1); then
     echo "$name: GPU tests FAILED"; tail -n 15 "$stem-tests.log"
     return
+  else
+    echo "$name: $(tail -n 1 "$stem-tests.log")"
   fi
-  echo "$name: $(tail -n 1 "$stem-tests.log")"
   for _ in $(seq "${RACECHECK:-0}"); do
     (cd "$tree/tests" && PYTHONPATH=$site timeout 120 compute-sanitizer --tool racecheck python3 -m pytest -q \
        -p no:cacheprovider -m gpu gpu -k test_every_kernel_small 2>&1) | grep "RACECHECK SUMMARY" | sed "s/^/$name /"

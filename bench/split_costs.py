@@ -1,0 +1,102 @@
+"""What the split-KV schedule costs: the attention kernel and the combine step apart.
+
+For DESIGN's configurations A-F and bench_gpu's serving batches (B=64, H=128,
+64 x 4096 tokens in total, page 64: even, lengths drawn from 1..2S, one
+request 10x longer) prints the plan's shape (pieces, split requests, the
+busiest part's tiles and segments) and the GPU time of the planned core call
+with and without its combine launch (their difference is the combine step's
+time, launch included).
+
+    python bench/split_costs.py [--configs ABCDEF] [--out DIR]     # on a CUDA GPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+import cupy as cp
+import cumla
+from bench_gpu import BLOCK, CONFIGS, L, graph_time_us, paged_inputs
+from cumla import _gpu
+from cumla._arrays import BFLOAT16
+
+TILE = 64
+
+
+def part_loads(plan, lengths) -> list[tuple[int, int]]:
+    """(tiles, segments) of each part of ``plan``, read from its work table."""
+    tiles = -(-np.asarray(lengths) // TILE)
+    loads = []
+    for b0, t_begin, b1, t_end in cp.asnumpy(plan.work):
+        count = segments = 0
+        for b in range(b0, min(b1, len(tiles) - 1) + 1):
+            first = t_begin if b == b0 else 0
+            last = min(t_end, tiles[b]) if b == b1 else tiles[b]
+            if last > first:
+                count, segments = count + last - first, segments + 1
+        loads.append((count, segments))
+    return loads
+
+
+def measure(name: str, lengths, rng, heads: int = 128, q_len: int = 1) -> dict:
+    q, cache, table, seqlens = paged_inputs(lengths, heads, BLOCK, rng, q_len)
+    plan = cumla.plan(seqlens, heads=heads, q_len=q_len, v_dim=L)
+    out = cp.empty(q.shape[:-1] + (L,), dtype=BFLOAT16)
+
+    def call():
+        cumla.latent_attention(q, cache, v_dim=L, scale=0.1, seqlens=seqlens, block_table=table, plan=plan,
+                               out=out, check=False)
+
+    full = graph_time_us(call)
+    combine = _gpu._combine
+    _gpu._combine = lambda *args, **kwargs: None
+    try:
+        attention = graph_time_us(call)
+    finally:
+        _gpu._combine = combine
+    pieces = np.diff(cp.asnumpy(plan.piece_base))
+    loads = np.array(part_loads(plan, lengths))
+    busiest = int(np.argmax(loads[:, 0] + 3 * loads[:, 1]))
+    return dict(batch=name, full_us=full, attention_us=attention, combine_us=full - attention,
+                pieces=int(pieces.sum()), split_requests=int((pieces > 1).sum()),
+                busiest_tiles=int(loads[busiest, 0]), busiest_segments=int(loads[busiest, 1]),
+                max_tiles=int(loads[:, 0].max()), max_segments=int(loads[:, 1].max()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="ABCDEF")
+    parser.add_argument("--out", default=None, help="folder for split-costs.json")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    batch, seq = 64, 4096
+    total = batch * seq
+    drawn = rng.integers(1, 2 * seq + 1, batch).astype(np.float64)
+    short = total // (batch - 1 + 10)
+    batches = [(name, np.full(CONFIGS[name]["batch"], CONFIGS[name]["seq"], np.int32),
+                dict(heads=CONFIGS[name]["heads"], q_len=CONFIGS[name]["q_len"])) for name in args.configs]
+    batches += [("even", np.full(batch, seq, np.int32), {}),
+                ("random 1..2S", np.maximum(1, np.round(drawn * total / drawn.sum())).astype(np.int32), {}),
+                ("one 10x longer", np.array([short] * (batch - 1) + [total - short * (batch - 1)], np.int32), {})]
+    rows = []
+    print("| batch | full µs | attention µs | combine µs | pieces | split requests | busiest part tiles + segments |"
+          " most tiles | most segments |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, lengths, shape in batches:
+        row = measure(name, lengths, rng, **shape)
+        rows.append(row)
+        print(f"| {name} | {row['full_us']:.1f} | {row['attention_us']:.1f} | {row['combine_us']:.1f} | {row['pieces']} |"
+              f" {row['split_requests']} | {row['busiest_tiles']} + {row['busiest_segments']} | {row['max_tiles']} |"
+              f" {row['max_segments']} |")
+        cp.get_default_memory_pool().free_all_blocks()
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "split-costs.json"), "w") as f:
+            json.dump(dict(gpu=cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
