@@ -5,7 +5,9 @@ For DESIGN's configurations A-F and bench_gpu's serving batches (B=64, H=128,
 request 10x longer) prints the plan's shape (pieces, split requests, the
 busiest part's tiles and segments) and the GPU time of the planned core call
 with and without its combine launch (their difference is the combine step's
-time, launch included).
+time, launch included). The two are captured as graphs once and replayed in
+alternation, so that a change of the card's clocks between them (seen at B
+and F) does not land on one side.
 
     python bench/split_costs.py [--configs ABCDEF] [--out DIR]     # on a CUDA GPU
 """
@@ -19,11 +21,30 @@ import numpy as np
 
 import cupy as cp
 import cumla
-from bench_gpu import BLOCK, CONFIGS, L, graph_time_us, paged_inputs
+from bench_gpu import BLOCK, CONFIGS, L, paged_inputs
 from cumla import _gpu
 from cumla._arrays import BFLOAT16
+from cumla.testing import capture_graph
 
 TILE = 64
+CALLS, ROUNDS = 10, 15  # calls per graph, alternating replays of the two graphs
+
+
+def paired_times_us(first, second) -> tuple[float, float]:
+    """Median GPU time per call of two calls, each captured CALLS times in a
+    graph, the graphs replayed in turn ROUNDS times."""
+    graphs = [capture_graph(call, CALLS) for call in (first, second)]
+    times: list[list[float]] = [[], []]
+    for _ in range(ROUNDS):
+        for (graph, stream), out in zip(graphs, times):
+            cp.cuda.Device().synchronize()
+            start, stop = cp.cuda.Event(), cp.cuda.Event()
+            start.record(stream)
+            graph.launch(stream)
+            stop.record(stream)
+            stop.synchronize()
+            out.append(cp.cuda.get_elapsed_time(start, stop) * 1e3 / CALLS)
+    return float(np.median(times[0])), float(np.median(times[1]))
 
 
 def part_loads(plan, lengths) -> list[tuple[int, int]]:
@@ -50,13 +71,15 @@ def measure(name: str, lengths, rng, heads: int = 128, q_len: int = 1) -> dict:
         cumla.latent_attention(q, cache, v_dim=L, scale=0.1, seqlens=seqlens, block_table=table, plan=plan,
                                out=out, check=False)
 
-    full = graph_time_us(call)
-    combine = _gpu._combine
-    _gpu._combine = lambda *args, **kwargs: None
-    try:
-        attention = graph_time_us(call)
-    finally:
-        _gpu._combine = combine
+    def attention_only():
+        combine = _gpu._combine
+        _gpu._combine = lambda *args, **kwargs: None
+        try:
+            call()
+        finally:
+            _gpu._combine = combine
+
+    full, attention = paired_times_us(call, attention_only)
     pieces = np.diff(cp.asnumpy(plan.piece_base))
     loads = np.array(part_loads(plan, lengths))
     busiest = int(np.argmax(loads[:, 0] + 3 * loads[:, 1]))
