@@ -68,21 +68,23 @@ def host_us(fn, calls: int = 20) -> float:
     return elapsed / calls * 1e6
 
 
+def replay_us(graph, stream, calls: int) -> float:
+    """GPU time per call of one event-timed replay of a graph of ``calls`` calls."""
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    start.record(stream)
+    graph.launch(stream)
+    stop.record(stream)
+    stop.synchronize()
+    return cp.cuda.get_elapsed_time(start, stop) * 1e3 / calls
+
+
 def graph_time_us(fn, calls: int = 10, repeat: int = 10) -> float:
     """Median GPU time per call of ``fn`` captured ``calls`` times back to back in
     one CUDA graph: no host launch cost inside the measurement (what an engine
     replaying graphs gets). ``fn`` must be capturable (a planned call, check=False)."""
     graph, stream = capture_graph(fn, calls)  # after a warm-up call outside the capture
     graph.launch(stream)
-    times = []
-    for _ in range(repeat):
-        start, stop = cp.cuda.Event(), cp.cuda.Event()
-        start.record(stream)
-        graph.launch(stream)
-        stop.record(stream)
-        stop.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, stop) * 1e3 / calls)
-    return float(np.median(times))
+    return float(np.median([replay_us(graph, stream, calls) for _ in range(repeat)]))
 
 
 def copy_bandwidth() -> float:

@@ -21,7 +21,7 @@ import numpy as np
 
 import cupy as cp
 import cumla
-from bench_gpu import BLOCK, CONFIGS, L, paged_inputs
+from bench_gpu import BLOCK, CONFIGS, L, paged_inputs, replay_us
 from cumla import _gpu
 from cumla._arrays import BFLOAT16
 from cumla.testing import capture_graph
@@ -38,12 +38,7 @@ def paired_times_us(first, second) -> tuple[float, float]:
     for _ in range(ROUNDS):
         for (graph, stream), out in zip(graphs, times):
             cp.cuda.Device().synchronize()
-            start, stop = cp.cuda.Event(), cp.cuda.Event()
-            start.record(stream)
-            graph.launch(stream)
-            stop.record(stream)
-            stop.synchronize()
-            out.append(cp.cuda.get_elapsed_time(start, stop) * 1e3 / CALLS)
+            out.append(replay_us(graph, stream, CALLS))
     return float(np.median(times[0])), float(np.median(times[1]))
 
 
