@@ -24,9 +24,10 @@ import cumla
 from bench_gpu import BLOCK, CONFIGS, L, paged_inputs, replay_us
 from cumla import _gpu
 from cumla._arrays import BFLOAT16
+from cumla._kernels import SCHEDULE_TILE
 from cumla.testing import capture_graph
 
-TILE = 64
+SEGMENT_COST = 3  # tiles' worth a segment costs in make_schedule (kSegmentCost in cuda/split_kv.cu)
 CALLS, ROUNDS = 10, 15  # calls per graph, alternating replays of the two graphs
 
 
@@ -44,7 +45,7 @@ def paired_times_us(first, second) -> tuple[float, float]:
 
 def part_loads(plan, lengths) -> list[tuple[int, int]]:
     """(tiles, segments) of each part of ``plan``, read from its work table."""
-    tiles = -(-np.asarray(lengths) // TILE)
+    tiles = -(-np.asarray(lengths) // SCHEDULE_TILE)
     loads = []
     for b0, t_begin, b1, t_end in cp.asnumpy(plan.work):
         count = segments = 0
@@ -77,7 +78,7 @@ def measure(name: str, lengths, rng, heads: int = 128, q_len: int = 1) -> dict:
     full, attention = paired_times_us(call, attention_only)
     pieces = np.diff(cp.asnumpy(plan.piece_base))
     loads = np.array(part_loads(plan, lengths))
-    busiest = int(np.argmax(loads[:, 0] + 3 * loads[:, 1]))
+    busiest = int(np.argmax(loads[:, 0] + SEGMENT_COST * loads[:, 1]))
     return dict(batch=name, full_us=full, attention_us=attention, combine_us=full - attention,
                 pieces=int(pieces.sum()), split_requests=int((pieces > 1).sum()),
                 busiest_tiles=int(loads[busiest, 0]), busiest_segments=int(loads[busiest, 1]),
