@@ -119,6 +119,16 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
+// Pick<B, X, Y>::type is X when B, else Y (no <type_traits> under NVRTC).
+template <bool B, class X, class Y>
+struct Pick {
+  using type = X;
+};
+template <class X, class Y>
+struct Pick<false, X, Y> {
+  using type = Y;
+};
+
 // A tile of ROWS rows of 16-byte chunks, row stride padded to a multiple of 8
 // chunks and chunk index XOR-swizzled by row, so ldmatrix over 8 consecutive
 // rows at one logical chunk touches 8 different bank groups.
@@ -171,6 +181,37 @@ __device__ __forceinline__ void load_rows(u32 tile, int rows, int dst_chunk, con
 #pragma unroll
     for (int k = 0; k < kChunkSteps; ++k)
       if (first + k * kLanesPerRow < COPY) cp_async16(dst[k] + step, src + k * kLanesPerRow * 8, valid);
+  }
+}
+
+// load_rows for `rows` rows that lie WIDTH elements apart from `first_row`
+// (a whole tile within one block of a paged cache, or of a contiguous
+// cache), every one of them to be read: no per-row lookups, shuffles or
+// zero-fill tests; all of a lane's copies take their addresses from one
+// register pair plus constants.
+template <int WARPS, int ROW_CHUNKS, int WIDTH, int COPY = ROW_CHUNKS, class Rows = SwizzledRows<ROW_CHUNKS>>
+__device__ __forceinline__ void load_rows_strided(u32 tile, int rows, const u16* first_row) {
+  constexpr int kLanesPerRow = COPY >= 32 ? 32 : COPY >= 16 ? 16 : 8;
+  constexpr int kRowsPerWarp = 32 / kLanesPerRow;
+  constexpr int kStride = WARPS * kRowsPerWarp;  // rows per pass of the whole block
+  constexpr int kChunkSteps = (COPY + kLanesPerRow - 1) / kLanesPerRow;
+  static_assert(kStride % 8 == 0, "a pass must move whole swizzle periods of 8 rows");
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int first = lane % kLanesPerRow;
+  const int r0 = warp * kRowsPerWarp + lane / kLanesPerRow;  // this lane's row in pass 0
+  const u16* src = first_row + r0 * WIDTH + first * 8;
+  u32 dst[kChunkSteps];
+#pragma unroll
+  for (int k = 0; k < kChunkSteps; ++k) dst[k] = tile + Rows::offset(r0, first + k * kLanesPerRow);
+  const int passes = (rows + kStride - 1) / kStride;
+#pragma unroll
+  for (int pass = 0; pass < passes; ++pass) {
+    if (rows % kStride != 0 && r0 + pass * kStride >= rows) continue;
+    const u32 step = Rows::offset(pass * kStride, 0);
+#pragma unroll
+    for (int k = 0; k < kChunkSteps; ++k)
+      if (first + k * kLanesPerRow < COPY)
+        cp_async16(dst[k] + step, src + pass * kStride * WIDTH + k * kLanesPerRow * 8, true);
   }
 }
 

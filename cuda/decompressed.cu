@@ -35,15 +35,6 @@
 
 namespace {
 
-template <bool B, class X, class Y>
-struct Pick {
-  using type = X;
-};
-template <class X, class Y>
-struct Pick<false, X, Y> {
-  using type = Y;
-};
-
 template <int L, int R, int DN, int DV, int KC, int STAGES, bool WGMMA = false>
 struct DecompTile {
   static constexpr int BN = 64, BM = 256, kThreads = 256;

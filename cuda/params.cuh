@@ -100,9 +100,11 @@ __device__ __forceinline__ const S* cache_row(const AttnParams& p, const S* cach
   if (t >= n) return nullptr;
   size_t index;
   if (p.block_table != nullptr) {
-    const int blk = p.block_table[static_cast<size_t>(b) * p.max_blocks + t / p.block_size];
+    // Unsigned: t >= 0 and block_size > 0, and the division is half as long.
+    const unsigned tok = t, size = p.block_size, col = tok / size;
+    const int blk = p.block_table[static_cast<size_t>(b) * p.max_blocks + col];
     if (blk < 0 || blk >= p.num_blocks) return nullptr;
-    index = static_cast<size_t>(blk) * p.block_size + t % p.block_size;
+    index = static_cast<size_t>(blk) * size + (tok - col * size);
   } else {
     index = static_cast<size_t>(b) * p.capacity + t;
   }
