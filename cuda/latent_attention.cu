@@ -58,6 +58,7 @@ struct LatentTile {
   static constexpr int kTileBytes = kFp8 ? kKVBytes : 0;  // the dequantised tile
   static constexpr int kPBytes = PRows::bytes(BM);
   static constexpr int kRedBytes = WN * BM * 4;
+  static constexpr int kAheadBytes = 16;  // two tile addresses, published a tile ahead
   // Two or more row groups: the score warp tile is 32 rows (a warp's and its
   // partner's, wm ^ 1) over half of the k-steps, then the partners swap the
   // partial sums of each other's 16 rows through P's space. ldmatrix per
@@ -72,11 +73,11 @@ struct LatentTile {
   // 3 with Q in registers, else 2; 1 where no more fit: each tile's copy
   // then waits for the previous tile's readers), or raw FP8 tiles beside
   // the one dequantised tile (3 with Q in registers, 2 for 32 rows, else 1).
-  static constexpr int kFit = (SMEM_KB * 1024 - kQBytes - kTileBytes - kPBytes - kRedBytes) / kStageBytes;
+  static constexpr int kFit = (SMEM_KB * 1024 - kQBytes - kTileBytes - kPBytes - kRedBytes - kAheadBytes) / kStageBytes;
   static constexpr int kWanted = kQInRegs ? 3 : !kFp8 || WM == 2 ? 2 : 1;
   static constexpr int kStages = kFit < kWanted ? kFit : kWanted;
   static_assert(kStages >= 1, "the tiles do not fit in SMEM_KB of shared memory");
-  static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes + kTileBytes + kPBytes + kRedBytes;
+  static constexpr int kSmemBytes = kQBytes + kStages * kStageBytes + kTileBytes + kPBytes + kRedBytes + kAheadBytes;
   // Tiles copied ahead of the one being computed.
   static constexpr int kAhead = kFp8 ? kStages : kStages - 1;
   static_assert(kSmemBytes <= SMEM_KB * 1024, "tile does not fit in shared memory");
@@ -124,6 +125,9 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
   const u32 sTile = sKV + Tile::kStages * Tile::kStageBytes;  // FP8: the dequantised tile
   const u32 sP = sTile + Tile::kTileBytes;
   float* sRed = reinterpret_cast<float*>(smem + (sP - sQ) + Tile::kPBytes);
+  // Slot t % 2: the first row of tile t if it is whole in one block (else 0),
+  // written by thread 0 one tile before its copy is issued.
+  unsigned long long* sAhead = reinterpret_cast<unsigned long long*>(reinterpret_cast<unsigned char*>(sRed) + Tile::kRedBytes);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int wm = warp % WM, wn = warp / WM;
@@ -165,19 +169,24 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
     auto stage_of = [&](int t) { return sKV + ((t - t0) % Tile::kStages) * Tile::kStageBytes; };
     // A whole tile (BN rows below the length) whose rows lie in one block
     // (block sizes that are multiples of BN) or in a contiguous cache is
-    // copied from one address (one lookup per tile) instead of a lookup per
-    // row, its shuffles and zero-fill tests: that copy code was ~220
-    // instructions per warp and tile, and copying nothing made the kernel 18%
-    // faster at A. Partial tiles, other block sizes and bad block ids (zero-
-    // filled rows) take the per-row copy.
+    // copied from one address instead of a lookup per row, its shuffles and
+    // zero-fill tests: that copy code was ~220 instructions per warp and
+    // tile, and copying nothing made the kernel 18% faster at A. Partial
+    // tiles, other block sizes and bad block ids (zero-filled rows) take the
+    // per-row copy. The address is looked up by thread 0 alone, a tile ahead
+    // (its block-table load issued before the score MMAs, its result
+    // published in shared memory after them), so no warp waits on the load
+    // at the top of a tile (no block-table lookup made the per-row kernel
+    // 3-5% faster).
     constexpr int kRowWidth = Tile::kFp8 ? Tile::kRawBytes / 2 : D;  // in 16-bit elements
     constexpr int kRowChunks = Tile::kFp8 ? Tile::kRawBytes / 16 : D / 8;
     using StageRows = typename Pick<Tile::kFp8, PlainRows<Tile::kRawBytes>, Rows>::type;
-    auto load_tile = [&](int t) {
+    auto is_whole = [&](int t) { return t < t1 && one_block_tiles && (t + 1) * BN <= n; };
+    auto load_tile = [&](int t, unsigned long long whole) {
       if (t < t1) {
-        const u16* whole = one_block_tiles && (t + 1) * BN <= n ? cache_row(p, cache, b, n, t * BN, kRowWidth) : nullptr;
-        if (whole != nullptr) {
-          load_rows_strided<Tile::kWarps, kRowChunks, kRowWidth, kRowChunks, StageRows>(stage_of(t), BN, whole);
+        if (whole != 0) {
+          load_rows_strided<Tile::kWarps, kRowChunks, kRowWidth, kRowChunks, StageRows>(
+              stage_of(t), BN, reinterpret_cast<const u16*>(whole));
         } else {
           load_rows<Tile::kWarps, kRowChunks, kRowChunks, StageRows>(
               stage_of(t), BN, 0, cache, [&](int r) { return cache_row(p, cache, b, n, t * BN + r, kRowWidth); });
@@ -185,9 +194,13 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
       }
       cp_async_commit();
     };
+    auto whole_row = [&](int t) {
+      return reinterpret_cast<unsigned long long>(is_whole(t) ? cache_row(p, cache, b, n, t * BN, kRowWidth) : nullptr);
+    };
 #pragma unroll
-    for (int i = 0; i < Tile::kAhead; ++i) load_tile(t0 + i);
+    for (int i = 0; i < Tile::kAhead; ++i) load_tile(t0 + i, whole_row(t0 + i));
     if constexpr (Tile::kAhead == 0) cp_async_commit();  // Q's copies, waited for with the first tile's
+    if (threadIdx.x == 0) sAhead[(t0 + Tile::kAhead) % 2] = whole_row(t0 + Tile::kAhead);  // read after the loop's first barrier
 
     // O: per thread rows pv_row0 + 16i + g and + 8 of its P V tile; pv_max
     // is those rows' softmax base, run_max/run_sum those of its score rows.
@@ -212,7 +225,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
     for (int t = t0; t < t1; ++t) {
       if constexpr (Tile::kAhead == 0) {  // one stage: tile t's copy once tile t-1's readers are done
         __syncthreads();
-        load_tile(t);
+        load_tile(t, sAhead[t % 2]);
       }
       cp_async_wait<Tile::kAhead == 0 ? 0 : Tile::kAhead - 1>();
       __syncthreads();  // tile t is in; everyone is done with tile t-1 and its stage
@@ -220,7 +233,14 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
         dequantize_rows<T, D, DV, G, Rows, BN>(smem + (stage_of(t) - sQ), sTile);
         __syncthreads();  // the tile is whole; its raw stage is free for tile t + kAhead
       }
-      if constexpr (Tile::kAhead > 0) load_tile(t + Tile::kAhead);
+      if constexpr (Tile::kAhead > 0) load_tile(t + Tile::kAhead, sAhead[(t + Tile::kAhead) % 2]);
+      // Thread 0's lookup of the tile copied next (see load_tile): its slot
+      // was last read before this tile's top barrier.
+      const int next_t = t + Tile::kAhead + 1;
+      const bool next_whole = threadIdx.x == 0 && is_whole(next_t);
+      int next_blk = 0;
+      if (next_whole && p.block_table != nullptr)
+        next_blk = ld_global_nc(p.block_table + static_cast<size_t>(b) * p.max_blocks + block_column(p, next_t * BN));
       const u32 sK = Tile::kFp8 ? sTile : stage_of(t);
 
       // S = Q K^T for this warp's 16 rows x kTokPerWarp tokens.
@@ -333,6 +353,10 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
             for (int c = 1; c < kChains; ++c) s[j][e] += sc[c][0][j][e];
           }
       }
+
+      if (threadIdx.x == 0)
+        sAhead[next_t % 2] = reinterpret_cast<unsigned long long>(
+            next_whole ? cache_row_in(p, cache, b, next_t * BN, next_blk, kRowWidth) : nullptr);
 
       // Mask invisible tokens; row max over this warp's tokens, then across warps.
       float tile_max[2] = {CUMLA_NEG_INF, CUMLA_NEG_INF};

@@ -93,20 +93,30 @@ __device__ __forceinline__ int visible_limit(int n, int row, int heads, int q_le
   return causal ? n - q_len + row / heads + 1 : n;
 }
 
+// Block-table column of token t (t >= 0; unsigned: half the division).
+__device__ __forceinline__ unsigned block_column(const AttnParams& p, int t) {
+  return static_cast<unsigned>(t) / static_cast<unsigned>(p.block_size);
+}
+
+// Row of token t of request b in a contiguous cache, or in block `blk` (the
+// block-table entry of t's column) of a paged one; null for an out-of-range id.
+template <class S>
+__device__ __forceinline__ const S* cache_row_in(const AttnParams& p, const S* cache, int b, int t, int blk, int width) {
+  size_t index;
+  if (p.block_table != nullptr) {
+    if (blk < 0 || blk >= p.num_blocks) return nullptr;
+    index = static_cast<size_t>(blk) * p.block_size + (t - static_cast<int>(block_column(p, t)) * p.block_size);
+  } else {
+    index = static_cast<size_t>(b) * p.capacity + t;
+  }
+  return cache + index * width;
+}
+
 // Row of token t of request b (n tokens) in a contiguous or paged cache of
 // `width`-element rows; null past n or for an out-of-range block id.
 template <class S>
 __device__ __forceinline__ const S* cache_row(const AttnParams& p, const S* cache, int b, int n, int t, int width) {
   if (t >= n) return nullptr;
-  size_t index;
-  if (p.block_table != nullptr) {
-    // Unsigned: t >= 0 and block_size > 0, and the division is half as long.
-    const unsigned tok = t, size = p.block_size, col = tok / size;
-    const int blk = p.block_table[static_cast<size_t>(b) * p.max_blocks + col];
-    if (blk < 0 || blk >= p.num_blocks) return nullptr;
-    index = static_cast<size_t>(blk) * size + (tok - col * size);
-  } else {
-    index = static_cast<size_t>(b) * p.capacity + t;
-  }
-  return cache + index * width;
+  const int blk = p.block_table != nullptr ? p.block_table[static_cast<size_t>(b) * p.max_blocks + block_column(p, t)] : 0;
+  return cache_row_in(p, cache, b, t, blk, width);
 }

@@ -116,7 +116,8 @@ def _tc_smem(dim: int, rows: int, tile: int, raw_bytes: int = 0, limit: int = SM
     tile_bytes = tile * (-(-dim // 64) * 64) * 2
     q_bytes = 0 if q_in_regs else rows * (-(-dim // 64) * 64) * 2
     p_bytes = rows * (-(-tile // 64) * 64) * 2  # rows padded to 8 chunks
-    rest = q_bytes + p_bytes + (8 // (rows // 16)) * rows * 4 + (tile_bytes if raw_bytes else 0)  # + row reductions
+    # + row reductions + the two tile addresses published a tile ahead
+    rest = q_bytes + p_bytes + (8 // (rows // 16)) * rows * 4 + 16 + (tile_bytes if raw_bytes else 0)
     stage = tile * raw_bytes if raw_bytes else tile_bytes  # raw FP8 rows beside the dequantised tile, or 16-bit
     wanted = 3 if q_in_regs else 2 if not raw_bytes or rows == 32 else 1
     stages = min(wanted, (limit - rest) // stage)
