@@ -263,11 +263,15 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
 #pragma unroll
             for (int e = 0; e < 4; ++e) sp[i][j][e] = 0.f;
         const int steps = half ? D / 16 - Tile::kStepsLo : Tile::kStepsLo;
-        const RowWalk<Tile::kChunks> qa(sQ, (wm - half) * 16 + (lane & 15), lane >> 4, first);
+        // sp[0]: this warp's own 16 rows, sp[1]: its partner's (16 rows above
+        // or below: they share the swizzle), so the rows kept after the swap
+        // are sp[0] in both warps and need no select.
+        const RowWalk<Tile::kChunks> qa(sQ, wm * 16 + (lane & 15), lane >> 4, first);
+        const u32 partner_rows = half ? 0u - kRows16 : kRows16;
         auto k_step = [&](int k4, int u) {
           u32 a[2][4];
           ldsm_x4(a[0], qa.at(k4, u));
-          ldsm_x4(a[1], qa.at(k4, u) + kRows16);
+          ldsm_x4(a[1], qa.at(k4, u) + partner_rows);
           score_step<T, kRows16>(sp, a, kb.at(k4, u));
         };
         // Whole groups of 4 k-steps (a 128-byte block of each row) with no
@@ -281,11 +285,10 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
 #pragma unroll
         for (int u = 0; u < 3; ++u)
           if (u < steps % 4) k_step(groups, u);
-        // Each warp keeps the 16 rows it owns from here on (wm * 16..) and
-        // takes its partner's partial sums of them through the pair's slot
-        // in P's space (free until P is written): the lower half sends
-        // first, the upper half adds, then sends back. a + b == b + a, so
-        // both warps of a pair see the same sums.
+        // Each warp keeps the 16 rows it owns from here on (wm * 16.., sp[0])
+        // and takes its partner's partial sums of them through the pair's
+        // slot in P's space (free until P is written): the lower half sends
+        // first, the upper half adds, then sends back.
         const u32 slot = sP + (warp / 2) * Tile::kSwapBytes + lane * 16;
         const int pair_barrier = 1 + warp / 2;
         auto send = [&](const float(&x)[Tile::kScoreTiles][4]) {
@@ -307,15 +310,15 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
         if (half == 0) send(sp[1]);
         named_sync(pair_barrier, 64);
         if (half == 1) {
-          receive(sp[1]);
-          send(sp[0]);
+          receive(sp[0]);
+          send(sp[1]);
         }
         named_sync(pair_barrier, 64);
         if (half == 0) receive(sp[0]);
 #pragma unroll
         for (int j = 0; j < Tile::kScoreTiles; ++j)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) s[j][e] = half ? sp[1][j][e] : sp[0][j][e];
+          for (int e = 0; e < 4; ++e) s[j][e] = sp[0][j][e];
       } else {
         // One row block: the k-steps spread over kChains accumulator sets so
         // consecutive mma do not wait on each other (a single score tile
@@ -358,17 +361,21 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
         sAhead[next_t % 2] = reinterpret_cast<unsigned long long>(
             next_whole ? cache_row_in(p, cache, b, next_t * BN, next_blk, kRowWidth) : nullptr);
 
-      // Mask invisible tokens; row max over this warp's tokens, then across warps.
+      // Mask invisible tokens (a tile below both rows' limits, every tile
+      // of a request but its last at Sq = 1, needs none); row max over this
+      // warp's tokens, then across warps.
+      if ((t + 1) * BN > min(limit[0], limit[1])) {
+#pragma unroll
+        for (int j = 0; j < Tile::kScoreTiles; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (t * BN + tok_base + j * 8 + 2 * tq + (e & 1) >= limit[e / 2]) s[j][e] = CUMLA_NEG_INF;
+      }
       float tile_max[2] = {CUMLA_NEG_INF, CUMLA_NEG_INF};
 #pragma unroll
       for (int j = 0; j < Tile::kScoreTiles; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int h = e / 2;
-          const int tok = t * BN + tok_base + j * 8 + 2 * tq + (e & 1);
-          if (tok >= limit[h]) s[j][e] = CUMLA_NEG_INF;
-          tile_max[h] = fmaxf(tile_max[h], s[j][e]);
-        }
+        for (int e = 0; e < 4; ++e) tile_max[e / 2] = fmaxf(tile_max[e / 2], s[j][e]);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
