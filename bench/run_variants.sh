@@ -14,7 +14,10 @@
 # TESTS the pytest -k expression of the GPU tests (default "hopper or
 # every_kernel or graph"; add "or fp8" for kernels that read FP8; "none" runs
 # no tests, for timing ablations whose results are wrong on purpose);
-# RACECHECK=N runs compute-sanitizer racecheck N times on the small
+# TESTS_S the tests' time limit (default 260 s: the 214 tests of "latent or
+# fp8 or every_kernel or graph" took over 200 s in session 15); SPLIT_COSTS=X
+# runs bench/split_costs.py at configs X (and the serving batches) on each
+# variant's install; RACECHECK=N runs compute-sanitizer racecheck N times on the small
 # every-kernel test of each variant (its summaries are printed); TIMELINE=X
 # prints each variant's Hopper timeline at config X (bench/timeline.py). Writes
 # $OUT/<variant>/ (benchmark .md/.json; "_" for the "+" of a+b) and prints one table per variant; a
@@ -41,7 +44,7 @@ run_variant() {  # name, tree
   fi
   if [ "${TESTS:-}" = none ]; then
     echo "$name: no tests (timing only)"
-  elif ! (cd "$tree/tests" && PYTHONPATH=$site timeout 200 python3 -m pytest -q -x -p no:cacheprovider -m gpu gpu \
+  elif ! (cd "$tree/tests" && PYTHONPATH=$site timeout "${TESTS_S:-260}" python3 -m pytest -q -x -p no:cacheprovider -m gpu gpu \
           -k "${TESTS:-hopper or every_kernel or graph}" >"$stem-tests.log" 2>&1); then
     echo "$name: GPU tests FAILED"; tail -n 15 "$stem-tests.log"
     return
@@ -54,6 +57,10 @@ run_variant() {  # name, tree
   done
   (cd "$tree" && PYTHONPATH=$site timeout 300 python3 bench/bench_gpu.py ${BENCH_ARGS:---core-only --no-baseline} \
      --configs "$configs" --out "$stem" 2>&1) | grep -E "^\| ([A-F]|even|random|one|[0-9]+\.[0-9]) " | sed "s/^/$name /"
+  if [ -n "${SPLIT_COSTS:-}" ]; then
+    (cd "$tree/bench" && PYTHONPATH=$site timeout 150 python3 split_costs.py --configs "$SPLIT_COSTS" \
+       --out "$stem-split" 2>&1) | tail -n 25 | sed "s/^/$name /"
+  fi
   if [ -n "${TIMELINE:-}" ]; then
     (cd "$tree" && PYTHONPATH=$site timeout 90 python3 bench/timeline.py "$TIMELINE" 2>&1) | sed "s/^/$name /"
   fi
