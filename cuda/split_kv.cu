@@ -111,6 +111,12 @@ extern "C" __global__ void __launch_bounds__(1024) make_schedule(
   }
 }
 
+// Requests split into at most this many pieces (the uneven batches' 2-3)
+// are merged with every load issued at once: one memory round trip instead
+// of the general path's three dependent ones (LSE maximum, sum, weights)
+// before the values.
+constexpr int kFewPieces = 4;
+
 // One warp merges `pieces` partial results of one query row by their LSE:
 // piece k has log-sum-exp lse_of(k) and values row_of(k)[0, dv). This lane
 // writes columns c..c+3 of `out`, lane 0 of the warp with c = 0 the merged
@@ -120,6 +126,35 @@ extern "C" __global__ void __launch_bounds__(1024) make_schedule(
 template <class T, class LseOf, class RowOf>
 __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of, int c, int dv,
                                           typename T::storage* out, float* lse_out) {
+  if (pieces <= kFewPieces) {
+    float lse[kFewPieces], v[kFewPieces][4];
+#pragma unroll
+    for (int k = 0; k < kFewPieces; ++k) {
+      lse[k] = k < pieces ? lse_of(k) : CUMLA_NEG_INF;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) v[k][e] = k < pieces && c + e < dv ? row_of(k)[c + e] : 0.f;
+    }
+    float peak = CUMLA_NEG_INF;
+#pragma unroll
+    for (int k = 0; k < kFewPieces; ++k) peak = fmaxf(peak, lse[k]);
+    const float safe = peak == CUMLA_NEG_INF ? 0.f : peak;
+    float w[kFewPieces], total = 0.f;
+#pragma unroll
+    for (int k = 0; k < kFewPieces; ++k) {
+      w[k] = k < pieces ? expf(lse[k] - safe) : 0.f;
+      total += w[k];
+    }
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float acc = 0.f;
+#pragma unroll
+      for (int k = 0; k < kFewPieces; ++k) acc += w[k] * inv * v[k][e];
+      if (c + e < dv) out[c + e] = T::from_float(acc);
+    }
+    if (c == 0) *lse_out = total > 0.f ? safe + logf(total) : CUMLA_NEG_INF;
+    return;
+  }
   const int lane = threadIdx.x % 32;
   float peak = CUMLA_NEG_INF;
   for (int k = lane; k < pieces; k += 32) peak = fmaxf(peak, lse_of(k));
