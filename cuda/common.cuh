@@ -149,6 +149,18 @@ struct SwizzledRows {
   __host__ __device__ static constexpr int bytes(int rows) { return rows * kStride * 16; }
 };
 
+// How a block of WARPS warps spreads the COPY 16-byte chunks of each row
+// over its lanes (load_rows, load_rows_strided): lanes per row, rows per
+// warp, rows per pass of the whole block, chunks per lane.
+template <int WARPS, int COPY>
+struct CopyLanes {
+  static constexpr int kLanesPerRow = COPY >= 32 ? 32 : COPY >= 16 ? 16 : 8;
+  static constexpr int kRowsPerWarp = 32 / kLanesPerRow;
+  static constexpr int kStride = WARPS * kRowsPerWarp;
+  static constexpr int kChunkSteps = (COPY + kLanesPerRow - 1) / kLanesPerRow;
+  static_assert(kStride % 8 == 0, "a pass must move whole swizzle periods of 8 rows");
+};
+
 // Copy COPY 16-byte chunks of each of `rows` rows, from `src_row(r)`, to
 // logical chunks dst_chunk.. of a tile laid out by Rows::offset(row, chunk); rows for
 // which src_row gives null are zero-filled (and nothing is read). Warps take
@@ -161,11 +173,9 @@ struct SwizzledRows {
 template <int WARPS, int ROW_CHUNKS, int COPY = ROW_CHUNKS, class Rows = SwizzledRows<ROW_CHUNKS>, class RowPtr>
 __device__ __forceinline__ void load_rows(u32 tile, int rows, int dst_chunk, const u16* any_mapped,
                                           RowPtr src_row) {
-  constexpr int kLanesPerRow = COPY >= 32 ? 32 : COPY >= 16 ? 16 : 8;
-  constexpr int kRowsPerWarp = 32 / kLanesPerRow;
-  constexpr int kStride = WARPS * kRowsPerWarp;  // rows per pass of the whole block
-  constexpr int kChunkSteps = (COPY + kLanesPerRow - 1) / kLanesPerRow;
-  static_assert(kStride % 8 == 0, "a pass must move whole swizzle periods of 8 rows");
+  using Lanes = CopyLanes<WARPS, COPY>;
+  constexpr int kLanesPerRow = Lanes::kLanesPerRow, kRowsPerWarp = Lanes::kRowsPerWarp;
+  constexpr int kStride = Lanes::kStride, kChunkSteps = Lanes::kChunkSteps;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int sub = lane / kLanesPerRow, first = lane % kLanesPerRow;
   const int r0 = warp * kRowsPerWarp + sub;  // this lane's row in pass 0
@@ -199,11 +209,9 @@ __device__ __forceinline__ void load_rows(u32 tile, int rows, int dst_chunk, con
 // register pair plus constants.
 template <int WARPS, int ROW_CHUNKS, int WIDTH, int COPY = ROW_CHUNKS, class Rows = SwizzledRows<ROW_CHUNKS>>
 __device__ __forceinline__ void load_rows_strided(u32 tile, int rows, const u16* first_row) {
-  constexpr int kLanesPerRow = COPY >= 32 ? 32 : COPY >= 16 ? 16 : 8;
-  constexpr int kRowsPerWarp = 32 / kLanesPerRow;
-  constexpr int kStride = WARPS * kRowsPerWarp;  // rows per pass of the whole block
-  constexpr int kChunkSteps = (COPY + kLanesPerRow - 1) / kLanesPerRow;
-  static_assert(kStride % 8 == 0, "a pass must move whole swizzle periods of 8 rows");
+  using Lanes = CopyLanes<WARPS, COPY>;
+  constexpr int kLanesPerRow = Lanes::kLanesPerRow, kRowsPerWarp = Lanes::kRowsPerWarp;
+  constexpr int kStride = Lanes::kStride, kChunkSteps = Lanes::kChunkSteps;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int first = lane % kLanesPerRow;
   const int r0 = warp * kRowsPerWarp + lane / kLanesPerRow;  // this lane's row in pass 0
