@@ -126,6 +126,14 @@ constexpr int kFewPieces = 4;
 template <class T, class LseOf, class RowOf>
 __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of, int c, int dv,
                                           typename T::storage* out, float* lse_out) {
+  // The merged values of this lane's columns, and the LSE from the largest
+  // piece LSE (0 when every piece is empty) and the sum of the weights.
+  auto write = [&](const float (&acc)[4], float safe, float total) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (c + e < dv) out[c + e] = T::from_float(acc[e]);
+    if (c == 0) *lse_out = total > 0.f ? safe + logf(total) : CUMLA_NEG_INF;
+  };
   if (pieces <= kFewPieces) {
     float lse[kFewPieces], v[kFewPieces][4];
 #pragma unroll
@@ -145,14 +153,12 @@ __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of
       total += w[k];
     }
     const float inv = total > 0.f ? 1.f / total : 0.f;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float acc = 0.f;
+    for (int k = 0; k < kFewPieces; ++k)
 #pragma unroll
-      for (int k = 0; k < kFewPieces; ++k) acc += w[k] * inv * v[k][e];
-      if (c + e < dv) out[c + e] = T::from_float(acc);
-    }
-    if (c == 0) *lse_out = total > 0.f ? safe + logf(total) : CUMLA_NEG_INF;
+      for (int e = 0; e < 4; ++e) acc[e] += w[k] * inv * v[k][e];
+    write(acc, safe, total);
     return;
   }
   const int lane = threadIdx.x % 32;
@@ -178,10 +184,7 @@ __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of
         if (c + e < dv) acc[e] += w * v[c + e];
     }
   }
-#pragma unroll
-  for (int e = 0; e < 4; ++e)
-    if (c + e < dv) out[c + e] = T::from_float(acc[e]);
-  if (c == 0) *lse_out = total > 0.f ? safe + logf(total) : CUMLA_NEG_INF;
+  write(acc, safe, total);
 }
 
 // Grid (ceil(rows / 8), batch, ceil(dv / 128)), 256 threads: one warp per
