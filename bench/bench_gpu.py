@@ -201,18 +201,23 @@ def time_core(q, cache, table, seqlens, heads, q_len=1, cache_format=None) -> fl
                                                         plan=plan, out=out, check=False, cache_format=cache_format))
 
 
-def bench_serving(copy_bw, rng):
-    """Uneven batches against an even one of the same total tokens (B=64, H=128,
-    64 x 4096 tokens); tensor-parallel head slices and page sizes at B=128, S=8192."""
-    batch, seq = 64, 4096
+def serving_batches(rng, batch: int = 64, seq: int = 4096) -> list[tuple[str, np.ndarray]]:
+    """(name, lengths) of an even batch and two uneven ones of the same total
+    tokens: lengths drawn from 1..2S (rescaled to the total), and one request
+    10x longer than the others."""
     total = batch * seq
     drawn = rng.integers(1, 2 * seq + 1, batch).astype(np.float64)
     random_lengths = np.maximum(1, np.round(drawn * total / drawn.sum())).astype(np.int32)
     short = total // (batch - 1 + 10)
     one_long = np.array([short] * (batch - 1) + [total - short * (batch - 1)], np.int32)
+    return [("even", np.full(batch, seq, np.int32)), ("random 1..2S", random_lengths), ("one 10x longer", one_long)]
+
+
+def bench_serving(copy_bw, rng):
+    """Uneven batches against an even one of the same total tokens (B=64, H=128,
+    64 x 4096 tokens); tensor-parallel head slices and page sizes at B=128, S=8192."""
     uneven = {}
-    for name, lengths in (("even", np.full(batch, seq, np.int32)), ("random 1..2S", random_lengths),
-                          ("one 10x longer", one_long)):
+    for name, lengths in serving_batches(rng):
         q, cache, table, seqlens = paged_inputs(lengths, 128, BLOCK, rng)
         uneven[name] = dict(tokens=int(lengths.sum()), longest=int(lengths.max()),
                             time_us=time_core(q, cache, table, seqlens, 128))

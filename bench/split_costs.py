@@ -21,7 +21,7 @@ import numpy as np
 
 import cupy as cp
 import cumla
-from bench_gpu import BLOCK, CONFIGS, L, paged_inputs, replay_us
+from bench_gpu import BLOCK, CONFIGS, L, paged_inputs, replay_us, serving_batches
 from cumla import _gpu
 from cumla._arrays import BFLOAT16
 from cumla._kernels import SCHEDULE_TILE
@@ -91,15 +91,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for split-costs.json")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    batch, seq = 64, 4096
-    total = batch * seq
-    drawn = rng.integers(1, 2 * seq + 1, batch).astype(np.float64)
-    short = total // (batch - 1 + 10)
     batches = [(name, np.full(CONFIGS[name]["batch"], CONFIGS[name]["seq"], np.int32),
                 dict(heads=CONFIGS[name]["heads"], q_len=CONFIGS[name]["q_len"])) for name in args.configs]
-    batches += [("even", np.full(batch, seq, np.int32), {}),
-                ("random 1..2S", np.maximum(1, np.round(drawn * total / drawn.sum())).astype(np.int32), {}),
-                ("one 10x longer", np.array([short] * (batch - 1) + [total - short * (batch - 1)], np.int32), {})]
+    batches += [(name, lengths, {}) for name, lengths in serving_batches(rng)]
     rows = []
     print("| batch | full µs | attention µs | combine µs | pieces | split requests | busiest part tiles + segments |"
           " most tiles | most segments |")
