@@ -109,6 +109,22 @@ __device__ __forceinline__ void require_dynamic_smem(unsigned bytes) {
   if (given < bytes) __trap();
 }
 
+// Programmatic dependent launch (sm_90+; no-ops on older GPUs). The attention
+// kernels let the combine launched after them (cumla/_pdl.py) be scheduled
+// early (params.cuh: allow_combine_launch), so its launch overlaps their work
+// instead of following it; the combine waits for their completion and memory
+// before it reads their partials.
+__device__ __forceinline__ void allow_dependent_launch() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_previous_grid() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // 16-byte async copy global -> shared; zero-fills the destination when !valid
 // (then nothing is read: `src` only has to be some mapped address).
 __device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {

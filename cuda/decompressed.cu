@@ -157,6 +157,7 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
     b_off[j] = Tile::kCBytes + WRows::offset((lane & 7) + ((lane >> 3) & 1) * 8, 2 * (pair0 + j) + (lane >> 4));
 
   const PartWork work(p.sched, part);
+  allow_combine_launch(p, work);
 
   for (int b = work.first(); b <= work.last(p.batch); ++b) {
     Segment seg;
@@ -554,6 +555,7 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention_f32(const __gri
   const float* w = static_cast<const float*>(p.w) + h * kCols;
   const size_t w_ld = static_cast<size_t>(p.heads) * kCols;
   const PartWork work(p.sched, blockIdx.x);
+  allow_combine_launch(p, work);
 
   for (int b = work.first(); b <= work.last(p.batch); ++b) {
     Segment seg;

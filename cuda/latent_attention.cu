@@ -139,6 +139,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
   const u16* cache = static_cast<const u16*>(p.cache);
 
   const PartWork work(p.sched, part);
+  allow_combine_launch(p, work);
   const bool one_block_tiles = p.block_table == nullptr || p.block_size % BN == 0;
 
   for (int b = work.first(); b <= work.last(p.batch); ++b) {
@@ -532,6 +533,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_simt(const __grid_con
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int row0 = blockIdx.y * kRows, part = blockIdx.x;
   const PartWork work(p.sched, part);
+  allow_combine_launch(p, work);
 
   for (int b = work.first(); b <= work.last(p.batch); ++b) {
     Segment seg;

@@ -127,6 +127,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
   const int row0 = blockIdx.x * Tile::BM;  // row groups of a part are adjacent CTAs
   const u16* q = static_cast<const u16*>(p.q);
   const PartWork work(p.sched, blockIdx.y);
+  allow_combine_launch(p, work);
   const int box_rows = p.block_table == nullptr || p.block_size > Tile::BN ? Tile::BN : p.block_size;
   const int pages = Tile::BN / box_rows;
   if (threadIdx.x == 0) {

@@ -193,8 +193,17 @@ template <class T>
 __global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ AttnParams p, int dv) {
   const int b = blockIdx.y, r = blockIdx.x * 8 + threadIdx.x / 32;
   const int c = blockIdx.z * 128 + 4 * (threadIdx.x % 32);
+  // piece_base comes from make_schedule, done before the attention kernel
+  // started: readable before the wait below.
   const int pieces = p.sched.piece_base[b + 1] - p.sched.piece_base[b];
-  if (pieces == 1 || r >= p.rows) return;  // single pieces are written by the attention kernel
+  const bool idle = pieces == 1 || r >= p.rows;  // single pieces are written by the attention kernel
+  // Launched as the attention kernel's dependent (cumla/_pdl.py), this grid
+  // may start while that kernel runs: wait for its partials before reading
+  // them. Idle blocks leave at once, except block 0, which waits too so that
+  // this grid never completes before the attention kernel does.
+  if (idle && (blockIdx.x | blockIdx.y | blockIdx.z) != 0) return;
+  wait_for_previous_grid();
+  if (idle) return;
   const size_t first = static_cast<size_t>(p.sched.piece_base[b]);
   const float* lse = p.part_lse + first * p.rows + r;           // piece k at lse[k * rows]
   const float* part = p.part_out + (first * p.rows + r) * dv;  // piece k at part[k * rows * dv]

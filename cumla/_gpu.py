@@ -12,7 +12,7 @@ from ._kernels import (
     SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, arch_for, decompressed_kernel, element_of, latent_kernel, options,
     source,
 )
-from . import _tma
+from . import _pdl, _tma
 from ._launch import attn_params
 from ._plan import INT_MAX, Plan
 from ._validate import Problem
@@ -154,10 +154,25 @@ def _params(problem: Problem, plan: Plan, q, cache, seqlens, block_table, o, lse
     )
 
 
+@lru_cache(maxsize=None)
+def dependent_launches(device_id: int) -> bool:
+    """Whether the device runs programmatic dependent launches (compute capability 9.0+)."""
+    return int(cp.cuda.Device(device_id).compute_capability[:-1]) >= 9
+
+
 def _combine(name: str, params, rows: int, batch: int, v_dim: int) -> None:
-    """Merge split requests' partials: one warp per query row and 128 output columns."""
+    """Merge split requests' partials: one warp per query row and 128 output
+    columns. From sm_90 on it is launched as the attention kernel's
+    programmatic dependent: with no request split it runs beside that kernel
+    (an empty combine then costs nothing after it), else it is scheduled as
+    the attention CTAs exit; its merges wait for that kernel's results."""
     grid = (math.ceil(rows / 8), batch, math.ceil(v_dim / 128))
-    kernel("split_kv.cu", SPLIT_KV_NAMES, name)(grid, (THREADS,), (params, np.int32(v_dim)))
+    fn = kernel("split_kv.cu", SPLIT_KV_NAMES, name)
+    args = (params, np.int32(v_dim))
+    if dependent_launches(cp.cuda.Device().id):
+        _pdl.launch_dependent(fn.kernel.ptr, grid, (THREADS,), args, cp.cuda.get_current_stream().ptr)
+    else:
+        fn(grid, (THREADS,), args)
 
 
 def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale: float, causal: bool,

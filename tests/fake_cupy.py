@@ -38,10 +38,11 @@ class Kernel:
     def __init__(self, name: str, log: list):
         self.name, self.log = name, log
         self.max_dynamic_shared_size_bytes = 0
+        self.kernel = types.SimpleNamespace(ptr=id(self))  # the CUfunction handle cumla._pdl launches
 
     def __call__(self, grid, block, args, shared_mem=0):
         self.log.append(Launch(name=self.name, grid=tuple(grid), block=tuple(block), args=args,
-                               shared_mem=shared_mem, limit=self.max_dynamic_shared_size_bytes))
+                               shared_mem=shared_mem, limit=self.max_dynamic_shared_size_bytes, dependent=False))
 
 
 #: Opt-in shared memory per block by compute capability (CUDA's tables):
@@ -55,6 +56,7 @@ def make(sm_count: int = 132, capability: str = "90") -> types.ModuleType:
     fake = types.ModuleType("cupy")
     fake.ndarray = ndarray
     fake.launches = []
+    fake.functions = {}  # CUfunction stand-in -> Kernel
     fake.compiled = []
 
     class RawModule:
@@ -64,7 +66,9 @@ def make(sm_count: int = 132, capability: str = "90") -> types.ModuleType:
 
         def get_function(self, name):
             assert name in self.names, f"{name} was not compiled"
-            return Kernel(name, fake.launches)
+            fn = Kernel(name, fake.launches)
+            fake.functions[fn.kernel.ptr] = fn
+            return fn
 
     class Device:
         def __init__(self, device_id=0):
@@ -79,7 +83,8 @@ def make(sm_count: int = 132, capability: str = "90") -> types.ModuleType:
 
     runtime = types.SimpleNamespace(cudaDevAttrMaxSharedMemoryPerBlockOptin=OPT_IN_ATTRIBUTE,
                                     deviceGetAttribute=device_attribute)
-    fake.cuda = types.SimpleNamespace(Device=Device, runtime=runtime)
+    fake.cuda = types.SimpleNamespace(Device=Device, runtime=runtime,
+                                      get_current_stream=lambda: types.SimpleNamespace(ptr=0))
     fake.asnumpy = lambda x: np.asarray(x).copy()
     fake.empty = lambda *a, **k: _wrap(np.zeros(*a, **k))  # defined values: nothing runs the kernels
 

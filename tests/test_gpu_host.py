@@ -1,6 +1,7 @@
 """The CuPy backend's host side (validation, plans, parameter blocks, launch
 shapes) against a NumPy-backed stand-in for CuPy: runs without a GPU.
 Numerical results of the kernels are checked by the GPU tests."""
+import ctypes
 import math
 import sys
 
@@ -9,7 +10,8 @@ import pytest
 
 import cumla
 import fake_cupy
-from cumla import _absorb, _kernels, _tma
+from cumla import _absorb, _kernels, _pdl, _tma
+from cumla._launch import ATTN_PARAMS
 
 L, R, DN, DV = 512, 64, 128, 128
 
@@ -35,6 +37,13 @@ def use_fake(monkeypatch, fake):
         return out
 
     monkeypatch.setattr(_absorb, "batched_matmul", batched_matmul)
+
+    def launch_dependent(function, grid, block, args, stream, shared_mem=0):  # recorded as a dependent launch
+        _pdl.argument_buffers(args)  # what the driver call would take
+        fake.launches.append(fake_cupy.Launch(name=fake.functions[function].name, grid=tuple(grid), block=tuple(block),
+                                              args=args, shared_mem=shared_mem, dependent=True))
+
+    monkeypatch.setattr(_pdl, "launch_dependent", launch_dependent)
     return fake
 
 
@@ -87,6 +96,8 @@ def test_absorbed_decode_launches(cp):
     assert attend.grid == (1, parts) and attend.block == (256,)
     assert attend.shared_mem == spec.smem == attend.limit
     assert combine.grid == (2, 3, 4)  # 16 rows, 3 requests, 512 columns in 128s
+    assert combine.dependent and not attend.dependent  # the combine's launch overlaps the attention kernel
+    assert combine.args[1] == np.int32(512)
     assert field(attend, "rows") == 16 and field(attend, "heads") == 16 and field(attend, "q_len") == 1
     assert field(attend, "capacity") == 5 * 64 and field(attend, "block_size") == 64
     assert field(attend, "max_blocks") == 5 and field(attend, "num_blocks") == 15
@@ -94,6 +105,40 @@ def test_absorbed_decode_launches(cp):
     assert field(attend, "scale") == np.float32(1 / math.sqrt(DN + R))
     options = {opts for opts, _ in cp.compiled}
     assert ("-std=c++17", "-arch=sm_90a", f"-DCUMLA_SCHEDULE_TILE={_kernels.SCHEDULE_TILE}") in options
+
+
+@pytest.mark.parametrize("capability,dependent,strategy", [
+    ("80", False, "absorbed"), ("89", False, "absorbed"), ("90", True, "absorbed"),
+    ("80", False, "decompressed"), ("90", True, "decompressed"),  # sm_89's 99 KB hold no decompressed kernel
+])
+def test_combine_is_a_dependent_launch_from_sm90(monkeypatch, capability, dependent, strategy):
+    """Where the GPU has programmatic dependent launches, the combine is launched
+    as the attention kernel's dependent (its kernel waits for the partials);
+    before sm_90 it is an ordinary launch."""
+    fake = use_fake(monkeypatch, fake_cupy.make(capability=capability))
+    args = inputs(fake, heads=16, dtype=np.float16)
+    if strategy == "decompressed" and capability != "90":  # the DeepSeek-dims kernel needs Hopper's shared memory
+        args.update(q=args["q"][..., :80].copy(), cache=args["cache"][..., :144].copy(), rope_dim=16,
+                    w_kv=args["w_kv"][:128, :16 * 128].copy())
+    cumla.decode(**args, strategy=strategy)
+    attend, combine = fake.launches[-2:]
+    assert combine.name == "combine_partials<f16_t>" and combine.dependent == dependent
+    assert not attend.dependent and attend.name.startswith("decompressed" if strategy == "decompressed" else "latent")
+
+
+def test_dependent_launch_arguments_and_config():
+    """cuLaunchKernelEx's structures have the driver's layout, and each argument
+    reaches it as a pointer to its bytes."""
+    assert ctypes.sizeof(_pdl.LaunchAttribute) == 72 and ctypes.sizeof(_pdl.LaunchConfig) == 56
+    params = np.array(tuple(range(len(ATTN_PARAMS.names))), ATTN_PARAMS)[()]
+    buffers = _pdl.argument_buffers((params, np.int32(512)))
+    assert buffers[0].tobytes() == params.tobytes() and buffers[1].tobytes() == np.int32(512).tobytes()
+    with pytest.raises(TypeError, match="NumPy scalars"):
+        _pdl.argument_buffers((3,))
+    attribute = _pdl.LaunchAttribute()
+    config = _pdl.config((2, 3), (256,), 0, 0, attribute)
+    assert list(config.grid) == [2, 3, 1] and list(config.block) == [256, 1, 1] and config.num_attrs == 1
+    assert config.attrs.contents.id == 6 and config.attrs.contents.value == 1  # programmatic serialization on
 
 
 @pytest.mark.parametrize("capability,hopper,block,expected", [
