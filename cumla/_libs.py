@@ -1,5 +1,9 @@
-"""Shared libraries already loaded into this process, found by path."""
+"""Shared libraries: those already loaded into this process, found by path,
+and functions of the CUDA driver called through ctypes."""
 from __future__ import annotations
+
+import ctypes
+from functools import lru_cache
 
 
 def loaded_library(fragment: str) -> str | None:
@@ -15,3 +19,18 @@ def loaded_library(fragment: str) -> str | None:
     except OSError:
         pass
     return None
+
+
+@lru_cache(maxsize=None)
+def driver_function(name: str, argtypes: tuple, purpose: str):
+    """Function ``name`` of the CUDA driver (libcuda, present wherever CuPy runs
+    on a GPU) returning a CUresult; ``purpose`` completes the error raised
+    where the driver cannot be loaded ("... is needed to <purpose>")."""
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError as exc:
+        raise RuntimeError(f"the CUDA driver (libcuda.so.1) is needed to {purpose}") from exc
+    fn = getattr(driver, name)
+    fn.restype = ctypes.c_int
+    fn.argtypes = list(argtypes)
+    return fn

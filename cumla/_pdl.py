@@ -12,10 +12,11 @@ Stream capture records such a launch as a programmatic edge of the graph.
 from __future__ import annotations
 
 import ctypes
-from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
+
+from ._libs import driver_function
 
 _PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
 
@@ -33,17 +34,11 @@ class LaunchConfig(ctypes.Structure):
                 ("num_attrs", ctypes.c_uint)]
 
 
-@lru_cache(maxsize=None)
 def _launch_fn():
-    try:
-        driver = ctypes.CDLL("libcuda.so.1")
-    except OSError as exc:
-        raise RuntimeError("the CUDA driver (libcuda.so.1) is needed for dependent launches") from exc
-    fn = driver.cuLaunchKernelEx
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.POINTER(LaunchConfig), ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
-                   ctypes.c_void_p]
-    return fn
+    return driver_function(
+        "cuLaunchKernelEx",
+        (ctypes.POINTER(LaunchConfig), ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p),
+        "launch dependent kernels")
 
 
 def argument_buffers(args: Sequence[Any]) -> list[np.ndarray]:

@@ -7,6 +7,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from ._libs import driver_function
+
 #: A CUtensorMap as a by-value kernel argument (the kernel's TmaMap).
 TMA_MAP = np.dtype([("words", "<u8", (16,))])
 
@@ -17,19 +19,13 @@ _L2_PROMOTION_256B = 3
 _OOB_FILL_ZEROS = 0
 
 
-@lru_cache(maxsize=None)
 def _encode_fn():
-    try:
-        driver = ctypes.CDLL("libcuda.so.1")
-    except OSError as exc:
-        raise RuntimeError("the CUDA driver (libcuda.so.1) is needed to encode TMA descriptors") from exc
-    fn = driver.cuTensorMapEncodeTiled
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p,
-                   ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64),
-                   ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32),
-                   ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    return fn
+    return driver_function(
+        "cuTensorMapEncodeTiled",
+        (ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64),
+         ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32),
+         ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int),
+        "encode TMA descriptors")
 
 
 def rows_map(address: int, rows: int, width: int, box_rows: int) -> np.void:

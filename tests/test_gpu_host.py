@@ -10,7 +10,7 @@ import pytest
 
 import cumla
 import fake_cupy
-from cumla import _absorb, _kernels, _pdl, _tma
+from cumla import _absorb, _kernels, _libs, _pdl, _tma
 from cumla._launch import ATTN_PARAMS
 
 L, R, DN, DV = 512, 64, 128, 128
@@ -139,6 +139,26 @@ def test_dependent_launch_arguments_and_config():
     config = _pdl.config((2, 3), (256,), 0, 0, attribute)
     assert list(config.grid) == [2, 3, 1] and list(config.block) == [256, 1, 1] and config.num_attrs == 1
     assert config.attrs.contents.id == 6 and config.attrs.contents.value == 1  # programmatic serialization on
+
+
+def test_dependent_launch_errors(monkeypatch):
+    """A failed launch raises with the driver's code; without libcuda the
+    error says what the driver was needed for."""
+    monkeypatch.setattr(_pdl, "_launch_fn", lambda: lambda *args: 1)
+    with pytest.raises(RuntimeError, match="cuLaunchKernelEx failed with CUresult 1"):
+        _pdl.launch_dependent(0, (1,), (256,), (np.int32(1),), 0)
+    monkeypatch.undo()
+
+    def no_driver(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    _libs.driver_function.cache_clear()
+    monkeypatch.setattr(ctypes, "CDLL", no_driver)
+    try:
+        with pytest.raises(RuntimeError, match=r"libcuda.so.1\) is needed to launch dependent kernels"):
+            _pdl.launch_dependent(0, (1,), (256,), (np.int32(1),), 0)
+    finally:
+        _libs.driver_function.cache_clear()
 
 
 @pytest.mark.parametrize("capability,hopper,block,expected", [
