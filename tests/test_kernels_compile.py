@@ -180,9 +180,11 @@ def test_mma_rate_benchmark_compiles_without_serialised_mmas():
 
 
 def test_copy_latency_probe_compiles():
-    """bench/copy_latency.py's probes (1, 4 and 9 boxes per copy) build for sm_90a."""
+    """bench/copy_latency.py's probes (1, 4 and 9 boxes per copy, alone or
+    beside score MMAs) build for sm_90a, the MMAs not serialised."""
     probe = bench_module("copy_latency")
-    names = tuple(dict.fromkeys(f"copy_latency<{boxes}>" for _, boxes, _, _ in probe.CASES))
-    assert len(names) == 3
+    names = tuple(dict.fromkeys(probe.kernel_name(boxes, mma) for _, boxes, _, _, mma in probe.CASES))
+    assert len(names) == 5
     result = _compile.compile_source(NVRTC, probe.source(), _kernels.options("sm_90a"), names)
     assert result.ok, result.log
+    assert "C7519" not in result.log, result.log
