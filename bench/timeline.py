@@ -8,9 +8,9 @@ the pair's start (warpgroup 0 at the top of the pair), over the pairs of CTA
 (bench/seesaw_model.py) predicts per pair can be read against it.
 
 It also prints each copy group's refill-to-landing time: from the stamp
-before the refill (one pair) to the stamp after the wait for it (the next
-pair); when the waiting warpgroup arrives before the copy lands, that is the
-copy's latency. ``--batch N`` runs N requests on N schedule parts (one per
+after the refill's copies are issued (one pair) to the stamp after the wait
+for it (the next pair); when the waiting warpgroup arrives at the wait
+(stamped too) before the copy lands, that is the copy's latency. ``--batch N`` runs N requests on N schedule parts (one per
 request, 2N CTAs at H = 128), so that the same copies meet a lightly loaded
 memory system (with the default plan the requests would be split over every
 SM again, and the load per SM would not change).
@@ -34,7 +34,7 @@ from cumla import _gpu, _kernels  # noqa: E402
 from cumla._arrays import BFLOAT16  # noqa: E402
 from profile_one import core_call  # noqa: E402
 
-PAIRS, STEPS = 64, 12  # kTimelinePairs, kTimelineSteps in the kernel
+PAIRS, STEPS = 64, 15  # kTimelinePairs, kTimelineSteps in the kernel
 # Step k of each warpgroup (TIMELINE_STAMP(pairs, wg, k) in the kernel); None: not stamped.
 STEP_NAMES = (
     ("pair start", "pair start"),
@@ -49,16 +49,19 @@ STEP_NAMES = (
     ("P1 received", None),
     ("P1 V1_L done", "P0 V0_R done"),
     ("refills issued, pair end", "refills issued, pair end"),
+    ("at the wait for group A", "at the wait for group A"),
+    ("stage 0 group A refill issued", "stage 1 group A refill issued"),
+    ("stage 1 group B refill issued", "stage 0 group B refill issued"),
 )
 
 
-# Copy groups: (name, (warpgroup, step) stamped before the refill in one pair,
-# (warpgroup, step) stamped after the wait for it in the next pair).
+# Copy groups: (name, (warpgroup, step) stamped once the refill is issued in
+# one pair, (warpgroup, step) stamped after the wait for it in the next pair).
 REFILLS = (
-    ("stage 0 group A", (0, 8), (0, 1)),
-    ("stage 0 group B", (1, 10), (0, 2)),
-    ("stage 1 group A", (1, 8), (1, 1)),
-    ("stage 1 group B", (0, 10), (1, 2)),
+    ("stage 0 group A", (0, 13), (0, 1)),
+    ("stage 0 group B", (1, 14), (0, 2)),
+    ("stage 1 group A", (1, 13), (1, 1)),
+    ("stage 1 group B", (0, 14), (1, 2)),
 )
 
 

@@ -77,7 +77,7 @@ constexpr int BAR_OWN = 1;  // named barrier of warpgroup 0 (1 + w for warpgroup
 #if defined(CUMLA_TIMELINE)
 // Profiling build (CUMLA_TIMELINE=1 in the environment; bench/timeline.py):
 // clock64() at each step of the first pairs of CTA (0, 0), per warpgroup.
-constexpr int kTimelinePairs = 64, kTimelineSteps = 12;
+constexpr int kTimelinePairs = 64, kTimelineSteps = 15;
 __device__ long long cumla_timeline[kTimelinePairs][2][kTimelineSteps];
 #define TIMELINE_STAMP(pair, wg, step)                                                              \
   do {                                                                                              \
@@ -260,6 +260,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
           // After a wait (a divergent spin), wgmma.fence again: else ptxas
           // inserts its own and serialises the MMAs.
           if (idx == 0) {
+            TIMELINE_STAMP(pairs, wg, 12);  // this warp is at the wait (not held by earlier loads)
             mbar_wait(full_bar(wg, 0), phase);
             TIMELINE_STAMP(pairs, wg, 1);
             wgmma_fence();
@@ -388,6 +389,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
       auto refill = [&](int s, int g, int y_of_my_page) {
         named_sync(BAR_OWN + wg, kGroupThreads);
         if (issuer && next) fill_group(s, g, y_of_my_page);
+        TIMELINE_STAMP(pairs, wg, s == wg ? 13 : 14);  // the copies are issued (lane 0's at least)
       };
 
       if (wg == 0) {
