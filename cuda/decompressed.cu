@@ -38,6 +38,7 @@ namespace {
 template <int L, int R, int DN, int DV, int KC, int STAGES, bool WGMMA = false>
 struct DecompTile {
   static constexpr int BN = 64, BM = 256, kThreads = 256;
+  static_assert(BN == kScheduleTile, "the kernel's tiles are the schedule's");
   static constexpr int QK = DN + R;
   // Queries and keys [K_nope | rope], and values: rows for ldmatrix, or the
   // 128-byte-swizzled blocks of the warpgroup MMAs (the same bytes).
@@ -161,7 +162,6 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
 
   for (int b = work.first(); b <= work.last(p.batch); ++b) {
     Segment seg;
-    static_assert(BN == kScheduleTile, "the kernel's tiles are the schedule's");
     if (!work.segment(p, b, BN, seg)) continue;
     const int n = seg.n, t0 = seg.t0, t1 = seg.t1;
     const int i0 = m_tile * BM;                       // first query token of this CTA

@@ -199,7 +199,7 @@ __global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ 
   const bool idle = pieces == 1 || r >= p.rows;  // single pieces are written by the attention kernel
   // Launched as the attention kernel's dependent (cumla/_pdl.py), this grid
   // may start while that kernel runs: wait for its partials before reading
-  // them. Idle blocks leave at once, except block 0, which waits too so that
+  // them. Idle warps leave at once, except block 0's, which wait too so that
   // this grid never completes before the attention kernel does.
   if (idle && (blockIdx.x | blockIdx.y | blockIdx.z) != 0) return;
   wait_for_previous_grid();

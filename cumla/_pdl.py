@@ -52,13 +52,12 @@ def argument_buffers(args: Sequence[Any]) -> list[np.ndarray]:
     return buffers
 
 
-def config(grid: Sequence[int], block: Sequence[int], shared_mem: int, stream: int,
-           attribute: LaunchAttribute) -> LaunchConfig:
-    """The launch configuration with one programmatic-serialization attribute."""
+def config(grid: Sequence[int], block: Sequence[int], shared_mem: int, stream: int) -> LaunchConfig:
+    """The launch configuration with one programmatic-serialization attribute
+    (the structure keeps the attribute it points to alive)."""
     grid3 = tuple(grid) + (1,) * (3 - len(grid))
     block3 = tuple(block) + (1,) * (3 - len(block))
-    attribute.id = _PROGRAMMATIC_STREAM_SERIALIZATION
-    attribute.value = 1
+    attribute = LaunchAttribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION, value=1)
     return LaunchConfig((ctypes.c_uint * 3)(*grid3), (ctypes.c_uint * 3)(*block3), shared_mem, stream,
                         ctypes.pointer(attribute), 1)
 
@@ -69,8 +68,7 @@ def launch_dependent(function: int, grid: Sequence[int], block: Sequence[int], a
     default stream) as a programmatic dependent of the stream's previous kernel."""
     buffers = argument_buffers(args)
     pointers = (ctypes.c_void_p * len(buffers))(*(b.ctypes.data for b in buffers))
-    attribute = LaunchAttribute()
-    launch = config(grid, block, shared_mem, stream, attribute)
+    launch = config(grid, block, shared_mem, stream)
     rc = _launch_fn()(ctypes.byref(launch), function, pointers, None)
     if rc != 0:
         raise RuntimeError(f"cuLaunchKernelEx failed with CUresult {rc}")

@@ -41,8 +41,12 @@ class Kernel:
         self.kernel = types.SimpleNamespace(ptr=id(self))  # the CUfunction handle cumla._pdl launches
 
     def __call__(self, grid, block, args, shared_mem=0):
+        self.record(grid, block, args, shared_mem, dependent=False)
+
+    def record(self, grid, block, args, shared_mem=0, dependent=False):
+        """Log a launch (``dependent``: a programmatic dependent one, cumla._pdl's)."""
         self.log.append(Launch(name=self.name, grid=tuple(grid), block=tuple(block), args=args,
-                               shared_mem=shared_mem, limit=self.max_dynamic_shared_size_bytes, dependent=False))
+                               shared_mem=shared_mem, limit=self.max_dynamic_shared_size_bytes, dependent=dependent))
 
 
 #: Opt-in shared memory per block by compute capability (CUDA's tables):

@@ -40,8 +40,7 @@ def use_fake(monkeypatch, fake):
 
     def launch_dependent(function, grid, block, args, stream, shared_mem=0):  # recorded as a dependent launch
         _pdl.argument_buffers(args)  # what the driver call would take
-        fake.launches.append(fake_cupy.Launch(name=fake.functions[function].name, grid=tuple(grid), block=tuple(block),
-                                              args=args, shared_mem=shared_mem, dependent=True))
+        fake.functions[function].record(grid, block, args, shared_mem, dependent=True)
 
     monkeypatch.setattr(_pdl, "launch_dependent", launch_dependent)
     return fake
@@ -135,8 +134,7 @@ def test_dependent_launch_arguments_and_config():
     assert buffers[0].tobytes() == params.tobytes() and buffers[1].tobytes() == np.int32(512).tobytes()
     with pytest.raises(TypeError, match="NumPy scalars"):
         _pdl.argument_buffers((3,))
-    attribute = _pdl.LaunchAttribute()
-    config = _pdl.config((2, 3), (256,), 0, 0, attribute)
+    config = _pdl.config((2, 3), (256,), 0, 0)
     assert list(config.grid) == [2, 3, 1] and list(config.block) == [256, 1, 1] and config.num_attrs == 1
     assert config.attrs.contents.id == 6 and config.attrs.contents.value == 1  # programmatic serialization on
 
