@@ -34,7 +34,7 @@ from cumla import _gpu, _kernels  # noqa: E402
 from cumla._arrays import BFLOAT16  # noqa: E402
 from profile_one import core_call  # noqa: E402
 
-PAIRS, STEPS = 64, 15  # kTimelinePairs, kTimelineSteps in the kernel
+PAIRS, STEPS = 64, 17  # kTimelinePairs, kTimelineSteps in the kernel
 # Step k of each warpgroup (TIMELINE_STAMP(pairs, wg, k) in the kernel); None: not stamped.
 STEP_NAMES = (
     ("pair start", "pair start"),
@@ -52,6 +52,8 @@ STEP_NAMES = (
     ("at the wait for group A", "at the wait for group A"),
     ("stage 0 group A refill issued", "stage 1 group A refill issued"),
     ("stage 1 group B refill issued", "stage 0 group B refill issued"),
+    ("stage 0 group A free (refill's barrier passed)", "stage 1 group A free (refill's barrier passed)"),
+    ("stage 1 group B free (refill's barrier passed)", "stage 0 group B free (refill's barrier passed)"),
 )
 
 

@@ -77,7 +77,7 @@ constexpr int BAR_OWN = 1;  // named barrier of warpgroup 0 (1 + w for warpgroup
 #if defined(CUMLA_TIMELINE)
 // Profiling build (CUMLA_TIMELINE=1 in the environment; bench/timeline.py):
 // clock64() at each step of the first pairs of CTA (0, 0), per warpgroup.
-constexpr int kTimelinePairs = 64, kTimelineSteps = 15;
+constexpr int kTimelinePairs = 64, kTimelineSteps = 17;
 __device__ long long cumla_timeline[kTimelinePairs][2][kTimelineSteps];
 #define TIMELINE_STAMP(pair, wg, step)                                                              \
   do {                                                                                              \
@@ -388,6 +388,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
       const bool next = i + 2 < t1;
       auto refill = [&](int s, int g, int y_of_my_page) {
         named_sync(BAR_OWN + wg, kGroupThreads);
+        TIMELINE_STAMP(pairs, wg, s == wg ? 15 : 16);  // every warp of this warpgroup is done with the group
         if (issuer && next) fill_group(s, g, y_of_my_page);
         TIMELINE_STAMP(pairs, wg, s == wg ? 13 : 14);  // the copies are issued (lane 0's at least)
       };
