@@ -7,7 +7,8 @@ the pair's start (warpgroup 0 at the top of the pair), over the pairs of CTA
 (0, 0) but the first two and the last two. What the seesaw model
 (bench/seesaw_model.py) predicts per pair can be read against it.
 
-It also prints each copy group's refill-to-landing time: from the stamp
+It also prints how evenly the grid's CTAs start and end (%globaltimer) and the
+SM clock during the call, and each copy group's refill-to-landing time: from the stamp
 after the refill's copies are issued (one pair) to the stamp after the wait
 for it (the next pair); when the waiting warpgroup arrives at the wait
 (stamped too) before the copy lands, that is the copy's latency. ``--batch N`` runs N requests on N schedule parts (one per
@@ -34,7 +35,7 @@ from cumla import _gpu, _kernels  # noqa: E402
 from cumla._arrays import BFLOAT16  # noqa: E402
 from profile_one import core_call  # noqa: E402
 
-PAIRS, STEPS = 64, 17  # kTimelinePairs, kTimelineSteps in the kernel
+PAIRS, STEPS, CTAS = 64, 17, 1024  # kTimelinePairs, kTimelineSteps, kTimelineCtas in the kernel
 # Step k of each warpgroup (TIMELINE_STAMP(pairs, wg, k) in the kernel); None: not stamped.
 STEP_NAMES = (
     ("pair start", "pair start"),
@@ -67,19 +68,37 @@ REFILLS = (
 )
 
 
-def run(config: str, batch: int | None = None) -> np.ndarray:
-    """The stamps (PAIRS, 2, STEPS) of one planned call of ``config`` (``batch``
-    requests on as many parts if given) after warm-up calls."""
+def run(config: str, batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The stamps (PAIRS, 2, STEPS) and the CTA spans (CTAS, 5) of one planned
+    call of ``config`` (``batch`` requests on as many parts if given) after
+    warm-up calls."""
     call = core_call(config, batch=batch, num_parts=batch)
     for _ in range(3):
         call()
     spec = _kernels.hopper_kernel(BFLOAT16, L + R, L, BLOCK)
     module = _gpu._module(spec.file, spec.module, _gpu._arch_of(cp.cuda.Device().id))
     stamps = cp.ndarray((PAIRS, 2, STEPS), dtype=cp.int64, memptr=module.get_global("cumla_timeline"))
+    spans = cp.ndarray((CTAS, 5), dtype=cp.int64, memptr=module.get_global("cumla_cta_span"))
     stamps.fill(0)
+    spans.fill(0)
     call()
     cp.cuda.Device().synchronize()
-    return stamps.get()
+    return stamps.get(), spans.get()
+
+
+def summarise_ctas(spans: np.ndarray) -> dict:
+    """How evenly the CTAs run: their starts and ends (µs after the first start,
+    from %globaltimer) and the SM clock (clock64 cycles over globaltimer ns)."""
+    ran = spans[:, 1] != 0
+    start, end = spans[ran, 0], spans[ran, 1]
+    first = start.min()
+    ghz = (spans[ran, 3] - spans[ran, 2]) / np.maximum(end - start, 1)
+    ends = (end - first) / 1e3
+    return {"ctas": int(ran.sum()), "sms": int(len(np.unique(spans[ran, 4]))),
+            "start_spread_us": float((start.max() - first) / 1e3),
+            "end_us": {"min": float(ends.min()), "median": float(np.median(ends)),
+                       "p90": float(np.percentile(ends, 90)), "max": float(ends.max())},
+            "sm_clock_ghz": float(np.median(ghz))}
 
 
 def summarise(stamps: np.ndarray) -> dict:
@@ -116,7 +135,9 @@ def main() -> None:
     if _gpu._arch_of(cp.cuda.Device().id) != "sm_90a":
         raise SystemExit("timeline.py stamps the Hopper kernel: it needs a Hopper GPU (sm_90a)")
     result = {"config": args.config, "batch": args.batch or CONFIGS[args.config]["batch"],
-              "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), **summarise(run(args.config, args.batch))}
+              "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode()}
+    stamps, spans = run(args.config, args.batch)
+    result.update(summarise(stamps), cta_spans=summarise_ctas(spans))
     print(f"config {args.config} (batch {result['batch']}): {result['pairs']} pairs in CTA (0, 0), "
           f"median {result['cycles_per_pair']:.0f} cycles per pair; clock after the pair's start:")
     print("| step | warpgroup 0 | cycles | warpgroup 1 | cycles |")
@@ -127,6 +148,10 @@ def main() -> None:
         print(f"| {row['step']} | " + " | ".join(cells) + " |")
     print("refill to landing (median cycles): " + ", ".join(
         f"{r['group']} {'-' if r['cycles'] is None else round(r['cycles'])}" for r in result["refill_to_landing"]))
+    ctas = result["cta_spans"]
+    print(f"{ctas['ctas']} CTAs on {ctas['sms']} SMs, SM clock {ctas['sm_clock_ghz']:.2f} GHz; started within "
+          f"{ctas['start_spread_us']:.1f} us; ended after (us) " +
+          ", ".join(f"{k} {v:.1f}" for k, v in ctas["end_us"].items()))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, f"timeline-{args.config}.json"), "w") as f:

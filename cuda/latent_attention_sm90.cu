@@ -84,9 +84,30 @@ __device__ long long cumla_timeline[kTimelinePairs][2][kTimelineSteps];
     if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x % 128 == 0 && (pair) < kTimelinePairs) \
       cumla_timeline[pair][wg][step] = clock64();                                                   \
   } while (0)
+// Per CTA (blockIdx.y * gridDim.x + blockIdx.x): %globaltimer (ns) and
+// clock64 at its start and its end, and its SM: how evenly the CTAs finish,
+// and the SM clock that converts the stamps above into time.
+constexpr int kTimelineCtas = 1024;
+__device__ long long cumla_cta_span[kTimelineCtas][5];
+#define TIMELINE_CTA(end)                                                      \
+  do {                                                                         \
+    const int cta_ = blockIdx.y * gridDim.x + blockIdx.x;                      \
+    if (threadIdx.x == 0 && cta_ < kTimelineCtas) {                            \
+      long long ns_;                                                           \
+      unsigned sm_;                                                            \
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns_));                  \
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(sm_));                         \
+      cumla_cta_span[cta_][end] = ns_;                                         \
+      cumla_cta_span[cta_][2 + (end)] = clock64();                             \
+      cumla_cta_span[cta_][4] = sm_;                                           \
+    }                                                                          \
+  } while (0)
 #else
 #define TIMELINE_STAMP(pair, wg, step) \
   do {                                 \
+  } while (0)
+#define TIMELINE_CTA(end) \
+  do {                    \
   } while (0)
 #endif
 
@@ -140,6 +161,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
   // Pairs done so far: the current pair's tiles complete phase `pairs % 2` of
   // their stage's group barriers (every pair fills both stages once).
   u32 pairs = 0, requests = 0;
+  TIMELINE_CTA(0);
 
   for (int b = work.first(); b <= work.last(p.batch); ++b) {
     Segment seg;
@@ -509,4 +531,5 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
       }
     }
   }
+  TIMELINE_CTA(1);
 }

@@ -116,7 +116,8 @@ def test_hopper_timeline_build_keeps_the_kernel_as_it_is(monkeypatch):
         listings[timeline] = _compile.sass(built.cubin, CUOBJDUMP)
     mmas = [re.findall(r"HGMMA\.\w+", listings[t]) for t in ("1", "0")]
     assert mmas[0] == mmas[1] and len(mmas[0]) >= 52
-    assert "SR_CLOCKLO" in listings["1"] and "SR_CLOCKLO" not in listings["0"]
+    for clock in ("SR_CLOCKLO", "SR_GLOBALTIMERLO"):  # per-step stamps, per-CTA spans
+        assert clock in listings["1"] and clock not in listings["0"]
 
 
 def _args(name: str) -> list[str]:
