@@ -112,16 +112,10 @@ __device__ long long cumla_cta_span[kTimelineCtas][5];
 #endif
 
 // `cache_map`: the cache as a 2-D tensor (rows, D) with boxes of 64 columns
-// by min(64, block_size) rows (64 for a contiguous cache), 128-byte swizzle;
-// `half_map`: the same rows as a 3-D tensor (64 columns, rows, D / 64 blocks)
-// with boxes of a V half's blocks by 64 rows, used where a page holds a whole
-// tile (a 2-D map, unused, where a half is one block). Issuing a copy holds
-// the issuing warp ~120 cycles per 8 KB box and ~270 per 32 KB one (timeline):
-// a refill of 1-2 copies instead of 4-5 frees it ~250 cycles sooner.
+// by min(64, block_size) rows (64 for a contiguous cache), 128-byte swizzle.
 template <class T, int D, int DV>
 __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_constant__ AttnParams p,
-                                                                const __grid_constant__ TmaMap cache_map,
-                                                                const __grid_constant__ TmaMap half_map) {
+                                                                const __grid_constant__ TmaMap cache_map) {
   using Tile = HopperTile<D, DV>;
   using Rows = typename Tile::Rows;
   constexpr int kHalf = Tile::kHalf, kHB = Tile::kHalfBlocks, kBlock = Rows::kBlockBytes;
@@ -206,24 +200,20 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
                       (first + k % count) * 64, y, bar);
       }
     };
-    // The V half of a tile that starts at block `first`: one box where a page
-    // holds the tile (lane 0 holds its row), else block by block.
-    auto copy_half = [&](int s, int first, int y_of_my_page, u32 bar) {
-      if (kHB == 1 || pages > 1) {
-        copy_blocks(s, first, first + kHB, y_of_my_page, bar);
-      } else if (lane == 0) {
-        tma_load_3d(stage_at(s) + first * kBlock, half_map, 0, y_of_my_page, first, bar);
-      }
-    };
-    // Group A of stage s: warpgroup s's V half; group B: the other half and
-    // the blocks past V.
+    // Group A of stage s: warpgroup s's V half; group B: every other block.
     auto fill_group = [&](int s, int g, int y_of_my_page) {
       const u32 bar = full_bar(s, g);
       const int blocks = g == 0 ? kHB : Tile::kBlocks - kHB;
       if (lane == 0) mbar_expect_bytes(bar, blocks * kBlock);
       __syncwarp();
-      copy_half(s, (g == 0 ? s : 1 - s) * kHB, y_of_my_page, bar);
-      if (g == 1 && 2 * kHB < Tile::kBlocks) copy_blocks(s, 2 * kHB, Tile::kBlocks, y_of_my_page, bar);
+      if (g == 0) {
+        copy_blocks(s, s * kHB, s * kHB + kHB, y_of_my_page, bar);
+      } else if (s == 0) {
+        copy_blocks(s, kHB, Tile::kBlocks, y_of_my_page, bar);
+      } else {
+        copy_blocks(s, 0, kHB, y_of_my_page, bar);
+        copy_blocks(s, 2 * kHB, Tile::kBlocks, y_of_my_page, bar);
+      }
     };
 
     __syncthreads();  // the previous request is done with shared memory
