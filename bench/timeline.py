@@ -7,14 +7,15 @@ the pair's start (warpgroup 0 at the top of the pair), over the pairs of CTA
 (0, 0) but the first two and the last two. What the seesaw model
 (bench/seesaw_model.py) predicts per pair can be read against it.
 
-It also prints how evenly the grid's CTAs start and end (%globaltimer) and the
-SM clock during the call, and each copy group's refill-to-landing time: from the stamp
-after the refill's copies are issued (one pair) to the stamp after the wait
-for it (the next pair); when the waiting warpgroup arrives at the wait
-(stamped too) before the copy lands, that is the copy's latency. ``--batch N`` runs N requests on N schedule parts (one per
-request, 2N CTAs at H = 128), so that the same copies meet a lightly loaded
-memory system (with the default plan the requests would be split over every
-SM again, and the load per SM would not change).
+It also prints how evenly the grid's CTAs start and end (%globaltimer), the
+SM clock during the call, and each copy group's refill-to-landing time: from
+the stamp after the refill's copies are issued (one pair) to the stamp after
+the wait for it (the next pair); when the waiting warpgroup arrives at the
+wait (stamped too) before the copy lands, that is the copy's latency.
+``--batch N`` runs N requests on N schedule parts (one per request, 2N CTAs
+at H = 128), so that the same copies meet a lightly loaded memory system
+(with the default plan the requests would be split over every SM again, and
+the load per SM would not change).
 
     python bench/timeline.py [A-F] [--batch N] [--out DIR]      # on a Hopper GPU, from bench/
 """
