@@ -50,16 +50,26 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 phase) {
       "r"(phase)
       : "memory");
 }
+// Cache rows are read once per request: first out of L2.
+__device__ __forceinline__ u64 evict_first_policy() {
+  u64 policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
 // TMA: the box at element coordinates (x, y) of a 2-D tensor map to shared
 // memory at `dst`, completing `bytes` on `bar`. Out-of-bounds elements
 // (negative y included) arrive as zeros.
 __device__ __forceinline__ void tma_load_2d(u32 dst, const TmaMap& map, int x, int y, u32 bar) {
-  // Cache rows are read once per request: first out of L2.
-  u64 policy;
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(dst),
-      "l"(reinterpret_cast<u64>(&map)), "r"(x), "r"(y), "r"(bar), "l"(policy)
+      "l"(reinterpret_cast<u64>(&map)), "r"(x), "r"(y), "r"(bar), "l"(evict_first_policy())
+      : "memory");
+}
+// The same for the box at (x, y, z) of a 3-D tensor map.
+__device__ __forceinline__ void tma_load_3d(u32 dst, const TmaMap& map, int x, int y, int z, u32 bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, %3, %4}], [%5], %6;" ::"r"(dst),
+      "l"(reinterpret_cast<u64>(&map)), "r"(x), "r"(y), "r"(z), "r"(bar), "l"(evict_first_policy())
       : "memory");
 }
 

@@ -112,10 +112,17 @@ __device__ long long cumla_cta_span[kTimelineCtas][5];
 #endif
 
 // `cache_map`: the cache as a 2-D tensor (rows, D) with boxes of 64 columns
-// by min(64, block_size) rows (64 for a contiguous cache), 128-byte swizzle.
+// by min(64, block_size) rows (64 for a contiguous cache), 128-byte swizzle;
+// `half_map`: the same rows as a 3-D tensor (64 columns, rows, D / 64 blocks)
+// with boxes of a V half's blocks by 64 rows, used where a page holds a whole
+// tile and several row groups read it (a 2-D map, unused, where a half is one
+// block). Issuing a copy holds the issuing warp ~120 cycles per 8 KB box and
+// ~270 per 32 KB one (timeline): a refill of 1-2 copies instead of 4-5 frees
+// it ~250 cycles sooner.
 template <class T, int D, int DV>
 __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_constant__ AttnParams p,
-                                                                const __grid_constant__ TmaMap cache_map) {
+                                                                const __grid_constant__ TmaMap cache_map,
+                                                                const __grid_constant__ TmaMap half_map) {
   using Tile = HopperTile<D, DV>;
   using Rows = typename Tile::Rows;
   constexpr int kHalf = Tile::kHalf, kHB = Tile::kHalfBlocks, kBlock = Rows::kBlockBytes;
@@ -200,13 +207,23 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
                       (first + k % count) * 64, y, bar);
       }
     };
+    // Where a page holds the tile and the request's other row groups read the
+    // same tiles, a V half goes in one box of half_map; with one row group
+    // (memory-bound: C, F) block by block, as wide boxes there made F vary
+    // (596-660 us against 597-610; a guess: a 3-D box walks DRAM block by
+    // block, single boxes in flight together interleave the blocks of a row).
+    const bool wide = kHB > 1 && pages == 1 && gridDim.x > 1;
     // Group A of stage s: warpgroup s's V half; group B: every other block.
     auto fill_group = [&](int s, int g, int y_of_my_page) {
       const u32 bar = full_bar(s, g);
       const int blocks = g == 0 ? kHB : Tile::kBlocks - kHB;
       if (lane == 0) mbar_expect_bytes(bar, blocks * kBlock);
       __syncwarp();
-      if (g == 0) {
+      if (wide) {
+        const int half = (g == 0 ? s : 1 - s) * kHB;
+        if (lane == 0) tma_load_3d(stage_at(s) + half * kBlock, half_map, 0, y_of_my_page, half, bar);
+        if (g == 1 && 2 * kHB < Tile::kBlocks) copy_blocks(s, 2 * kHB, Tile::kBlocks, y_of_my_page, bar);
+      } else if (g == 0) {
         copy_blocks(s, s * kHB, s * kHB + kHB, y_of_my_page, bar);
       } else if (s == 0) {
         copy_blocks(s, kHB, Tile::kBlocks, y_of_my_page, bar);

@@ -206,7 +206,9 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     args = (_params(problem, plan, q, cache, seqlens, block_table, o, lse, scale, causal),)
     if spec.tma:
         box_rows = min(problem.block_size, 64) if paged else 64
-        args += (_tma.rows_map(cache.data.ptr, cache_rows, dim, box_rows),)
+        # Single blocks by pages, and whole V halves (used where a page holds a tile).
+        args += (_tma.rows_map(cache.data.ptr, cache_rows, dim, box_rows),
+                 _tma.rows_map(cache.data.ptr, cache_rows, dim, 64, depth=v_dim // 128))
     attend = kernel(spec.file, spec.module, spec.name, spec.smem)
     attend(spec.grid(plan.num_parts, rows), (THREADS,), args, shared_mem=spec.smem)
     _combine(spec.combine, args[0], rows, batch, v_dim)

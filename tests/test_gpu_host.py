@@ -23,8 +23,8 @@ def use_fake(monkeypatch, fake):
     monkeypatch.delattr(cumla, "_gpu", raising=False)
     fake.tma_maps = []
 
-    def rows_map(address, rows, width, box_rows):
-        fake.tma_maps.append((address, rows, width, box_rows))
+    def rows_map(address, rows, width, box_rows, depth=1):
+        fake.tma_maps.append((address, rows, width, box_rows, depth))
         return np.zeros((), _tma.TMA_MAP)[()]
 
     monkeypatch.setattr(_tma, "rows_map", rows_map)
@@ -89,8 +89,9 @@ def test_absorbed_decode_launches(cp):
     assert np.shares_memory(unabsorb[2], o)
     spec = _kernels.latent_kernel(cumla.bfloat16, 576, 512, 16, "sm_90a", 64)
     parts = 132  # 16 rows: one CTA row per part
-    assert len(attend.args) == 2 and attend.args[1].dtype == _tma.TMA_MAP
-    assert cp.tma_maps == [(args["cache"].data.ptr, 15 * 64, 576, 64)]  # the pool's rows, one page per box
+    assert len(attend.args) == 3 and attend.args[1].dtype == attend.args[2].dtype == _tma.TMA_MAP
+    # The pool's rows: one page per box of a single block, and boxes of a V half (4 blocks).
+    assert cp.tma_maps == [(args["cache"].data.ptr, 15 * 64, 576, 64, 1), (args["cache"].data.ptr, 15 * 64, 576, 64, 4)]
     assert schedule.grid == (1,) and schedule.block == (1024,)
     assert attend.grid == (1, parts) and attend.block == (256,)
     assert attend.shared_mem == spec.smem == attend.limit
@@ -171,9 +172,9 @@ def test_kernel_selection_by_arch(monkeypatch, capability, hopper, block, expect
     args = inputs(fake, heads=64, dtype=np.float16, block=block)
     cumla.decode(**args, strategy="absorbed")
     assert fake.launches[1].name == expected
-    assert len(fake.launches[1].args) == (2 if "sm90" in expected else 1)
+    assert len(fake.launches[1].args) == (3 if "sm90" in expected else 1)
     if block == 16 and "sm90" in expected:
-        assert fake.tma_maps[-1][1:] == (3 * 19 * 16, 576, 16)  # one box per 16-token page
+        assert fake.tma_maps[-2][1:] == (3 * 19 * 16, 576, 16, 1)  # one box per 16-token page
     options = {opts for opts, _ in fake.compiled}
     arch = f"-arch=sm_{capability}{'a' if capability == '90' else ''}"
     assert ("-std=c++17", arch, f"-DCUMLA_SCHEDULE_TILE={_kernels.SCHEDULE_TILE}") in options
@@ -262,7 +263,7 @@ def test_contiguous_cache_gets_a_descriptor_of_all_its_rows(cp):
     q = device(cp, rng.standard_normal((2, 16, L + R), dtype=np.float32).astype(cumla.bfloat16))
     cache = device(cp, rng.standard_normal((2, 100, L + R), dtype=np.float32).astype(cumla.bfloat16))
     cumla.latent_attention(q, cache, v_dim=L, scale=0.1)
-    assert cp.tma_maps == [(cache.data.ptr, 200, 576, 64)]
+    assert cp.tma_maps == [(cache.data.ptr, 200, 576, 64, 1), (cache.data.ptr, 200, 576, 64, 4)]
 
 
 def test_plan_and_out_are_used_as_given(cp):

@@ -23,6 +23,26 @@ def test_descriptor_describes_rows_of_the_cache(monkeypatch):
     assert tmap.dtype == _tma.TMA_MAP and bytes(np.asarray(tmap["words"]).tobytes()) == bytes(range(128))
 
 
+def test_half_descriptor_views_blocks_as_the_outer_dimension(monkeypatch):
+    seen = {}
+
+    def encode(tmap, dtype, rank, address, dims, strides, box, steps, interleave, swizzle, l2, oob):
+        seen.update(rank=rank, dims=list(dims[:3]), strides=list(strides[:2]), box=list(box[:3]),
+                    steps=list(steps[:3]), swizzle=swizzle)
+        return 0
+
+    monkeypatch.setattr(_tma, "_encode_fn", lambda: encode)
+    _tma.rows_map(0x7F0000003000, rows=640, width=576, box_rows=64, depth=4)
+    # (64 columns of a block, rows, 9 blocks): a box is 4 whole blocks of 64 rows, one after the other.
+    assert seen == dict(rank=3, dims=[64, 640, 9], strides=[1152, 128], box=[64, 64, 4], steps=[1, 1, 1], swizzle=3)
+
+
+@pytest.mark.parametrize("width,depth", [(544, 2), (576, 0), (576, 257)])
+def test_half_descriptor_needs_whole_blocks(width, depth):
+    with pytest.raises(ValueError, match="no TMA descriptor"):
+        _tma.rows_map(0x1000, 64, width, 64, depth=depth)
+
+
 @pytest.mark.parametrize("address,rows,width,box", [(0x1008, 64, 576, 64), (0x1000, 64, 36, 64),
                                                     (0x1000, 64, 576, 0), (0x1000, 2**31, 576, 64)])
 def test_descriptor_arguments_are_checked_first(address, rows, width, box):
