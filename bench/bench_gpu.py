@@ -114,20 +114,27 @@ def matmul_rate() -> tuple[float, str]:
         return 2 * n**3 / (us * 1e-6), "torch"
 
 
-def paged_inputs(lengths, heads, block, rng, q_len=1):
-    """bf16 queries and a paged cache (shuffled blocks) holding the given lengths."""
+#: Block orders of the benchmarks' paged caches: a request's pages scattered
+#: over the pool (a serving cache's pages after some churn; the default), or
+#: request after request in pool order (a freshly filled pool).
+TABLE_ORDERS = ("shuffled", "sequential")
+
+
+def paged_inputs(lengths, heads, block, rng, q_len=1, order="shuffled"):
+    """bf16 queries and a paged cache holding the given lengths, its blocks in ``order``."""
     lengths = np.asarray(lengths, np.int32)
     per = -(-int(lengths.max()) // block)
     blocks = len(lengths) * per
     cache = cp.asarray(rng.standard_normal((blocks, block, D), dtype=np.float32).astype(BFLOAT16))
-    table = cp.asarray(rng.permutation(blocks).astype(np.int32).reshape(len(lengths), per))
+    ids = rng.permutation(blocks) if order == "shuffled" else np.arange(blocks)
+    table = cp.asarray(ids.astype(np.int32).reshape(len(lengths), per))
     q = cp.asarray(rng.standard_normal((len(lengths), q_len, heads, D), dtype=np.float32).astype(BFLOAT16))
     return q, cache, table, cp.asarray(lengths)
 
 
-def make_config(batch, q_len, heads, seq, rng):
-    """A fixed configuration's inputs: every request full, page BLOCK."""
-    return paged_inputs(np.full(batch, seq, np.int32), heads, BLOCK, rng, q_len)
+def make_config(batch, q_len, heads, seq, rng, order="shuffled"):
+    """A fixed configuration's inputs: every request full, page BLOCK, blocks in ``order``."""
+    return paged_inputs(np.full(batch, seq, np.int32), heads, BLOCK, rng, q_len, order)
 
 
 def cupy_baseline(q, cache, table, scale):
@@ -146,9 +153,9 @@ def cupy_baseline(q, cache, table, scale):
     return cp.matmul(p.astype(np.float16), kv[..., :L])
 
 
-def bench_config(name, cfg, copy_bw, mm_rate, rng, with_baseline=True, with_decode=True):
+def bench_config(name, cfg, copy_bw, mm_rate, rng, with_baseline=True, with_decode=True, order="shuffled"):
     batch, q_len, heads, seq = cfg["batch"], cfg["q_len"], cfg["heads"], cfg["seq"]
-    q, cache, table, seqlens = make_config(batch, q_len, heads, seq, rng)
+    q, cache, table, seqlens = make_config(batch, q_len, heads, seq, rng, order)
     scale = 1 / np.sqrt(DN + R)
     plan = cumla.plan(seqlens, heads=heads, q_len=q_len, v_dim=L)
     out = cp.empty((batch, q_len, heads, L), dtype=BFLOAT16)
@@ -359,7 +366,9 @@ def markdown(result) -> str:
                   "of 10 planned calls replayed as one "
                   "CUDA graph; eager call: one Python call between two events (host launch cost included); "
                   "host: Python time to enqueue one call; "
-                  "decode: absorb + core + un-absorb, eager.", ""]
+                  "decode: absorb + core + un-absorb, eager.",
+                  f"Paged cache: pages of {BLOCK} tokens, {result.get('table', 'shuffled')} over the pool (--table).",
+                  ""]
     for r in result["configs"]:
         base = r.get("cupy_baseline_us")
         speed = f"{base / r['time_us']:.1f}x" if base else "n/a"
@@ -418,6 +427,8 @@ def main(argv=None) -> int:
     parser.add_argument("--extras", default=None,
                         help="comma-separated extra sections among fp8,decompressed,serving "
                              "(default: all of them, none with --core-only)")
+    parser.add_argument("--table", choices=TABLE_ORDERS, default="shuffled",
+                        help="block order of configs A-F's paged caches (default: shuffled)")
     parser.add_argument("--smem-limit", type=int, default=None,
                         help="size the kernels' tiles for this many bytes of shared memory per block "
                              "(166912: an A100's) instead of the device's own limit")
@@ -439,7 +450,8 @@ def main(argv=None) -> int:
     date = datetime.date.today().isoformat()
     rows = []
     result = dict(date=date, gpu=gpu, copy_tb_s=copy_bw / 1e12, matmul_tflop_s=mm_rate / 1e12,
-                  matmul_via=via, cupy=cp.__version__, smem_limit=args.smem_limit, configs=rows, decompressed=None,
+                  matmul_via=via, cupy=cp.__version__, smem_limit=args.smem_limit, table=args.table, configs=rows,
+                  decompressed=None,
                   serving=None, fp8=None)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"{date}-{gpu.replace(' ', '-')}")
@@ -451,7 +463,8 @@ def main(argv=None) -> int:
             f.write(markdown(result))
 
     for name in args.configs:
-        row = bench_config(name, CONFIGS[name], copy_bw, mm_rate, rng, not args.no_baseline, not args.core_only)
+        row = bench_config(name, CONFIGS[name], copy_bw, mm_rate, rng, not args.no_baseline, not args.core_only,
+                           args.table)
         print(json.dumps(row), flush=True)
         rows.append(row)
         save()

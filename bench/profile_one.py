@@ -15,12 +15,14 @@ from bench_gpu import CONFIGS, DN, L, R, fp8_pool, make_config, prefill_inputs
 from cumla import _kernels
 
 
-def core_call(name: str, fp8: bool = False, batch: int | None = None, num_parts: int | None = None):
+def core_call(name: str, fp8: bool = False, batch: int | None = None, num_parts: int | None = None,
+              order: str = "shuffled"):
     """One planned call of config ``name``'s core (over FP8 rows with ``fp8``; ``batch``
-    requests instead of the config's; the plan's ``num_parts`` if given), ready to repeat."""
+    requests instead of the config's; the plan's ``num_parts`` if given; the cache's
+    blocks in ``order``), ready to repeat."""
     cfg = CONFIGS[name]
     q, cache, table, seqlens = make_config(batch or cfg["batch"], cfg["q_len"], cfg["heads"], cfg["seq"],
-                                           np.random.default_rng(0))
+                                           np.random.default_rng(0), order)
     fmt = cumla.fp8_format(L, R, 128) if fp8 else None
     if fp8:
         cache = fp8_pool(cache, fmt)

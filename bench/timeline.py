@@ -17,7 +17,10 @@ at H = 128), so that the same copies meet a lightly loaded memory system
 (with the default plan the requests would be split over every SM again, and
 the load per SM would not change).
 
-    python bench/timeline.py [A-F] [--batch N] [--out DIR]      # on a Hopper GPU, from bench/
+``--table sequential`` lays the cache's blocks out request after request
+(default: shuffled over the pool, as bench_gpu.py does).
+
+    python bench/timeline.py [A-F] [--batch N] [--table shuffled|sequential] [--out DIR]  # Hopper, from bench/
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 
 import cupy as cp  # noqa: E402
-from bench_gpu import BLOCK, CONFIGS, L, R  # noqa: E402
+from bench_gpu import BLOCK, CONFIGS, L, R, TABLE_ORDERS  # noqa: E402
 from cumla import _gpu, _kernels  # noqa: E402
 from cumla._arrays import BFLOAT16  # noqa: E402
 from profile_one import core_call  # noqa: E402
@@ -69,11 +72,11 @@ REFILLS = (
 )
 
 
-def run(config: str, batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def run(config: str, batch: int | None = None, order: str = "shuffled") -> tuple[np.ndarray, np.ndarray]:
     """The stamps (PAIRS, 2, STEPS) and the CTA spans (CTAS, 5) of one planned
-    call of ``config`` (``batch`` requests on as many parts if given) after
-    warm-up calls."""
-    call = core_call(config, batch=batch, num_parts=batch)
+    call of ``config`` (``batch`` requests on as many parts if given; the
+    cache's blocks in ``order``) after warm-up calls."""
+    call = core_call(config, batch=batch, num_parts=batch, order=order)
     for _ in range(3):
         call()
     spec = _kernels.hopper_kernel(BFLOAT16, L + R, L, BLOCK)
@@ -131,15 +134,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="A", choices=sorted(CONFIGS))
     parser.add_argument("--batch", type=int, help="requests (default: the config's)")
+    parser.add_argument("--table", choices=TABLE_ORDERS, default="shuffled",
+                        help="block order of the paged cache (bench_gpu.py's --table)")
     parser.add_argument("--out", help="folder for timeline-<config>.json")
     args = parser.parse_args()
     if _gpu._arch_of(cp.cuda.Device().id) != "sm_90a":
         raise SystemExit("timeline.py stamps the Hopper kernel: it needs a Hopper GPU (sm_90a)")
-    result = {"config": args.config, "batch": args.batch or CONFIGS[args.config]["batch"],
+    result = {"config": args.config, "batch": args.batch or CONFIGS[args.config]["batch"], "table": args.table,
               "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode()}
-    stamps, spans = run(args.config, args.batch)
+    stamps, spans = run(args.config, args.batch, args.table)
     result.update(summarise(stamps), cta_spans=summarise_ctas(spans))
-    print(f"config {args.config} (batch {result['batch']}): {result['pairs']} pairs in CTA (0, 0), "
+    print(f"config {args.config} (batch {result['batch']}, blocks {args.table}): {result['pairs']} pairs in CTA (0, 0), "
           f"median {result['cycles_per_pair']:.0f} cycles per pair; clock after the pair's start:")
     print("| step | warpgroup 0 | cycles | warpgroup 1 | cycles |")
     print("|---|---|---|---|---|")
