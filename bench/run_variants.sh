@@ -20,7 +20,7 @@
 # variant's install; RACECHECK=N runs compute-sanitizer racecheck N times on the small
 # every-kernel test of each variant (its summaries are printed); TIMELINE=X
 # prints each variant's Hopper timeline at config X (bench/timeline.py's
-# arguments: "A --table sequential" passes its options too). Writes
+# arguments: "A C --table sequential" runs A and C with that option). Writes
 # $OUT/<variant>/ (benchmark .md/.json; "_" for the "+" of a+b) and prints one table per variant; a
 # variant whose tests fail is not benchmarked. A variant is started only
 # while VARIANT_S seconds (default 160: tests, one racecheck and the FP8
@@ -63,7 +63,7 @@ run_variant() {  # name, tree
        --out "$stem-split" 2>&1) | tail -n 25 | sed "s/^/$name /"
   fi
   if [ -n "${TIMELINE:-}" ]; then
-    (cd "$tree" && PYTHONPATH=$site timeout 90 python3 bench/timeline.py $TIMELINE 2>&1) | sed "s/^/$name /"
+    (cd "$tree" && PYTHONPATH=$site timeout 180 python3 bench/timeline.py $TIMELINE 2>&1) | sed "s/^/$name /"
   fi
   echo "$name: $((SECONDS - start)) s"
 }

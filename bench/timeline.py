@@ -20,7 +20,7 @@ the load per SM would not change).
 ``--table sequential`` lays the cache's blocks out request after request
 (default: shuffled over the pool, as bench_gpu.py does).
 
-    python bench/timeline.py [A-F] [--batch N] [--table shuffled|sequential] [--out DIR]  # Hopper, from bench/
+    python bench/timeline.py [A-F ...] [--batch N] [--table shuffled|sequential] [--out DIR]  # Hopper, from bench/
 """
 from __future__ import annotations
 
@@ -130,21 +130,13 @@ def summarise(stamps: np.ndarray) -> dict:
             "refill_to_landing": refills}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", nargs="?", default="A", choices=sorted(CONFIGS))
-    parser.add_argument("--batch", type=int, help="requests (default: the config's)")
-    parser.add_argument("--table", choices=TABLE_ORDERS, default="shuffled",
-                        help="block order of the paged cache (bench_gpu.py's --table)")
-    parser.add_argument("--out", help="folder for timeline-<config>.json")
-    args = parser.parse_args()
-    if _gpu._arch_of(cp.cuda.Device().id) != "sm_90a":
-        raise SystemExit("timeline.py stamps the Hopper kernel: it needs a Hopper GPU (sm_90a)")
-    result = {"config": args.config, "batch": args.batch or CONFIGS[args.config]["batch"], "table": args.table,
+def report(config: str, batch: int | None, table: str, out: str | None) -> None:
+    """Runs ``config`` in the profiling build and prints its steps, refills and CTA spans."""
+    result = {"config": config, "batch": batch or CONFIGS[config]["batch"], "table": table,
               "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode()}
-    stamps, spans = run(args.config, args.batch, args.table)
+    stamps, spans = run(config, batch, table)
     result.update(summarise(stamps), cta_spans=summarise_ctas(spans))
-    print(f"config {args.config} (batch {result['batch']}, blocks {args.table}): {result['pairs']} pairs in CTA (0, 0), "
+    print(f"config {config} (batch {result['batch']}, blocks {table}): {result['pairs']} pairs in CTA (0, 0), "
           f"median {result['cycles_per_pair']:.0f} cycles per pair; clock after the pair's start:")
     print("| step | warpgroup 0 | cycles | warpgroup 1 | cycles |")
     print("|---|---|---|---|---|")
@@ -158,10 +150,27 @@ def main() -> None:
     print(f"{ctas['ctas']} CTAs on {ctas['sms']} SMs, SM clock {ctas['sm_clock_ghz']:.2f} GHz; started within "
           f"{ctas['start_spread_us']:.1f} us; ended after (us) " +
           ", ".join(f"{k} {v:.1f}" for k, v in ctas["end_us"].items()))
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, f"timeline-{args.config}.json"), "w") as f:
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, f"timeline-{config}.json"), "w") as f:
             json.dump(result, f, indent=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("configs", nargs="*", metavar="config", help="one or more of A-F (default: A)")
+    parser.add_argument("--batch", type=int, help="requests (default: the config's)")
+    parser.add_argument("--table", choices=TABLE_ORDERS, default="shuffled",
+                        help="block order of the paged cache (bench_gpu.py's --table)")
+    parser.add_argument("--out", help="folder for timeline-<config>.json")
+    args = parser.parse_args()
+    unknown = sorted(set(args.configs) - set(CONFIGS))
+    if unknown:
+        parser.error(f"unknown configs {unknown}; known: {''.join(sorted(CONFIGS))}")
+    if _gpu._arch_of(cp.cuda.Device().id) != "sm_90a":
+        raise SystemExit("timeline.py stamps the Hopper kernel: it needs a Hopper GPU (sm_90a)")
+    for config in args.configs or ["A"]:
+        report(config, args.batch, args.table, args.out)
 
 
 if __name__ == "__main__":
