@@ -11,7 +11,9 @@ It also prints how evenly the grid's CTAs start and end (%globaltimer), the
 SM clock during the call, and each copy group's refill-to-landing time: from
 the stamp after the refill's copies are issued (one pair) to the stamp after
 the wait for it (the next pair); when the waiting warpgroup arrives at the
-wait (stamped too) before the copy lands, that is the copy's latency.
+wait (stamped too) before the copy lands, that is the copy's latency, and
+otherwise an upper bound of it: the spread of group A's wait (printed) says
+which.
 ``--batch N`` runs N requests on N schedule parts (one per request, 2N CTAs
 at H = 128), so that the same copies meet a lightly loaded memory system
 (with the default plan the requests would be split over every SM again, and
@@ -125,9 +127,19 @@ def summarise(stamps: np.ndarray) -> dict:
         ok = (following == this + 1) & (stamps[this, wg_issue, issue] != 0) & (stamps[following, wg_land, land] != 0)
         spans = stamps[following[ok], wg_land, land] - stamps[this[ok], wg_issue, issue]
         refills.append({"group": name, "cycles": float(np.median(spans)) if len(spans) else None})
+    # Group A's wait: from the stamp before it (step 12) to the one after (step
+    # 1). A spread that stays at its minimum says the copy had landed before
+    # the warp arrived (the minimum is the wait's and the stamps' own cost);
+    # a wider one, that the warp waited for the copy.
+    waits = {}
+    for wg in (0, 1):
+        live = (stamps[pairs, wg, 12] != 0) & (stamps[pairs, wg, 1] != 0)
+        gap = stamps[pairs, wg, 1][live] - stamps[pairs, wg, 12][live]
+        waits[f"wg{wg}"] = {q: float(np.percentile(gap, v)) for q, v in (("min", 0), ("median", 50), ("p90", 90))} \
+            if live.any() else None
     return {"pairs": int(len(done)), "pairs_used": int(len(pairs)),
             "cycles_per_pair": float(np.median(period)) if len(period) else None, "steps": rows,
-            "refill_to_landing": refills}
+            "refill_to_landing": refills, "group_a_wait": waits}
 
 
 def report(config: str, batch: int | None, table: str, out: str | None) -> None:
@@ -146,6 +158,9 @@ def report(config: str, batch: int | None, table: str, out: str | None) -> None:
         print(f"| {row['step']} | " + " | ".join(cells) + " |")
     print("refill to landing (median cycles): " + ", ".join(
         f"{r['group']} {'-' if r['cycles'] is None else round(r['cycles'])}" for r in result["refill_to_landing"]))
+    print("group A's wait, stamp before to stamp after (cycles): " + "; ".join(
+        f"warpgroup {wg[-1]} " + ("-" if w is None else " / ".join(f"{k} {v:.0f}" for k, v in w.items()))
+        for wg, w in result["group_a_wait"].items()))
     ctas = result["cta_spans"]
     print(f"{ctas['ctas']} CTAs on {ctas['sms']} SMs, SM clock {ctas['sm_clock_ghz']:.2f} GHz; started within "
           f"{ctas['start_spread_us']:.1f} us; ended after (us) " +
