@@ -20,6 +20,11 @@ counts beside the score MMAs, which take the whole shared-memory bandwidth,
 and ~7.4k cycles per pair against the model's ~4.7k. The model called
 "scores in turn" slower; it measured 0.6-2% faster.
 
+Since session 18 a second table runs the kernel as v31 has it (scores in
+turn, the block-table loads at each pair's top, the refills' issue cost,
+CUDA-core steps as long as the timeline measured them) and the prepared
+changes, by copy latency.
+
     python bench/seesaw_model.py          # the kernel's order and its variants, by copy latency
 """
 from __future__ import annotations
@@ -38,6 +43,13 @@ PAIRED = {
 DENSE = {"S": 32.0, "RS": 128.0, "SS": 128.0}  # cycles of each MMA at the dense peak
 SCORE_MMAS, GROUP_A_MMAS, PV_MMAS = 36, 16, 4  # per tile; group A: the scoring warpgroup's V half (4 blocks)
 MAX, EXP, STORE_P, REFILL, SCALE, SYNC = 80, 250, 180, 60, 40, 30  # CUDA-core steps (cycles)
+# The same steps as the timeline measured them (v31, config A, 2026-11-30:
+# scores done -> m published ~480-550, m1 -> P1 published ~1150 = EXP +
+# STORE_P, m1 received -> scaled P0 published ~400), the refills' issue
+# (group A ~300 cycles of the issuing warp, group B ~420) and the
+# block-table loads at each pair's top (~950 cycles before warp 0 reaches
+# group A's wait; ~150 of integer conversion once loaded a pair ahead).
+TIMELINE_COSTS = dict(max=500, exp=800, store_p=360, refill=40, scale=40, sync=30)
 VARIANTS = {  # own: each warpgroup's own P V kind; p0_late: warpgroup 0 signals the scaled P0
     # only after its own product (P0 shares one tile); early: see programs()
     "scores together (v17)": dict(own=("RS", "RS"), p0_late=False, early=False),
@@ -57,13 +69,28 @@ def paired(kind: str, other: str) -> float:
     return PAIRED[key][key.index(kind)] if kind != other else PAIRED[key][0]
 
 
-def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_turn: bool = False) -> list[list[tuple]]:
+def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_turn: bool = False,
+             table: float = 0.0, issue: tuple[float, float] = (0.0, 0.0), wg1_b1: bool = False,
+             p0_first: bool = False, costs: dict | None = None) -> list[list[tuple]]:
     """Both warpgroups' steps over ``pairs`` pairs, each step tagged with its pair.
     ``own``: the kind of each warpgroup's own P V; ``p0_late``: the scaled P0 is
     written over warpgroup 0's own P0 tile, after its product; ``early``:
     warpgroup 0 issues the next pair's group-A score MMAs right after its last
     product, before waiting for it; ``in_turn``: warpgroup 1's scores start once
-    warpgroup 0's are done (the tensor pipe runs them one after the other)."""
+    warpgroup 0's are done (the tensor pipe runs them one after the other);
+    ``table``: cycles of block-table loads at each pair's top, before the
+    scores; ``issue``: cycles a refill of group A / group B holds the issuing
+    warpgroup; ``wg1_b1``: warpgroup 1 refills stage 1's group B once warpgroup
+    0 signals it free; ``p0_first``: warpgroup 1 runs P0 V0_R before P1 V1_R;
+    ``costs``: the CUDA-core steps (keys of TIMELINE_COSTS; default: the SASS
+    counts above)."""
+    c = costs or dict(max=MAX, exp=EXP, store_p=STORE_P, refill=REFILL, scale=SCALE, sync=SYNC)
+    MAX_, EXP_, STORE_P_, REFILL_, SCALE_, SYNC_ = (c[k] for k in ("max", "exp", "store_p", "refill", "scale", "sync"))
+    refill_cost = {"A": REFILL_ + issue[0], "B": REFILL_ + issue[1]}
+
+    def refill(p: int, stage: int, group: str) -> list[tuple]:
+        return [(p, ("cpu", refill_cost[group])), (p, ("refill", stage, group))]
+
     out: list[list[tuple]] = [[], []]
     for p in range(pairs):
         for wg in (0, 1):
@@ -74,36 +101,46 @@ def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_tu
             scores = (a if not (early and wg == 0 and p > 0) else []) + b
             if in_turn and wg == 1:
                 scores = [(p, ("wait", "S0b"))] + scores
+            if table:
+                scores = [(p, ("cpu", table))] + scores
             if wg == 0:
-                own_p = [(p, ("cpu", STORE_P + SYNC))] if own[0] == "SS" else []
+                own_p = [(p, ("cpu", STORE_P_ + SYNC_))] if own[0] == "SS" else []
                 # With P0 in shared memory for its own product, the scaled P0 goes over it after that product.
-                scaled_p0 = [(p, ("cpu", SCALE + STORE_P)), (p, ("signal", "P0"))]
-                body = [(p, ("cpu", MAX)), (p, ("signal", "m0")), (p, ("cpu", EXP))] + own_p + [
+                scaled_p0 = [(p, ("cpu", SCALE_ + STORE_P_)), (p, ("signal", "P0"))]
+                body = [(p, ("cpu", MAX_)), (p, ("signal", "m0")), (p, ("cpu", EXP_))] + own_p + [
                     (p, ("issue", "P0V0L", PV_MMAS, own[0])), (p, ("wait_signal", "m1"))]
                 if p0_late:
-                    body += [(p, ("wait", "P0V0L")), (p, ("cpu", REFILL)), (p, ("refill", 0, "A"))] + scaled_p0
+                    body += [(p, ("wait", "P0V0L"))] + refill(p, 0, "A") + scaled_p0
                 else:
-                    body += scaled_p0 + [(p, ("wait", "P0V0L")), (p, ("cpu", REFILL)), (p, ("refill", 0, "A"))]
+                    body += scaled_p0 + [(p, ("wait", "P0V0L"))] + refill(p, 0, "A")
                 body += [(p, ("wait_signal", "P1")), (p, ("issue", "P1V1L", PV_MMAS, "SS"))]
                 if early and p + 1 < pairs:
                     body += [(p + 1, ("copy", 0, "A")), (p + 1, ("issue", "S0a", GROUP_A_MMAS, "S"))]
-                body += [(p, ("wait", "P1V1L")), (p, ("cpu", REFILL)), (p, ("refill", 1, "B"))]
+                body += [(p, ("wait", "P1V1L"))]
+                body += [(p, ("signal", "B1"))] if wg1_b1 else refill(p, 1, "B")
             else:
-                body = [(p, ("wait_signal", "m0")), (p, ("cpu", MAX)), (p, ("signal", "m1")),
-                        (p, ("cpu", EXP + STORE_P)), (p, ("signal", "P1"))]
-                body += [(p, ("cpu", SYNC))] if own[1] == "SS" else []
-                body += [(p, ("issue", "P1V1R", PV_MMAS, own[1])), (p, ("wait_signal", "P0")),
-                         (p, ("issue", "P0V0R", PV_MMAS, "SS")), (p, ("wait", "P1V1R")), (p, ("cpu", REFILL)),
-                         (p, ("refill", 1, "A")), (p, ("wait", "P0V0R")), (p, ("cpu", REFILL)), (p, ("refill", 0, "B"))]
+                body = [(p, ("wait_signal", "m0")), (p, ("cpu", MAX_)), (p, ("signal", "m1")),
+                        (p, ("cpu", EXP_ + STORE_P_)), (p, ("signal", "P1"))]
+                body += [(p, ("cpu", SYNC_))] if own[1] == "SS" else []
+                if p0_first:
+                    body += [(p, ("wait_signal", "P0")), (p, ("issue", "P0V0R", PV_MMAS, "SS")),
+                             (p, ("issue", "P1V1R", PV_MMAS, own[1])), (p, ("wait", "P0V0R"))] + refill(p, 0, "B")
+                    body += [(p, ("wait", "P1V1R"))] + refill(p, 1, "A")
+                else:
+                    body += [(p, ("issue", "P1V1R", PV_MMAS, own[1])), (p, ("wait_signal", "P0")),
+                             (p, ("issue", "P0V0R", PV_MMAS, "SS")), (p, ("wait", "P1V1R"))] + refill(p, 1, "A")
+                    body += [(p, ("wait", "P0V0R"))] + refill(p, 0, "B")
+                if wg1_b1:
+                    body += [(p, ("wait_signal", "B1"))] + refill(p, 1, "B")
             out[wg] += scores + body
     return out
 
 
 def simulate(own: tuple[str, str] = ("RS", "RS"), p0_late: bool = False, early: bool = False, latency: float = 0.0,
-             pairs: int = 40, in_turn: bool = False) -> tuple[float, float]:
+             pairs: int = 40, in_turn: bool = False, **options) -> tuple[float, float]:
     """Cycles per pair and the tensor cores' busy fraction (dense-peak cycles of the
-    work done over elapsed cycles) over ``pairs`` pairs."""
-    steps = programs(pairs, own, p0_late, early, in_turn)
+    work done over elapsed cycles) over ``pairs`` pairs; ``options`` go to programs()."""
+    steps = programs(pairs, own, p0_late, early, in_turn, **options)
     at, free_at = [0, 0], [0.0, 0.0]
     queues: list[list[list]] = [[], []]  # per warpgroup: [pair, batch, MMAs left, kind], oldest first
     finished, signals = set(), set()
@@ -157,10 +194,28 @@ def simulate(own: tuple[str, str] = ("RS", "RS"), p0_late: bool = False, early: 
     return now / pairs, work / now
 
 
-if __name__ == "__main__":
-    latencies = (0, 700, 1500, 2500)
+# The kernel since v31 and the prepared changes to it, with the timeline's
+# costs (TIMELINE_COSTS, the pair-top loads and the refills' issue).
+V31 = dict(in_turn=True, table=950.0, issue=(300.0, 420.0), costs=TIMELINE_COSTS)
+CALIBRATED = {
+    "v31 (main)": V31,
+    "hopper-table-ahead": {**V31, "table": 150.0},
+    "+ hopper-wg1-refills": {**V31, "table": 150.0, "wg1_b1": True},
+    "+ hopper-wg1-p0-first": {**V31, "table": 150.0, "wg1_b1": True, "p0_first": True},
+    "hopper-producer (loads and issue off the consumers)": {**V31, "table": 0.0, "issue": (0.0, 0.0)},
+}
+
+
+def table(variants: dict, latencies: tuple) -> None:
     print("| variant | " + " | ".join(f"latency {t}: cycles per pair (tensor busy)" for t in latencies) + " |")
     print("|---|" + "---|" * len(latencies))
-    for name, args in VARIANTS.items():
+    for name, args in variants.items():
         row = [simulate(latency=t, **args) for t in latencies]
         print(f"| {name} | " + " | ".join(f"{c:.0f} ({100 * b:.0f}%)" for c, b in row) + " |")
+
+
+if __name__ == "__main__":
+    print("SASS counts for the CUDA-core steps, no table loads or issue cost:\n")
+    table(VARIANTS, (0, 700, 1500, 2500))
+    print("\nThe timeline's costs (v31 measured ~7.35k cycles per pair at A):\n")
+    table(CALIBRATED, (1000, 1500, 2000, 2500, 3000))
