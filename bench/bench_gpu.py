@@ -367,7 +367,7 @@ def markdown(result) -> str:
                   "CUDA graph; eager call: one Python call between two events (host launch cost included); "
                   "host: Python time to enqueue one call; "
                   "decode: absorb + core + un-absorb, eager.",
-                  f"Paged cache: pages of {BLOCK} tokens, {result.get('table', 'shuffled')} over the pool (--table).",
+                  f"Paged cache: pages of {BLOCK} tokens, {result['table']} over the pool (--table).",
                   ""]
     for r in result["configs"]:
         base = r.get("cupy_baseline_us")

@@ -42,10 +42,10 @@ PAIRED = {
 }  # RS+SS and SS+SS not measured: both at the tensor peak assumed
 DENSE = {"S": 32.0, "RS": 128.0, "SS": 128.0}  # cycles of each MMA at the dense peak
 SCORE_MMAS, GROUP_A_MMAS, PV_MMAS = 36, 16, 4  # per tile; group A: the scoring warpgroup's V half (4 blocks)
-MAX, EXP, STORE_P, REFILL, SCALE, SYNC = 80, 250, 180, 60, 40, 30  # CUDA-core steps (cycles)
+SASS_COSTS = dict(max=80, exp=250, store_p=180, refill=60, scale=40, sync=30)  # CUDA-core steps (cycles)
 # The same steps as the timeline measured them (v31, config A, 2026-11-30:
-# scores done -> m published ~480-550, m1 -> P1 published ~1150 = EXP +
-# STORE_P, m1 received -> scaled P0 published ~400), the refills' issue
+# scores done -> m published ~480-550, m1 -> P1 published ~1150 = exp +
+# store_p, m1 received -> scaled P0 published ~400), the refills' issue
 # (group A ~300 cycles of the issuing warp, group B ~420) and the
 # block-table loads at each pair's top (~950 cycles before warp 0 reaches
 # group A's wait; ~150 of integer conversion once loaded a pair ahead).
@@ -82,11 +82,9 @@ def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_tu
     scores; ``issue``: cycles a refill of group A / group B holds the issuing
     warpgroup; ``wg1_b1``: warpgroup 1 refills stage 1's group B once warpgroup
     0 signals it free; ``p0_first``: warpgroup 1 runs P0 V0_R before P1 V1_R;
-    ``costs``: the CUDA-core steps (keys of TIMELINE_COSTS; default: the SASS
-    counts above)."""
-    c = costs or dict(max=MAX, exp=EXP, store_p=STORE_P, refill=REFILL, scale=SCALE, sync=SYNC)
-    MAX_, EXP_, STORE_P_, REFILL_, SCALE_, SYNC_ = (c[k] for k in ("max", "exp", "store_p", "refill", "scale", "sync"))
-    refill_cost = {"A": REFILL_ + issue[0], "B": REFILL_ + issue[1]}
+    ``costs``: the CUDA-core steps (SASS_COSTS, the default, or TIMELINE_COSTS)."""
+    c = costs or SASS_COSTS
+    refill_cost = {"A": c["refill"] + issue[0], "B": c["refill"] + issue[1]}
 
     def refill(p: int, stage: int, group: str) -> list[tuple]:
         return [(p, ("cpu", refill_cost[group])), (p, ("refill", stage, group))]
@@ -104,10 +102,10 @@ def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_tu
             if table:
                 scores = [(p, ("cpu", table))] + scores
             if wg == 0:
-                own_p = [(p, ("cpu", STORE_P_ + SYNC_))] if own[0] == "SS" else []
+                own_p = [(p, ("cpu", c["store_p"] + c["sync"]))] if own[0] == "SS" else []
                 # With P0 in shared memory for its own product, the scaled P0 goes over it after that product.
-                scaled_p0 = [(p, ("cpu", SCALE_ + STORE_P_)), (p, ("signal", "P0"))]
-                body = [(p, ("cpu", MAX_)), (p, ("signal", "m0")), (p, ("cpu", EXP_))] + own_p + [
+                scaled_p0 = [(p, ("cpu", c["scale"] + c["store_p"])), (p, ("signal", "P0"))]
+                body = [(p, ("cpu", c["max"])), (p, ("signal", "m0")), (p, ("cpu", c["exp"]))] + own_p + [
                     (p, ("issue", "P0V0L", PV_MMAS, own[0])), (p, ("wait_signal", "m1"))]
                 if p0_late:
                     body += [(p, ("wait", "P0V0L"))] + refill(p, 0, "A") + scaled_p0
@@ -119,9 +117,9 @@ def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_tu
                 body += [(p, ("wait", "P1V1L"))]
                 body += [(p, ("signal", "B1"))] if wg1_b1 else refill(p, 1, "B")
             else:
-                body = [(p, ("wait_signal", "m0")), (p, ("cpu", MAX_)), (p, ("signal", "m1")),
-                        (p, ("cpu", EXP_ + STORE_P_)), (p, ("signal", "P1"))]
-                body += [(p, ("cpu", SYNC_))] if own[1] == "SS" else []
+                body = [(p, ("wait_signal", "m0")), (p, ("cpu", c["max"])), (p, ("signal", "m1")),
+                        (p, ("cpu", c["exp"] + c["store_p"])), (p, ("signal", "P1"))]
+                body += [(p, ("cpu", c["sync"]))] if own[1] == "SS" else []
                 if p0_first:
                     body += [(p, ("wait_signal", "P0")), (p, ("issue", "P0V0R", PV_MMAS, "SS")),
                              (p, ("issue", "P1V1R", PV_MMAS, own[1])), (p, ("wait", "P0V0R"))] + refill(p, 0, "B")
@@ -200,9 +198,10 @@ V31 = dict(in_turn=True, table=950.0, issue=(300.0, 420.0), costs=TIMELINE_COSTS
 CALIBRATED = {
     "v31 (main)": V31,
     "hopper-table-ahead": {**V31, "table": 150.0},
-    "+ hopper-wg1-refills": {**V31, "table": 150.0, "wg1_b1": True},
-    "+ hopper-wg1-p0-first": {**V31, "table": 150.0, "wg1_b1": True, "p0_first": True},
+    "hopper-table-ahead+hopper-wg1-refills": {**V31, "table": 150.0, "wg1_b1": True},
+    "hopper-table-ahead+hopper-wg1-p0-first": {**V31, "table": 150.0, "p0_first": True},
     "hopper-producer (loads and issue off the consumers)": {**V31, "table": 0.0, "issue": (0.0, 0.0)},
+    "hopper-producer+hopper-producer-p0-first": {**V31, "table": 0.0, "issue": (0.0, 0.0), "p0_first": True},
 }
 
 
