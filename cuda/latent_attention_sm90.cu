@@ -1,11 +1,12 @@
 // Absorbed MLA decode core for Hopper (sm_90a): the schedule, inputs and
 // outputs of latent_attention.cu, with the products on warpgroup MMAs (wgmma).
 //
-// A CTA of two warpgroups owns 64 query rows of one request (all heads and
-// query tokens when Sq*H <= 64) and walks its range of 64-token cache tiles
-// two at a time ("seesaw"): warpgroup 0 owns the left half of the 64 x DV
-// output and the scores of the even tile K0, warpgroup 1 the right half and
-// the odd tile K1. With m the running row maximum:
+// A CTA of two warpgroups (and a producer, below) owns 64 query rows of one
+// request (all heads and query tokens when Sq*H <= 64) and walks its range
+// of 64-token cache tiles two at a time ("seesaw"): warpgroup 0 owns the
+// left half of the 64 x DV output and the scores of the even tile K0,
+// warpgroup 1 the right half and the odd tile K1. With m the running row
+// maximum:
 //   [0] S0 = Q K0^T, m0 = max(m, rowmax S0), P0 = exp(S0 - m0),
 //       O_L = O_L * e^(m - m0) + P0 V0_L                      (P0 from registers)
 //   [1] S1 = Q K1^T, m1 = max(m0, rowmax S1), P1 = exp(S1 - m1),
@@ -23,12 +24,16 @@
 // Q and the two cache stages (stage s holds the tiles warpgroup s scores) sit
 // in shared memory in the 128-byte-swizzled layout wgmma reads; V is the
 // first DV columns of the same tile, read as an N-major operand. Each stage
-// is copied by TMA in two groups of 64-column blocks with an mbarrier each,
-// group A being the blocks only the scoring warpgroup reads (its own V half):
-// that warpgroup releases and refills group A as soon as its own product is
-// done, the other group when the other warpgroup's product is; the scores of
-// a tile walk group A's blocks first. P of a stage goes to its RoPE block
-// (past DV, unused once the scores are done) when there is one.
+// is copied by TMA in two groups of 64-column blocks with a "full" and an
+// "empty" mbarrier each, group A being the blocks only the scoring warpgroup
+// reads (its own V half): that warpgroup releases group A as soon as its own
+// product is done, the other group when the other warpgroup's product is,
+// and one warp of a third (producer) warpgroup, which also makes the
+// block-table lookups, refills each group as soon as it is released, so the
+// consumer warps never wait on a copy's issue (~120 cycles per 8 KB box) or
+// a lookup; setmaxnreg moves the producer's registers to the consumers. The
+// scores of a tile walk group A's blocks first. P of a stage goes to its RoPE
+// block (past DV, unused once the scores are done) when there is one.
 #include "common.cuh"
 #include "params.cuh"
 #include "hopper.cuh"
@@ -40,7 +45,11 @@ constexpr int HOPPER_MIN_PAGE = 8;  // smallest page TMA copies as a box (cumla/
 template <int D, int DV>
 struct HopperTile {
   static constexpr int BM = 64, BN = 64;      // query rows, tokens per tile
-  static constexpr int kWarps = 8;             // two warpgroups
+  static constexpr int kWarps = 8;             // two consumer warpgroups
+  // A third warpgroup produces (one warp of it issues the copies); setmaxnreg
+  // gives the consumers the producer's registers.
+  static constexpr int kThreads = 384, kProducerRegs = 56, kConsumerRegs = 224;
+  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 65536, "register file");
   static constexpr int kBlocks = D / 64;       // 128-byte column blocks per row
   static constexpr int kHalf = DV / 2;         // output columns per warpgroup
   static constexpr int kHalfBlocks = kHalf / 64;
@@ -51,7 +60,7 @@ struct HopperTile {
   static constexpr bool kPInStage = D - DV >= 64;           // a block past DV holds P
   static constexpr int kOwnPBytes = kPInStage ? 0 : 2 * kPBytes;
   static constexpr int kRedBytes = 6 * BM * 4;              // m0, m1; both warpgroups' row sums, two buffers
-  static constexpr int kBarBytes = 10 * 8;                  // mbarriers: 4 for copies, 6 for exchanges
+  static constexpr int kBarBytes = 14 * 8;                  // mbarriers: 4 full, 6 for exchanges, 4 empty
   static constexpr int kSmemBytes = 1024 + 3 * kTileBytes + kOwnPBytes + kRedBytes + kBarBytes;  // 1024: alignment
   static_assert(D % 64 == 0 && DV <= D && (kHalf == 64 || kHalf == 128 || kHalf == 256),
                 "dims outside the Hopper kernel's range (the MMA widths hopper.cuh specialises)");
@@ -71,6 +80,8 @@ struct HopperTile {
 enum : int { X_M0 = 0, X_M1 = 1, X_P0 = 2, X_P1 = 3, X_SUMS = 4, X_S0 = 5 };  // X_SUMS: both warpgroups, once per request
 constexpr int kGroupThreads = 128;
 constexpr int BAR_OWN = 1;  // named barrier of warpgroup 0 (1 + w for warpgroup w; 0 is __syncthreads')
+constexpr int BAR_CONSUMERS = 3;  // named barrier of both consumer warpgroups
+constexpr int kConsumerThreads = 2 * kGroupThreads;
 
 }  // namespace
 
@@ -117,12 +128,12 @@ __device__ long long cumla_cta_span[kTimelineCtas][5];
 // with boxes of a V half's blocks by 64 rows, used where a page holds a whole
 // tile and several row groups read it (a 2-D map, unused, where a half is one
 // block). Issuing a copy holds the issuing warp ~120 cycles per 8 KB box and
-// ~270 per 32 KB one (timeline): a refill of 1-2 copies instead of 4-5 frees
-// it ~250 cycles sooner.
+// ~270 per 32 KB one (timeline): a refill of 1-2 copies instead of 4-5 is
+// issued ~250 cycles sooner.
 template <class T, int D, int DV>
-__global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_constant__ AttnParams p,
-                                                                const __grid_constant__ TmaMap cache_map,
-                                                                const __grid_constant__ TmaMap half_map) {
+__global__ void __launch_bounds__(HopperTile<D, DV>::kThreads, 1)
+    latent_attention_sm90(const __grid_constant__ AttnParams p, const __grid_constant__ TmaMap cache_map,
+                          const __grid_constant__ TmaMap half_map) {
   using Tile = HopperTile<D, DV>;
   using Rows = typename Tile::Rows;
   constexpr int kHalf = Tile::kHalf, kHB = Tile::kHalfBlocks, kBlock = Rows::kBlockBytes;
@@ -136,13 +147,14 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
   const u32 sOwnP = sKV + 2 * Tile::kTileBytes;
   float* sM = reinterpret_cast<float*>(smem + (sOwnP + Tile::kOwnPBytes - raw));  // [2][BM]: m0, m1
   float* sSums = sM + 2 * Tile::BM;  // [request parity][warpgroup][BM]: a request's sums never overwrite the last one's
-  const u32 sBar = sOwnP + Tile::kOwnPBytes + Tile::kRedBytes;  // [stage][group] copy mbarriers, then exchanges
+  const u32 sBar = sOwnP + Tile::kOwnPBytes + Tile::kRedBytes;  // [stage][group] full, exchanges, [stage][group] empty
   auto stage_at = [&](int s) { return sKV + s * Tile::kTileBytes; };
   auto p_at = [&](int s) {  // where P of stage s's tile goes
     return Tile::kPInStage ? stage_at(s) + (Tile::kBlocks - 1) * kBlock : sOwnP + s * Tile::kPBytes;
   };
   auto full_bar = [&](int s, int g) { return sBar + 8 * (2 * s + g); };
   auto xbar = [&](int x) { return sBar + 32 + 8 * x; };
+  auto empty_bar = [&](int s, int g) { return sBar + 80 + 8 * (2 * s + g); };
 
   // The warpgroup index through a shuffle: ptxas then knows it is uniform
   // across the warpgroup and keeps the MMAs of either branch asynchronous.
@@ -151,7 +163,6 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
   // Accumulator fragments: this thread holds rows r_lo and r_lo + 8, columns
   // 8j + cq and 8j + cq + 1 of every 8-column group j.
   const int r_lo = 16 * warp + lane / 4, cq = 2 * (lane % 4);
-  const bool issuer = warp == 0;  // warp 0 of each warpgroup issues that warpgroup's copies
   const int row0 = blockIdx.x * Tile::BM;  // row groups of a part are adjacent CTAs
   const u16* q = static_cast<const u16*>(p.q);
   const PartWork work(p.sched, blockIdx.y);
@@ -160,15 +171,105 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
   const int pages = Tile::BN / box_rows;
   if (threadIdx.x == 0) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) mbar_init(full_bar(i / 2, i % 2), 1), mbar_init(xbar(i), kGroupThreads);
+    for (int i = 0; i < 4; ++i) {
+      mbar_init(full_bar(i / 2, i % 2), 1), mbar_init(xbar(i), kGroupThreads);
+      mbar_init(empty_bar(i / 2, i % 2), kGroupThreads);  // every thread of the releasing warpgroup
+    }
     mbar_init(xbar(X_SUMS), 2 * kGroupThreads);
     mbar_init(xbar(X_S0), kGroupThreads);
     mbar_init_fence();
   }
+  // The producer warp copies blocks [first, last) of a tile into stage s: one
+  // box per block and page, completing on `bar` (bytes announced apart).
+  auto copy_blocks = [&](int s, int first, int last, int y_of_my_page, u32 bar) {
+    const int count = last - first;
+    constexpr int kRounds = (Tile::kBlocks * Tile::BN / HOPPER_MIN_PAGE + 31) / 32;
+#pragma unroll
+    for (int round = 0; round < kRounds; ++round) {
+      const int k = lane + 32 * round, page = min(k / max(count, 1), pages - 1);
+      const int y = __shfl_sync(0xffffffffu, y_of_my_page, page);
+      if (k < count * pages)
+        tma_load_2d(stage_at(s) + (first + k % count) * kBlock + page * box_rows * 128, cache_map,
+                    (first + k % count) * 64, y, bar);
+    }
+  };
+  // Where a page holds the tile and the request's other row groups read the
+  // same tiles, a V half goes in one box of half_map; with one row group
+  // (memory-bound: C, F) block by block, as wide boxes there made F vary
+  // (596-660 us against 597-610; a guess: a 3-D box walks DRAM block by
+  // block, single boxes in flight together interleave the blocks of a row).
+  const bool wide = kHB > 1 && pages == 1 && gridDim.x > 1;
+  // Group A of stage s: warpgroup s's V half; group B: every other block.
+  auto fill_group = [&](int s, int g, int y_of_my_page) {
+    const u32 bar = full_bar(s, g);
+    const int blocks = g == 0 ? kHB : Tile::kBlocks - kHB;
+    if (lane == 0) mbar_expect_bytes(bar, blocks * kBlock);
+    __syncwarp();
+    if (wide) {
+      const int half = (g == 0 ? s : 1 - s) * kHB;
+      if (lane == 0) tma_load_3d(stage_at(s) + half * kBlock, half_map, 0, y_of_my_page, half, bar);
+      if (g == 1 && 2 * kHB < Tile::kBlocks) copy_blocks(s, 2 * kHB, Tile::kBlocks, y_of_my_page, bar);
+    } else if (g == 0) {
+      copy_blocks(s, s * kHB, s * kHB + kHB, y_of_my_page, bar);
+    } else if (s == 0) {
+      copy_blocks(s, kHB, Tile::kBlocks, y_of_my_page, bar);
+    } else {
+      copy_blocks(s, 0, kHB, y_of_my_page, bar);
+      copy_blocks(s, 2 * kHB, Tile::kBlocks, y_of_my_page, bar);
+    }
+  };
+
+  TIMELINE_CTA(0);
+  __syncthreads();  // the barriers are initialised
+
+  if (wg == 2) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(Tile::kProducerRegs));
+    if (warp != 0) return;
+    // The producer warp walks the consumers' requests and pairs; for each
+    // pair it fills the four groups in the order the consumers release them
+    // (stage 0's group A, then its group B, freed by warpgroup 1's first
+    // product; then stage 1's groups),
+    // each once its last reader of the pair before has released it.
+    u32 fills = 0;
+    for (int b = work.first(); b <= work.last(p.batch); ++b) {
+      Segment seg;
+      if (!work.segment(p, b, kScheduleTile, seg)) continue;
+      const int n = seg.n, t0 = seg.t0, t1 = seg.t1;
+      // Lane l: the cache row of page l of tile t (a block-table load, made
+      // before the wait for the group's release so that its latency hides);
+      // tokens past the length and out-of-range block ids give y < 0, where
+      // TMA fills zeros.
+      auto page_row = [&](int t) {
+        const int tok = t * Tile::BN + lane * box_rows;
+        int y = -box_rows;
+        if (lane >= pages || t >= t1) return y;
+        if (p.block_table == nullptr) {
+          y = b * p.capacity + tok;
+        } else if (tok < n) {
+          const int blk = p.block_table[static_cast<size_t>(b) * p.max_blocks + tok / p.block_size];
+          if (blk >= 0 && blk < p.num_blocks) y = blk * p.block_size + tok % p.block_size;
+        }
+        return y;
+      };
+      for (int i = t0; i < t1; i += 2, ++fills) {
+        const int y[2] = {page_row(i), page_row(i + 1)};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const int st = k / 2, g = k % 2;
+          if (fills > 0) mbar_wait(empty_bar(st, g), (fills - 1) & 1);
+          fill_group(st, g, y[st]);
+          // (the refill's stamps as before: by the warpgroup that released the group, in the pair before)
+          if (fills > 0) TIMELINE_STAMP(fills - 1, g == 0 ? st : 1 - st, g == 0 ? 13 : 14);
+        }
+      }
+    }
+    return;
+  }
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Tile::kConsumerRegs));
+
   // Pairs done so far: the current pair's tiles complete phase `pairs % 2` of
   // their stage's group barriers (every pair fills both stages once).
   u32 pairs = 0, requests = 0;
-  TIMELINE_CTA(0);
 
   for (int b = work.first(); b <= work.last(p.batch); ++b) {
     Segment seg;
@@ -177,67 +278,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
     const int n = __shfl_sync(0xffffffffu, seg.n, 0), t0 = __shfl_sync(0xffffffffu, seg.t0, 0),
               t1 = __shfl_sync(0xffffffffu, seg.t1, 0);
 
-    // Lane l of an issuing warp: the cache row of page l of tile t (a
-    // block-table load, made ahead of the copy so that its latency hides);
-    // tokens past the length and out-of-range block ids give y < 0, where
-    // TMA fills zeros.
-    auto page_row = [&](int t) {
-      const int tok = t * Tile::BN + lane * box_rows;
-      int y = -box_rows;
-      if (lane >= pages || t >= t1) return y;
-      if (p.block_table == nullptr) {
-        y = b * p.capacity + tok;
-      } else if (tok < n) {
-        const int blk = p.block_table[static_cast<size_t>(b) * p.max_blocks + tok / p.block_size];
-        if (blk >= 0 && blk < p.num_blocks) y = blk * p.block_size + tok % p.block_size;
-      }
-      return y;
-    };
-    // The issuing warp copies blocks [first, last) of a tile into stage s: one
-    // box per block and page, completing on `bar` (bytes announced apart).
-    auto copy_blocks = [&](int s, int first, int last, int y_of_my_page, u32 bar) {
-      const int count = last - first;
-      constexpr int kRounds = (Tile::kBlocks * Tile::BN / HOPPER_MIN_PAGE + 31) / 32;
-#pragma unroll
-      for (int round = 0; round < kRounds; ++round) {
-        const int k = lane + 32 * round, page = min(k / max(count, 1), pages - 1);
-        const int y = __shfl_sync(0xffffffffu, y_of_my_page, page);
-        if (k < count * pages)
-          tma_load_2d(stage_at(s) + (first + k % count) * kBlock + page * box_rows * 128, cache_map,
-                      (first + k % count) * 64, y, bar);
-      }
-    };
-    // Where a page holds the tile and the request's other row groups read the
-    // same tiles, a V half goes in one box of half_map; with one row group
-    // (memory-bound: C, F) block by block, as wide boxes there made F vary
-    // (596-660 us against 597-610; a guess: a 3-D box walks DRAM block by
-    // block, single boxes in flight together interleave the blocks of a row).
-    const bool wide = kHB > 1 && pages == 1 && gridDim.x > 1;
-    // Group A of stage s: warpgroup s's V half; group B: every other block.
-    auto fill_group = [&](int s, int g, int y_of_my_page) {
-      const u32 bar = full_bar(s, g);
-      const int blocks = g == 0 ? kHB : Tile::kBlocks - kHB;
-      if (lane == 0) mbar_expect_bytes(bar, blocks * kBlock);
-      __syncwarp();
-      if (wide) {
-        const int half = (g == 0 ? s : 1 - s) * kHB;
-        if (lane == 0) tma_load_3d(stage_at(s) + half * kBlock, half_map, 0, y_of_my_page, half, bar);
-        if (g == 1 && 2 * kHB < Tile::kBlocks) copy_blocks(s, 2 * kHB, Tile::kBlocks, y_of_my_page, bar);
-      } else if (g == 0) {
-        copy_blocks(s, s * kHB, s * kHB + kHB, y_of_my_page, bar);
-      } else if (s == 0) {
-        copy_blocks(s, kHB, Tile::kBlocks, y_of_my_page, bar);
-      } else {
-        copy_blocks(s, 0, kHB, y_of_my_page, bar);
-        copy_blocks(s, 2 * kHB, Tile::kBlocks, y_of_my_page, bar);
-      }
-    };
-
-    __syncthreads();  // the previous request is done with shared memory
-    if (threadIdx.x < 32 && t0 < t1) {  // the first pair, whole
-      const int y0 = page_row(t0), y1 = page_row(t0 + 1);
-      fill_group(0, 0, y0), fill_group(0, 1, y0), fill_group(1, 0, y1), fill_group(1, 1, y1);
-    }
+    named_sync(BAR_CONSUMERS, kConsumerThreads);  // the previous request is done with Q
     const u16* q_rows = q + (static_cast<size_t>(b) * p.rows + row0) * D;
     const int live_rows = min(Tile::BM, p.rows - row0);
     load_rows<Tile::kWarps, Tile::kChunks, Tile::kChunks, Rows>(
@@ -254,7 +295,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
 
     cp_async_wait<0>();
     fence_async_shared();  // Q, written through the generic proxy, is read by wgmma
-    __syncthreads();
+    named_sync(BAR_CONSUMERS, kConsumerThreads);
 
     const u64 q_desc = wgmma_desc(sQ, 16, 1024);
     // Pairs of tiles (i, i + 1). An odd count ends on a pair whose K1 lies
@@ -265,9 +306,6 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
       const int mine = i + wg;  // the tile this warpgroup scores
       const u32 phase = pairs & 1;
       TIMELINE_STAMP(pairs, wg, 0);
-      // Page rows of the next pair's tiles, for this warpgroup's refills.
-      int y_next[2] = {0, 0};
-      if (issuer) y_next[0] = page_row(i + 2), y_next[1] = page_row(i + 3);
 
       float s[32];
       float base[2];  // this warpgroup's new maximum (times scale_log2), exponent offset of its P
@@ -422,14 +460,11 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
           Wgmma<kHalf>::template run<T, 1>(o, p_desc + ((kk * 32) >> 4), v_desc + ((kk * 16 * 128) >> 4), 1);
         wgmma_commit();
       };
-      // Once every thread of this warpgroup is past its MMA wait, its issuing
-      // warp refills group g of stage s with the next pair's tile.
-      const bool next = i + 2 < t1;
-      auto refill = [&](int s, int g, int y_of_my_page) {
-        named_sync(BAR_OWN + wg, kGroupThreads);
-        TIMELINE_STAMP(pairs, wg, s == wg ? 15 : 16);  // every warp of this warpgroup is done with the group
-        if (issuer && next) fill_group(s, g, y_of_my_page);
-        TIMELINE_STAMP(pairs, wg, s == wg ? 13 : 14);  // the copies are issued (lane 0's at least)
+      // Each thread past its MMA wait releases group g of stage s to the
+      // producer (the group's last reader in this pair).
+      auto release = [&](int s, int g) {
+        TIMELINE_STAMP(pairs, wg, s == wg ? 15 : 16);  // this warp is done with the group
+        mbar_arrive(empty_bar(s, g));
       };
 
       if (wg == 0) {
@@ -463,7 +498,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         fence_registers(o);
         fence_registers(pa);
         TIMELINE_STAMP(pairs, 0, 8);
-        refill(0, 0, y_next[0]);
+        release(0, 0);
         rescale(scale1);
         // O_L += P1 V1_L
         mbar_wait(xbar(X_P1), phase);
@@ -474,7 +509,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         wgmma_wait<0>();  // group B of stage 1 is free
         fence_registers(o);
         TIMELINE_STAMP(pairs, 0, 10);
-        refill(1, 1, y_next[1]);
+        release(1, 1);
       } else {
         // P1 = exp(S1 - m1); O_R = O_R * scale0 * scale1 + P1 V1_R + (P0 scale1) V0_R.
 #pragma unroll
@@ -488,23 +523,25 @@ __global__ void __launch_bounds__(256, 1) latent_attention_sm90(const __grid_con
         store_p(p_at(1), pa);
         mbar_arrive(xbar(X_P1));
         rescale(scale0);
-        wgmma_fence();
-        product_from_registers(1, kHB);
         TIMELINE_STAMP(pairs, 1, 5);
+        // P0 V0_R first: stage 0's group B, which warpgroup 0's next scores
+        // need ~500 cycles in, is free one product sooner; stage 1's group A
+        // (P1 V1_R's) is needed only after warpgroup 0's next S0.
         mbar_wait(xbar(X_P0), phase);
         mbar_wait(full_bar(0, 1), phase);  // (already complete: warpgroup 0 scored K0)
         TIMELINE_STAMP(pairs, 1, 6);
         wgmma_fence();
         product_from_shared(p_at(0), 0, kHB);
+        product_from_registers(1, kHB);
         TIMELINE_STAMP(pairs, 1, 7);
-        wgmma_wait<1>();  // P1 V1_R: group A of stage 1 is free
+        wgmma_wait<1>();  // P0 V0_R: group B of stage 0 is free
+        TIMELINE_STAMP(pairs, 1, 10);
+        release(0, 1);
+        wgmma_wait<0>();  // P1 V1_R: group A of stage 1 is free
+        fence_registers(o);
         fence_registers(pa);
         TIMELINE_STAMP(pairs, 1, 8);
-        refill(1, 0, y_next[1]);
-        wgmma_wait<0>();  // P0 V0_R: group B of stage 0 is free
-        fence_registers(o);
-        TIMELINE_STAMP(pairs, 1, 10);
-        refill(0, 1, y_next[0]);
+        release(1, 0);
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) run_max[h] = m1[h];

@@ -210,7 +210,7 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
         args += (_tma.rows_map(cache.data.ptr, cache_rows, dim, box_rows),
                  _tma.rows_map(cache.data.ptr, cache_rows, dim, 64, depth=v_dim // 128))
     attend = kernel(spec.file, spec.module, spec.name, spec.smem)
-    attend(spec.grid(plan.num_parts, rows), (THREADS,), args, shared_mem=spec.smem)
+    attend(spec.grid(plan.num_parts, rows), (spec.threads,), args, shared_mem=spec.smem)
     _combine(spec.combine, args[0], rows, batch, v_dim)
     return o, lse
 

@@ -93,6 +93,7 @@ class LatentKernel:
     smem: int          # dynamic shared memory bytes
     element: str
     tma: bool = False  # takes the cache's TMA descriptor as a second argument
+    threads: int = THREADS  # per CTA
 
     @property
     def combine(self) -> str:
@@ -135,10 +136,14 @@ def fp8_in_kernel(fmt: Any, v_dim: int) -> bool:
 def _hopper_smem(dim: int, v_dim: int) -> int:
     """Mirror of HopperTile::kSmemBytes (cuda/latent_attention_sm90.cu): Q and two
     stages, two P tiles unless a block past v_dim holds them, row maxima, row sums
-    (two buffers), ten mbarriers."""
+    (two buffers), fourteen mbarriers."""
     own_p = 0 if dim - v_dim >= 64 else 2 * 64 * 64 * 2
-    return 1024 + 3 * 64 * dim * 2 + own_p + 6 * 64 * 4 + 10 * 8
+    return 1024 + 3 * 64 * dim * 2 + own_p + 6 * 64 * 4 + 14 * 8
 
+
+#: Threads of a Hopper kernel CTA (HopperTile::kThreads): two consumer
+#: warpgroups and a producer warpgroup.
+HOPPER_THREADS = 384
 
 #: Smallest page the Hopper kernel's TMA copies take (a page is one box of
 #: 64 columns by block_size rows; smaller pages would break the swizzle atom).
@@ -171,7 +176,8 @@ def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int, block_size: int | None 
     if block_size is not None and not _tiles_into_pages(block_size):
         return None
     name = f"latent_attention_sm90<{element}, {dim}, {v_dim}>"
-    return LatentKernel("latent_attention_sm90.cu", (name,), name, 64, _hopper_smem(dim, v_dim), element, tma=True)
+    return LatentKernel("latent_attention_sm90.cu", (name,), name, 64, _hopper_smem(dim, v_dim), element, tma=True,
+                        threads=HOPPER_THREADS)
 
 
 def _portable(element: str, dim: int, v_dim: int, rows: int, fmt: Any = None,

@@ -93,7 +93,7 @@ def test_absorbed_decode_launches(cp):
     # The pool's rows: one page per box of a single block, and boxes of a V half (4 blocks).
     assert cp.tma_maps == [(args["cache"].data.ptr, 15 * 64, 576, 64, 1), (args["cache"].data.ptr, 15 * 64, 576, 64, 4)]
     assert schedule.grid == (1,) and schedule.block == (1024,)
-    assert attend.grid == (1, parts) and attend.block == (256,)
+    assert attend.grid == (1, parts) and attend.block == (_kernels.HOPPER_THREADS,)
     assert attend.shared_mem == spec.smem == attend.limit
     assert combine.grid == (2, 3, 4)  # 16 rows, 3 requests, 512 columns in 128s
     assert combine.dependent and not attend.dependent  # the combine's launch overlaps the attention kernel
