@@ -71,7 +71,7 @@ def paired(kind: str, other: str) -> float:
 
 def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_turn: bool = False,
              table: float = 0.0, issue: tuple[float, float] = (0.0, 0.0), wg1_b1: bool = False,
-             p0_first: bool = False, costs: dict | None = None) -> list[list[tuple]]:
+             p0_first: bool = False, p0_early: str = "", costs: dict | None = None) -> list[list[tuple]]:
     """Both warpgroups' steps over ``pairs`` pairs, each step tagged with its pair.
     ``own``: the kind of each warpgroup's own P V; ``p0_late``: the scaled P0 is
     written over warpgroup 0's own P0 tile, after its product; ``early``:
@@ -82,6 +82,8 @@ def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_tu
     scores; ``issue``: cycles a refill of group A / group B holds the issuing
     warpgroup; ``wg1_b1``: warpgroup 1 refills stage 1's group B once warpgroup
     0 signals it free; ``p0_first``: warpgroup 1 runs P0 V0_R before P1 V1_R;
+    ``p0_early``: warpgroup 1 issues P0 V0_R before exponentiating S1
+    ("exp") or before storing P1 ("store"), then P1 V1_R;
     ``costs``: the CUDA-core steps (SASS_COSTS, the default, or TIMELINE_COSTS)."""
     c = costs or SASS_COSTS
     refill_cost = {"A": c["refill"] + issue[0], "B": c["refill"] + issue[1]}
@@ -116,6 +118,15 @@ def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_tu
                     body += [(p + 1, ("copy", 0, "A")), (p + 1, ("issue", "S0a", GROUP_A_MMAS, "S"))]
                 body += [(p, ("wait", "P1V1L"))]
                 body += [(p, ("signal", "B1"))] if wg1_b1 else refill(p, 1, "B")
+            elif p0_early:
+                p0v0r = [(p, ("wait_signal", "P0")), (p, ("issue", "P0V0R", PV_MMAS, "SS"))]
+                body = [(p, ("wait_signal", "m0")), (p, ("cpu", c["max"])), (p, ("signal", "m1"))]
+                if p0_early == "exp":
+                    body += p0v0r + [(p, ("cpu", c["exp"] + c["store_p"]))]
+                else:
+                    body += [(p, ("cpu", c["exp"]))] + p0v0r + [(p, ("cpu", c["store_p"]))]
+                body += [(p, ("signal", "P1")), (p, ("issue", "P1V1R", PV_MMAS, own[1])), (p, ("wait", "P0V0R"))]
+                body += refill(p, 0, "B") + [(p, ("wait", "P1V1R"))] + refill(p, 1, "A")
             else:
                 body = [(p, ("wait_signal", "m0")), (p, ("cpu", c["max"])), (p, ("signal", "m1")),
                         (p, ("cpu", c["exp"] + c["store_p"])), (p, ("signal", "P1"))]
@@ -201,7 +212,9 @@ CALIBRATED = {
     "hopper-table-ahead+hopper-wg1-refills": {**V31, "table": 150.0, "wg1_b1": True},
     "hopper-table-ahead+hopper-wg1-p0-first": {**V31, "table": 150.0, "p0_first": True},
     "hopper-producer (loads and issue off the consumers)": {**V31, "table": 0.0, "issue": (0.0, 0.0)},
-    "hopper-producer+hopper-producer-p0-first": {**V31, "table": 0.0, "issue": (0.0, 0.0), "p0_first": True},
+    "hopper-producer+hopper-producer-p0-first (v32)": {**V31, "table": 0.0, "issue": (0.0, 0.0), "p0_first": True},
+    "v32 + P0 V0_R before warpgroup 1's exponentials": {**V31, "table": 0.0, "issue": (0.0, 0.0), "p0_early": "exp"},
+    "v32 + P0 V0_R before warpgroup 1's P1 store": {**V31, "table": 0.0, "issue": (0.0, 0.0), "p0_early": "store"},
 }
 
 
