@@ -71,7 +71,8 @@ def paired(kind: str, other: str) -> float:
 
 def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_turn: bool = False,
              table: float = 0.0, issue: tuple[float, float] = (0.0, 0.0), wg1_b1: bool = False,
-             p0_first: bool = False, p0_early: str = "", costs: dict | None = None) -> list[list[tuple]]:
+             p0_first: bool = False, p0_early: str = "", p0_apart: bool = False,
+             costs: dict | None = None) -> list[list[tuple]]:
     """Both warpgroups' steps over ``pairs`` pairs, each step tagged with its pair.
     ``own``: the kind of each warpgroup's own P V; ``p0_late``: the scaled P0 is
     written over warpgroup 0's own P0 tile, after its product; ``early``:
@@ -83,7 +84,8 @@ def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_tu
     warpgroup; ``wg1_b1``: warpgroup 1 refills stage 1's group B once warpgroup
     0 signals it free; ``p0_first``: warpgroup 1 runs P0 V0_R before P1 V1_R;
     ``p0_early``: warpgroup 1 issues P0 V0_R before exponentiating S1
-    ("exp") or before storing P1 ("store"), then P1 V1_R;
+    ("exp") or before storing P1 ("store"), then P1 V1_R; ``p0_apart``:
+    stage 0's RoPE block in group A (warpgroup 0's first 20 score MMAs);
     ``costs``: the CUDA-core steps (SASS_COSTS, the default, or TIMELINE_COSTS)."""
     c = costs or SASS_COSTS
     refill_cost = {"A": c["refill"] + issue[0], "B": c["refill"] + issue[1]}
@@ -95,8 +97,9 @@ def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_tu
     for p in range(pairs):
         for wg in (0, 1):
             s = f"S{wg}"
-            a = [(p, ("copy", wg, "A")), (p, ("issue", s + "a", GROUP_A_MMAS, "S"))]
-            b = [(p, ("copy", wg, "B")), (p, ("issue", s + "b", SCORE_MMAS - GROUP_A_MMAS, "S")),
+            group_a = GROUP_A_MMAS + (4 if p0_apart and wg == 0 else 0)
+            a = [(p, ("copy", wg, "A")), (p, ("issue", s + "a", group_a, "S"))]
+            b = [(p, ("copy", wg, "B")), (p, ("issue", s + "b", SCORE_MMAS - group_a, "S")),
                  (p, ("wait", s + "b"))]
             scores = (a if not (early and wg == 0 and p > 0) else []) + b
             if in_turn and wg == 1:
@@ -146,9 +149,10 @@ def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_tu
 
 
 def simulate(own: tuple[str, str] = ("RS", "RS"), p0_late: bool = False, early: bool = False, latency: float = 0.0,
-             pairs: int = 40, in_turn: bool = False, **options) -> tuple[float, float]:
+             pairs: int = 40, in_turn: bool = False, sooner: float = 0.0, **options) -> tuple[float, float]:
     """Cycles per pair and the tensor cores' busy fraction (dense-peak cycles of the
-    work done over elapsed cycles) over ``pairs`` pairs; ``options`` go to programs()."""
+    work done over elapsed cycles) over ``pairs`` pairs; ``sooner``: cycles stage
+    0's group B lands before ``latency`` (a smaller copy); ``options`` go to programs()."""
     steps = programs(pairs, own, p0_late, early, in_turn, **options)
     at, free_at = [0, 0], [0.0, 0.0]
     queues: list[list[list]] = [[], []]  # per warpgroup: [pair, batch, MMAs left, kind], oldest first
@@ -170,7 +174,7 @@ def simulate(own: tuple[str, str] = ("RS", "RS"), p0_late: bool = False, early: 
                 elif kind == "signal":
                     signals.add((pair, arg[0]))
                 elif kind == "refill":
-                    landed[(pair + 1, arg[0], arg[1])] = now + latency
+                    landed[(pair + 1, arg[0], arg[1])] = now + latency - (sooner if arg[:2] == [0, "B"] else 0.0)
                 elif kind == "copy":
                     if landed.get((pair, arg[0], arg[1]), float("inf")) > now:
                         continue
@@ -215,6 +219,10 @@ CALIBRATED = {
     "hopper-producer+hopper-producer-p0-first (v32)": {**V31, "table": 0.0, "issue": (0.0, 0.0), "p0_first": True},
     "v32 + P0 V0_R before warpgroup 1's exponentials": {**V31, "table": 0.0, "issue": (0.0, 0.0), "p0_early": "exp"},
     "v32 + P0 V0_R before warpgroup 1's P1 store": {**V31, "table": 0.0, "issue": (0.0, 0.0), "p0_early": "store"},
+    "hopper-p0-apart (group B 230 cycles sooner)": {**V31, "table": 0.0, "issue": (0.0, 0.0), "p0_first": True,
+                                                    "p0_apart": True, "sooner": 230.0},
+    "hopper-p0-apart + P0 V0_R before the P1 store": {**V31, "table": 0.0, "issue": (0.0, 0.0), "p0_apart": True,
+                                                      "sooner": 230.0, "p0_early": "store"},
 }
 
 
