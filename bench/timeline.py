@@ -49,18 +49,18 @@ STEP_NAMES = (
     ("group B landed", "group B landed"),
     ("scores done", "scores done"),
     ("m0 published", "m0 received, m1 published"),
-    ("own P V issued", "P1 published, own P V issued"),
+    ("own P V issued", "P1 published"),
     ("m1 received", "P0 received"),
-    ("scaled P0 published", "P0 V0_R issued"),
+    ("scaled P0 published", "P0 V0_R and own P V issued"),
     ("own P V done", "own P V done"),
     ("P1 received", None),
     ("P1 V1_L done", "P0 V0_R done"),
-    ("refills issued, pair end", "refills issued, pair end"),
+    ("pair end", "pair end"),
     ("at the wait for group A", "at the wait for group A"),
     ("stage 0 group A refill issued", "stage 1 group A refill issued"),
     ("stage 1 group B refill issued", "stage 0 group B refill issued"),
-    ("stage 0 group A free (refill's barrier passed)", "stage 1 group A free (refill's barrier passed)"),
-    ("stage 1 group B free (refill's barrier passed)", "stage 0 group B free (refill's barrier passed)"),
+    ("stage 0 group A released", "stage 1 group A released"),
+    ("stage 1 group B released", "stage 0 group B released"),
 )
 
 
