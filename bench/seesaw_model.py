@@ -121,20 +121,21 @@ def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_tu
                     body += [(p + 1, ("copy", 0, "A")), (p + 1, ("issue", "S0a", GROUP_A_MMAS, "S"))]
                 body += [(p, ("wait", "P1V1L"))]
                 body += [(p, ("signal", "B1"))] if wg1_b1 else refill(p, 1, "B")
-            elif p0_early:
-                p0v0r = [(p, ("wait_signal", "P0")), (p, ("issue", "P0V0R", PV_MMAS, "SS"))]
+            else:
                 body = [(p, ("wait_signal", "m0")), (p, ("cpu", c["max"])), (p, ("signal", "m1"))]
+                p0v0r = [(p, ("wait_signal", "P0")), (p, ("issue", "P0V0R", PV_MMAS, "SS"))]
                 if p0_early == "exp":
                     body += p0v0r + [(p, ("cpu", c["exp"] + c["store_p"]))]
-                else:
+                elif p0_early == "store":
                     body += [(p, ("cpu", c["exp"]))] + p0v0r + [(p, ("cpu", c["store_p"]))]
-                body += [(p, ("signal", "P1")), (p, ("issue", "P1V1R", PV_MMAS, own[1])), (p, ("wait", "P0V0R"))]
-                body += refill(p, 0, "B") + [(p, ("wait", "P1V1R"))] + refill(p, 1, "A")
-            else:
-                body = [(p, ("wait_signal", "m0")), (p, ("cpu", c["max"])), (p, ("signal", "m1")),
-                        (p, ("cpu", c["exp"] + c["store_p"])), (p, ("signal", "P1"))]
+                else:
+                    body += [(p, ("cpu", c["exp"] + c["store_p"]))]
+                body += [(p, ("signal", "P1"))]
                 body += [(p, ("cpu", c["sync"]))] if own[1] == "SS" else []
-                if p0_first:
+                if p0_early:
+                    body += [(p, ("issue", "P1V1R", PV_MMAS, own[1])), (p, ("wait", "P0V0R"))] + refill(p, 0, "B")
+                    body += [(p, ("wait", "P1V1R"))] + refill(p, 1, "A")
+                elif p0_first:
                     body += [(p, ("wait_signal", "P0")), (p, ("issue", "P0V0R", PV_MMAS, "SS")),
                              (p, ("issue", "P1V1R", PV_MMAS, own[1])), (p, ("wait", "P0V0R"))] + refill(p, 0, "B")
                     body += [(p, ("wait", "P1V1R"))] + refill(p, 1, "A")
@@ -174,7 +175,8 @@ def simulate(own: tuple[str, str] = ("RS", "RS"), p0_late: bool = False, early: 
                 elif kind == "signal":
                     signals.add((pair, arg[0]))
                 elif kind == "refill":
-                    landed[(pair + 1, arg[0], arg[1])] = now + latency - (sooner if arg[:2] == [0, "B"] else 0.0)
+                    stage, group = arg
+                    landed[(pair + 1, stage, group)] = now + latency - (sooner if (stage, group) == (0, "B") else 0.0)
                 elif kind == "copy":
                     if landed.get((pair, arg[0], arg[1]), float("inf")) > now:
                         continue
@@ -210,19 +212,20 @@ def simulate(own: tuple[str, str] = ("RS", "RS"), p0_late: bool = False, early: 
 # The kernel since v31 and the prepared changes to it, with the timeline's
 # costs (TIMELINE_COSTS, the pair-top loads and the refills' issue).
 V31 = dict(in_turn=True, table=950.0, issue=(300.0, 420.0), costs=TIMELINE_COSTS)
+PRODUCER = {**V31, "table": 0.0, "issue": (0.0, 0.0)}  # the lookups and the copies' issue off the consumers
+V32 = {**PRODUCER, "p0_first": True}
+P0_APART = {"p0_apart": True, "sooner": 230.0}  # stage 0's group B one 32 KB copy
 CALIBRATED = {
     "v31 (main)": V31,
     "hopper-table-ahead": {**V31, "table": 150.0},
     "hopper-table-ahead+hopper-wg1-refills": {**V31, "table": 150.0, "wg1_b1": True},
     "hopper-table-ahead+hopper-wg1-p0-first": {**V31, "table": 150.0, "p0_first": True},
-    "hopper-producer (loads and issue off the consumers)": {**V31, "table": 0.0, "issue": (0.0, 0.0)},
-    "hopper-producer+hopper-producer-p0-first (v32)": {**V31, "table": 0.0, "issue": (0.0, 0.0), "p0_first": True},
-    "v32 + P0 V0_R before warpgroup 1's exponentials": {**V31, "table": 0.0, "issue": (0.0, 0.0), "p0_early": "exp"},
-    "v32 + P0 V0_R before warpgroup 1's P1 store": {**V31, "table": 0.0, "issue": (0.0, 0.0), "p0_early": "store"},
-    "hopper-p0-apart (group B 230 cycles sooner)": {**V31, "table": 0.0, "issue": (0.0, 0.0), "p0_first": True,
-                                                    "p0_apart": True, "sooner": 230.0},
-    "hopper-p0-apart + P0 V0_R before the P1 store": {**V31, "table": 0.0, "issue": (0.0, 0.0), "p0_apart": True,
-                                                      "sooner": 230.0, "p0_early": "store"},
+    "hopper-producer (loads and issue off the consumers)": PRODUCER,
+    "hopper-producer+hopper-producer-p0-first (v32)": V32,
+    "v32 + P0 V0_R before warpgroup 1's exponentials": {**PRODUCER, "p0_early": "exp"},
+    "v32 + P0 V0_R before warpgroup 1's P1 store": {**PRODUCER, "p0_early": "store"},
+    "hopper-p0-apart (group B 230 cycles sooner)": {**V32, **P0_APART},
+    "hopper-p0-apart + P0 V0_R before the P1 store": {**PRODUCER, **P0_APART, "p0_early": "store"},
 }
 
 
