@@ -56,6 +56,19 @@ __device__ __forceinline__ u64 evict_first_policy() {
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
   return policy;
 }
+// Split pieces' partial results are read back by the combine right after
+// the kernel: kept in L2 over the cache rows streaming past them.
+__device__ __forceinline__ u64 evict_last_policy() {
+  u64 policy;
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+__device__ __forceinline__ void st_global_keep(float* p, float a, float b, u64 policy) {
+  asm volatile("st.global.L2::cache_hint.v2.f32 [%0], {%1, %2}, %3;" ::"l"(p), "f"(a), "f"(b), "l"(policy) : "memory");
+}
+__device__ __forceinline__ void st_global_keep(float* p, float a, u64 policy) {
+  asm volatile("st.global.L2::cache_hint.f32 [%0], %1, %2;" ::"l"(p), "f"(a), "l"(policy) : "memory");
+}
 // TMA: the box at element coordinates (x, y) of a 2-D tensor map to shared
 // memory at `dst`, completing `bytes` on `bar`. Out-of-bounds elements
 // (negative y included) arrive as zeros.

@@ -563,6 +563,7 @@ __global__ void __launch_bounds__(HopperTile<D, DV>::kThreads, 1)
     // CTA barrier that stood here (L = 128, some runs).
     mbar_arrive(xbar(X_SUMS));
     mbar_wait(xbar(X_SUMS), request_phase);
+    const u64 keep = evict_last_policy();  // partials: read back by the combine
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = r_lo + 8 * h;
@@ -570,8 +571,11 @@ __global__ void __launch_bounds__(HopperTile<D, DV>::kThreads, 1)
       const float total = sSum[r] + sSum[Tile::BM + r];
       const float inv = total > 0.f ? 1.f / total : 0.f;
       const size_t out_row = seg.out_row(p.rows, row0 + r);
-      if (wg == 0 && lane % 4 == 0)
-        (seg.final() ? p.lse : p.part_lse)[out_row] = total > 0.f ? run_max[h] * p.scale + logf(total) : CUMLA_NEG_INF;
+      const float lse = total > 0.f ? run_max[h] * p.scale + logf(total) : CUMLA_NEG_INF;
+      if (wg == 0 && lane % 4 == 0) {
+        if (seg.final()) p.lse[out_row] = lse;
+        else st_global_keep(p.part_lse + out_row, lse, keep);
+      }
 #pragma unroll
       for (int j = 0; j < kHalf / 8; ++j) {
         const int k = 4 * j + 2 * h;  // registers 4j + 2h, 4j + 2h + 1 hold row h
@@ -580,7 +584,7 @@ __global__ void __launch_bounds__(HopperTile<D, DV>::kThreads, 1)
         if (seg.final()) {
           *reinterpret_cast<u32*>(static_cast<u16*>(p.out) + out_row * DV + col) = T::pack(v0, v1);
         } else {
-          *reinterpret_cast<float2*>(p.part_out + out_row * DV + col) = make_float2(v0, v1);
+          st_global_keep(p.part_out + out_row * DV + col, v0, v1, keep);
         }
       }
     }

@@ -212,6 +212,16 @@ __global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ 
       pieces, [&](int k) { return lse[static_cast<size_t>(k) * p.rows]; },
       [&](int k) { return part + static_cast<size_t>(k) * p.rows * dv; }, c, dv,
       static_cast<typename T::storage*>(p.out) + row * dv, p.lse + row);
+  // The partials are scratch, read once: drop their L2 lines (the Hopper
+  // kernel keeps them with evict_last priority) without writing them back.
+  // Lanes 0-3 each own one 128-byte line of this warp's 128 columns, where
+  // rows are whole lines (dv % 32 == 0) so that no line holds another row.
+  __syncwarp();
+  const int lane = threadIdx.x % 32, line = blockIdx.z * 128 + 32 * lane;
+  if (dv % 32 == 0 && lane < 4 && line + 32 <= dv) {
+    for (int k = 0; k < pieces; ++k)
+      asm volatile("discard.global.L2 [%0], 128;" ::"l"(part + static_cast<size_t>(k) * p.rows * dv + line) : "memory");
+  }
 }
 
 // The merge of context-parallel ranks: gathered[k][r] = [o (dv) | lse] in
