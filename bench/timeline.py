@@ -81,7 +81,7 @@ def run(config: str, batch: int | None = None, order: str = "shuffled") -> tuple
     call = core_call(config, batch=batch, num_parts=batch, order=order)
     for _ in range(3):
         call()
-    spec = _kernels.hopper_kernel(BFLOAT16, L + R, L, BLOCK)
+    spec = _kernels.hopper_kernel(BFLOAT16, L + R, L, BLOCK, rows=CONFIGS[config]["heads"] * CONFIGS[config]["q_len"])
     module = _gpu._module(spec.file, spec.module, _gpu._arch_of(cp.cuda.Device().id))
     stamps = cp.ndarray((PAIRS, 2, STEPS), dtype=cp.int64, memptr=module.get_global("cumla_timeline"))
     spans = cp.ndarray((CTAS, 5), dtype=cp.int64, memptr=module.get_global("cumla_cta_span"))

@@ -28,11 +28,14 @@
 // "empty" mbarrier each, group A being the blocks only the scoring warpgroup
 // reads (its own V half): that warpgroup releases group A as soon as its own
 // product is done, the other group when the other warpgroup's product is,
-// and one warp of a third (producer) warpgroup, which also makes the
+// and (kProducer: all but one row group reading pages of under 64 tokens)
+// one warp of a third (producer) warpgroup, which also makes the
 // block-table lookups, refills each group as soon as it is released, so the
 // consumer warps never wait on a copy's issue (~120 cycles per 8 KB box) or
-// a lookup; setmaxnreg moves the producer's registers to the consumers. The
-// scores of a tile walk group A's blocks first. P of a stage goes to its RoPE
+// a lookup; setmaxnreg moves the producer's registers to the consumers.
+// Without it (a tile of several pages' boxes, read by one row group: the
+// consumers' warps issue them sooner than one producer warp) warp 0 of the
+// releasing warpgroup refills it. The scores of a tile walk group A's blocks first. P of a stage goes to its RoPE
 // block (past DV, unused once the scores are done) when there is one.
 #include "common.cuh"
 #include "params.cuh"
@@ -46,9 +49,9 @@ template <int D, int DV>
 struct HopperTile {
   static constexpr int BM = 64, BN = 64;      // query rows, tokens per tile
   static constexpr int kWarps = 8;             // two consumer warpgroups
-  // A third warpgroup produces (one warp of it issues the copies); setmaxnreg
-  // gives the consumers the producer's registers.
-  static constexpr int kThreads = 384, kProducerRegs = 56, kConsumerRegs = 224;
+  // With a producer, a third warpgroup (one warp of it issues the copies);
+  // setmaxnreg gives the consumers the producer's registers.
+  static constexpr int kProducerRegs = 56, kConsumerRegs = 224;
   static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 65536, "register file");
   static constexpr int kBlocks = D / 64;       // 128-byte column blocks per row
   static constexpr int kHalf = DV / 2;         // output columns per warpgroup
@@ -130,8 +133,8 @@ __device__ long long cumla_cta_span[kTimelineCtas][5];
 // block). Issuing a copy holds the issuing warp ~120 cycles per 8 KB box and
 // ~270 per 32 KB one (timeline): a refill of 1-2 copies instead of 4-5 is
 // issued ~250 cycles sooner.
-template <class T, int D, int DV>
-__global__ void __launch_bounds__(HopperTile<D, DV>::kThreads, 1)
+template <class T, int D, int DV, bool kProducer>
+__global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
     latent_attention_sm90(const __grid_constant__ AttnParams p, const __grid_constant__ TmaMap cache_map,
                           const __grid_constant__ TmaMap half_map) {
   using Tile = HopperTile<D, DV>;
@@ -163,6 +166,7 @@ __global__ void __launch_bounds__(HopperTile<D, DV>::kThreads, 1)
   // Accumulator fragments: this thread holds rows r_lo and r_lo + 8, columns
   // 8j + cq and 8j + cq + 1 of every 8-column group j.
   const int r_lo = 16 * warp + lane / 4, cq = 2 * (lane % 4);
+  const bool issuer = !kProducer && warp == 0;  // without a producer, warp 0 of each warpgroup issues its copies
   const int row0 = blockIdx.x * Tile::BM;  // row groups of a part are adjacent CTAs
   const u16* q = static_cast<const u16*>(p.q);
   const PartWork work(p.sched, blockIdx.y);
@@ -179,7 +183,23 @@ __global__ void __launch_bounds__(HopperTile<D, DV>::kThreads, 1)
     mbar_init(xbar(X_S0), kGroupThreads);
     mbar_init_fence();
   }
-  // The producer warp copies blocks [first, last) of a tile into stage s: one
+  // Lane l of an issuing warp: the cache row of page l of tile t of request b
+  // (n tokens, tiles below t1 in this part; a block-table load, made ahead of
+  // the copy so that its latency hides); tokens past the length and
+  // out-of-range block ids give y < 0, where TMA fills zeros.
+  auto page_row = [&](int b, int n, int t1, int t) {
+    const int tok = t * Tile::BN + lane * box_rows;
+    int y = -box_rows;
+    if (lane >= pages || t >= t1) return y;
+    if (p.block_table == nullptr) {
+      y = b * p.capacity + tok;
+    } else if (tok < n) {
+      const int blk = p.block_table[static_cast<size_t>(b) * p.max_blocks + tok / p.block_size];
+      if (blk >= 0 && blk < p.num_blocks) y = blk * p.block_size + tok % p.block_size;
+    }
+    return y;
+  };
+  // The issuing warp copies blocks [first, last) of a tile into stage s: one
   // box per block and page, completing on `bar` (bytes announced apart).
   auto copy_blocks = [&](int s, int first, int last, int y_of_my_page, u32 bar) {
     const int count = last - first;
@@ -222,50 +242,36 @@ __global__ void __launch_bounds__(HopperTile<D, DV>::kThreads, 1)
   TIMELINE_CTA(0);
   __syncthreads();  // the barriers are initialised
 
-  if (wg == 2) {
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(Tile::kProducerRegs));
-    if (warp != 0) return;
-    // The producer warp walks the consumers' requests and pairs; for each
-    // pair it fills the four groups in the order the consumers release them
-    // (stage 0's group A, then its group B, freed by warpgroup 1's first
-    // product; then stage 1's groups),
-    // each once its last reader of the pair before has released it.
-    u32 fills = 0;
-    for (int b = work.first(); b <= work.last(p.batch); ++b) {
-      Segment seg;
-      if (!work.segment(p, b, kScheduleTile, seg)) continue;
-      const int n = seg.n, t0 = seg.t0, t1 = seg.t1;
-      // Lane l: the cache row of page l of tile t (a block-table load, made
-      // before the wait for the group's release so that its latency hides);
-      // tokens past the length and out-of-range block ids give y < 0, where
-      // TMA fills zeros.
-      auto page_row = [&](int t) {
-        const int tok = t * Tile::BN + lane * box_rows;
-        int y = -box_rows;
-        if (lane >= pages || t >= t1) return y;
-        if (p.block_table == nullptr) {
-          y = b * p.capacity + tok;
-        } else if (tok < n) {
-          const int blk = p.block_table[static_cast<size_t>(b) * p.max_blocks + tok / p.block_size];
-          if (blk >= 0 && blk < p.num_blocks) y = blk * p.block_size + tok % p.block_size;
-        }
-        return y;
-      };
-      for (int i = t0; i < t1; i += 2, ++fills) {
-        const int y[2] = {page_row(i), page_row(i + 1)};
+  if constexpr (kProducer) {  // the producer warpgroup, then the consumers' registers
+    if (wg == 2) {
+      asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(Tile::kProducerRegs));
+      if (warp != 0) return;
+      // The producer warp walks the consumers' requests and pairs; for each
+      // pair it fills the four groups in the order the consumers release them
+      // (stage 0's group A, then its group B, freed by warpgroup 1's first
+      // product; then stage 1's groups),
+      // each once its last reader of the pair before has released it.
+      u32 fills = 0;
+      for (int b = work.first(); b <= work.last(p.batch); ++b) {
+        Segment seg;
+        if (!work.segment(p, b, kScheduleTile, seg)) continue;
+        const int n = seg.n, t0 = seg.t0, t1 = seg.t1;
+        for (int i = t0; i < t1; i += 2, ++fills) {
+          const int y[2] = {page_row(b, n, t1, i), page_row(b, n, t1, i + 1)};
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const int st = k / 2, g = k % 2;
-          if (fills > 0) mbar_wait(empty_bar(st, g), (fills - 1) & 1);
-          fill_group(st, g, y[st]);
-          // (the refill's stamps as before: by the warpgroup that released the group, in the pair before)
-          if (fills > 0) TIMELINE_STAMP(fills - 1, g == 0 ? st : 1 - st, g == 0 ? 13 : 14);
+          for (int k = 0; k < 4; ++k) {
+            const int st = k / 2, g = k % 2;
+            if (fills > 0) mbar_wait(empty_bar(st, g), (fills - 1) & 1);
+            fill_group(st, g, y[st]);
+            // (the refill's stamps as before: by the warpgroup that released the group, in the pair before)
+            if (fills > 0) TIMELINE_STAMP(fills - 1, g == 0 ? st : 1 - st, g == 0 ? 13 : 14);
+          }
         }
       }
+      return;
     }
-    return;
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Tile::kConsumerRegs));
   }
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Tile::kConsumerRegs));
 
   // Pairs done so far: the current pair's tiles complete phase `pairs % 2` of
   // their stage's group barriers (every pair fills both stages once).
@@ -278,7 +284,11 @@ __global__ void __launch_bounds__(HopperTile<D, DV>::kThreads, 1)
     const int n = __shfl_sync(0xffffffffu, seg.n, 0), t0 = __shfl_sync(0xffffffffu, seg.t0, 0),
               t1 = __shfl_sync(0xffffffffu, seg.t1, 0);
 
-    named_sync(BAR_CONSUMERS, kConsumerThreads);  // the previous request is done with Q
+    named_sync(BAR_CONSUMERS, kConsumerThreads);  // the previous request is done with shared memory
+    if (issuer && threadIdx.x < 32 && t0 < t1) {  // without a producer: the first pair, whole
+      const int y0 = page_row(b, n, t1, t0), y1 = page_row(b, n, t1, t0 + 1);
+      fill_group(0, 0, y0), fill_group(0, 1, y0), fill_group(1, 0, y1), fill_group(1, 1, y1);
+    }
     const u16* q_rows = q + (static_cast<size_t>(b) * p.rows + row0) * D;
     const int live_rows = min(Tile::BM, p.rows - row0);
     load_rows<Tile::kWarps, Tile::kChunks, Tile::kChunks, Rows>(
@@ -306,6 +316,9 @@ __global__ void __launch_bounds__(HopperTile<D, DV>::kThreads, 1)
       const int mine = i + wg;  // the tile this warpgroup scores
       const u32 phase = pairs & 1;
       TIMELINE_STAMP(pairs, wg, 0);
+      // Without a producer: page rows of the next pair's tiles, for this warpgroup's refills.
+      int y_next[2] = {0, 0};
+      if (issuer) y_next[0] = page_row(b, n, t1, i + 2), y_next[1] = page_row(b, n, t1, i + 3);
 
       float s[32];
       float base[2];  // this warpgroup's new maximum (times scale_log2), exponent offset of its P
@@ -460,11 +473,21 @@ __global__ void __launch_bounds__(HopperTile<D, DV>::kThreads, 1)
           Wgmma<kHalf>::template run<T, 1>(o, p_desc + ((kk * 32) >> 4), v_desc + ((kk * 16 * 128) >> 4), 1);
         wgmma_commit();
       };
-      // Each thread past its MMA wait releases group g of stage s to the
-      // producer (the group's last reader in this pair).
-      auto release = [&](int s, int g) {
-        TIMELINE_STAMP(pairs, wg, s == wg ? 15 : 16);  // this warp is done with the group
-        mbar_arrive(empty_bar(s, g));
+      // Group g of stage s, its last reader in this pair past its MMA wait:
+      // each thread releases it to the producer, or, without one, once every
+      // thread of this warpgroup is there its issuing warp refills it with
+      // the next pair's tile.
+      const bool next = i + 2 < t1;
+      auto release = [&](int s, int g, int y_of_my_page) {
+        if constexpr (kProducer) {
+          TIMELINE_STAMP(pairs, wg, s == wg ? 15 : 16);  // this warp is done with the group
+          mbar_arrive(empty_bar(s, g));
+        } else {
+          named_sync(BAR_OWN + wg, kGroupThreads);
+          TIMELINE_STAMP(pairs, wg, s == wg ? 15 : 16);  // every warp of this warpgroup is done with the group
+          if (issuer && next) fill_group(s, g, y_of_my_page);
+          TIMELINE_STAMP(pairs, wg, s == wg ? 13 : 14);  // the copies are issued (lane 0's at least)
+        }
       };
 
       if (wg == 0) {
@@ -498,7 +521,7 @@ __global__ void __launch_bounds__(HopperTile<D, DV>::kThreads, 1)
         fence_registers(o);
         fence_registers(pa);
         TIMELINE_STAMP(pairs, 0, 8);
-        release(0, 0);
+        release(0, 0, y_next[0]);
         rescale(scale1);
         // O_L += P1 V1_L
         mbar_wait(xbar(X_P1), phase);
@@ -509,7 +532,7 @@ __global__ void __launch_bounds__(HopperTile<D, DV>::kThreads, 1)
         wgmma_wait<0>();  // group B of stage 1 is free
         fence_registers(o);
         TIMELINE_STAMP(pairs, 0, 10);
-        release(1, 1);
+        release(1, 1, y_next[1]);
       } else {
         // P1 = exp(S1 - m1); O_R = O_R * scale0 * scale1 + P1 V1_R + (P0 scale1) V0_R.
 #pragma unroll
@@ -536,12 +559,12 @@ __global__ void __launch_bounds__(HopperTile<D, DV>::kThreads, 1)
         TIMELINE_STAMP(pairs, 1, 7);
         wgmma_wait<1>();  // P0 V0_R: group B of stage 0 is free
         TIMELINE_STAMP(pairs, 1, 10);
-        release(0, 1);
+        release(0, 1, y_next[0]);
         wgmma_wait<0>();  // P1 V1_R: group A of stage 1 is free
         fence_registers(o);
         fence_registers(pa);
         TIMELINE_STAMP(pairs, 1, 8);
-        release(1, 0);
+        release(1, 0, y_next[1]);
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) run_max[h] = m1[h];

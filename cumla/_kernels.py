@@ -141,9 +141,9 @@ def _hopper_smem(dim: int, v_dim: int) -> int:
     return 1024 + 3 * 64 * dim * 2 + own_p + 6 * 64 * 4 + 14 * 8
 
 
-#: Threads of a Hopper kernel CTA (HopperTile::kThreads): two consumer
-#: warpgroups and a producer warpgroup.
-HOPPER_THREADS = 384
+#: Threads of a Hopper kernel CTA with a producer warpgroup beside the two
+#: consumer warpgroups (all but one row group reading pages of under 64 tokens).
+HOPPER_PRODUCER_THREADS = 384
 
 #: Smallest page the Hopper kernel's TMA copies take (a page is one box of
 #: 64 columns by block_size rows; smaller pages would break the swizzle atom).
@@ -163,21 +163,30 @@ def _tiles_into_pages(block_size: int) -> bool:
 HOPPER_HALVES = (64, 128, 256)
 
 
+#: (rows, block_size) that pick the Hopper kernel without and with its
+#: producer warpgroup: what the compile checks build.
+HOPPER_PRODUCER_CHOICES = ((64, 16), (128, None))
+
+
 def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int, block_size: int | None = None,
-                  smem_limit: int = SMEM_LIMIT) -> LatentKernel | None:
+                  smem_limit: int = SMEM_LIMIT, rows: int = 64) -> LatentKernel | None:
     """The sm_90a wgmma kernel for these dims and cache layout, or None where it
     does not apply: float32; L+R not a multiple of 64; L not 128, 256 or 512
     (or above L+R); pages of fewer than 8 tokens or that do not tile 64 tokens;
-    more shared memory than ``smem_limit``."""
+    more shared memory than ``smem_limit``. Its copies come from a producer
+    warpgroup, except where one row group (``rows`` <= 64) reads pages of
+    under 64 tokens: a tile is then several pages' boxes, which the consumer
+    warps issue faster than the producer's one warp."""
     element = element_of(dtype)
     if (element == "f32_t" or dim % 64 or v_dim % 2 or v_dim // 2 not in HOPPER_HALVES or v_dim > dim
             or _hopper_smem(dim, v_dim) > min(smem_limit, SMEM_LIMIT)):
         return None
     if block_size is not None and not _tiles_into_pages(block_size):
         return None
-    name = f"latent_attention_sm90<{element}, {dim}, {v_dim}>"
+    producer = rows > 64 or block_size is None or block_size >= 64
+    name = f"latent_attention_sm90<{element}, {dim}, {v_dim}, {'true' if producer else 'false'}>"
     return LatentKernel("latent_attention_sm90.cu", (name,), name, 64, _hopper_smem(dim, v_dim), element, tma=True,
-                        threads=HOPPER_THREADS)
+                        threads=HOPPER_PRODUCER_THREADS if producer else THREADS)
 
 
 def _portable(element: str, dim: int, v_dim: int, rows: int, fmt: Any = None,
@@ -234,7 +243,7 @@ def _choose(dtype: np.dtype, dim: int, v_dim: int, rows: int, hopper: bool, bloc
             fp8: Any = None, smem_limit: int = SMEM_LIMIT) -> LatentKernel:
     """latent_kernel's choice, once per distinct call shape (decode asks every call)."""
     if hopper:
-        spec = hopper_kernel(dtype, dim, v_dim, block_size, smem_limit)
+        spec = hopper_kernel(dtype, dim, v_dim, block_size, smem_limit, rows)
         if spec is not None:
             return spec
     element = element_of(dtype)
@@ -349,7 +358,9 @@ def check_matrix() -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
                                                              smem_limit=limit).module, CHECK_ARCHS))
     for dtype in (BFLOAT16, np.dtype(np.float16)):
         for dim, v_dim in ((576, 512), (256, 128)):
-            out.append(("latent_attention_sm90.cu", hopper_kernel(dtype, dim, v_dim).module, ("sm_90a",)))
+            for rows, block in HOPPER_PRODUCER_CHOICES:
+                out.append(("latent_attention_sm90.cu",
+                            hopper_kernel(dtype, dim, v_dim, block, rows=rows).module, ("sm_90a",)))
     for dtype in (BFLOAT16, np.dtype(np.float16), np.dtype(np.float32)):
         for dims in ((512, 64, 128, 128), (48, 0, 32, 16)):
             out.append(("decompressed.cu", (decompressed_kernel(dtype, *dims).name,), CHECK_ARCHS))

@@ -77,7 +77,7 @@ def test_absorbed_decode_launches(cp):
     o = cumla.decode(**args, strategy="absorbed")
     assert isinstance(o, cp.ndarray) and o.shape == (3, 1, 16, DV) and o.dtype == cumla.bfloat16
     names = [launch.name for launch in cp.launches]
-    assert names == ["make_schedule", "latent_attention_sm90<bf16_t, 576, 512>", "combine_partials<bf16_t>"]
+    assert names == ["make_schedule", "latent_attention_sm90<bf16_t, 576, 512, true>", "combine_partials<bf16_t>"]
     schedule, attend, combine = cp.launches
     absorb, unabsorb = cp.gemms
     # The absorption reads q and w_kv in place (strided views, no float32 copies)
@@ -93,7 +93,7 @@ def test_absorbed_decode_launches(cp):
     # The pool's rows: one page per box of a single block, and boxes of a V half (4 blocks).
     assert cp.tma_maps == [(args["cache"].data.ptr, 15 * 64, 576, 64, 1), (args["cache"].data.ptr, 15 * 64, 576, 64, 4)]
     assert schedule.grid == (1,) and schedule.block == (1024,)
-    assert attend.grid == (1, parts) and attend.block == (_kernels.HOPPER_THREADS,)
+    assert attend.grid == (1, parts) and attend.block == (spec.threads,) == (384,)  # pages of 64: a producer warpgroup
     assert attend.shared_mem == spec.smem == attend.limit
     assert combine.grid == (2, 3, 4)  # 16 rows, 3 requests, 512 columns in 128s
     assert combine.dependent and not attend.dependent  # the combine's launch overlaps the attention kernel
@@ -161,8 +161,8 @@ def test_dependent_launch_errors(monkeypatch):
 
 
 @pytest.mark.parametrize("capability,hopper,block,expected", [
-    ("90", True, 64, "latent_attention_sm90<f16_t, 576, 512>"),
-    ("90", True, 16, "latent_attention_sm90<f16_t, 576, 512>"),
+    ("90", True, 64, "latent_attention_sm90<f16_t, 576, 512, true>"),
+    ("90", True, 16, "latent_attention_sm90<f16_t, 576, 512, false>"),  # 64 rows over 16-token pages
     ("90", True, 4, "latent_attention<f16_t, 576, 512, 4, 64>"),  # pages below TMA's 8 rows
     ("90", False, 64, "latent_attention<f16_t, 576, 512, 4, 64>"),
 ])
@@ -245,6 +245,12 @@ def test_tiles_for_every_budget_fit_it():
 
 def test_hopper_kernel_covers_only_its_dims():
     assert _kernels.hopper_kernel(cumla.bfloat16, 576, 512).rows == 64
+    # A producer warpgroup, except for one row group over pages of under 64 tokens.
+    for rows, block, flag in ((64, 16, "false"), (64, 8, "false"), (128, 16, "true"), (64, 64, "true"),
+                              (16, None, "true"), (128, None, "true")):
+        spec = _kernels.hopper_kernel(cumla.bfloat16, 576, 512, block, rows=rows)
+        threads = 384 if flag == "true" else 256
+        assert spec.threads == threads and spec.name == f"latent_attention_sm90<bf16_t, 576, 512, {flag}>"
     assert _kernels.hopper_kernel(np.float32, 576, 512) is None
     assert _kernels.hopper_kernel(cumla.bfloat16, 48, 32) is None  # L+R not a multiple of 64
     assert _kernels.hopper_kernel(cumla.bfloat16, 640, 576) is None  # L above 512
@@ -350,7 +356,7 @@ def test_fp8_layouts_no_kernel_reads_are_dequantised_first(cp):
     table[2, 1:] = -1  # the empty request names one block only
     cumla.decode(**dict(args, cache=pool, block_table=device(cp, table)), cache_format=fmt, strategy="absorbed")
     attend = cp.launches[1]
-    assert attend.name == "latent_attention_sm90<bf16_t, 576, 512>"
+    assert attend.name == "latent_attention_sm90<bf16_t, 576, 512, true>"
     assert field(attend, "cache") != pool.data.ptr and field(attend, "num_blocks") == table.size
 
 

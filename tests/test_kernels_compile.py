@@ -37,8 +37,10 @@ def test_every_hopper_specialisation_the_selection_admits_compiles():
     """Each (L+R, L) for which the selection picks the Hopper kernel builds
     (e.g. L = 384 needs a 192-wide MMA that is not specialised: portable)."""
     names = tuple(spec.name for dim in range(64, 577, 64) for v_dim in range(128, dim + 1, 128)
-                  if (spec := _kernels.hopper_kernel(_kernels.BFLOAT16, dim, v_dim)) is not None)
-    assert "latent_attention_sm90<bf16_t, 576, 512>" in names and len(names) >= 10
+                  for rows, block in _kernels.HOPPER_PRODUCER_CHOICES
+                  if (spec := _kernels.hopper_kernel(_kernels.BFLOAT16, dim, v_dim, block, rows=rows)) is not None)
+    assert {f"latent_attention_sm90<bf16_t, 576, 512, {flag}>" for flag in ("false", "true")} <= set(names)
+    assert len(names) >= 20
     assert _kernels.hopper_kernel(_kernels.BFLOAT16, 448, 384) is None
     result = _compile.compile_source(NVRTC, _kernels.source("latent_attention_sm90.cu"), _kernels.options("sm_90a"),
                                      names)
@@ -105,19 +107,20 @@ def test_hopper_timeline_build_keeps_the_kernel_as_it_is(monkeypatch):
     the same MMAs, none serialised, plus its clock reads; the default build
     reads no clock."""
     assert CUOBJDUMP is not None, "cuobjdump missing: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm"
-    hopper = _kernels.hopper_kernel(_kernels.BFLOAT16, 576, 512)
-    listings = {}
-    for timeline in ("1", "0"):
-        monkeypatch.setenv("CUMLA_TIMELINE", timeline)
-        options = _kernels.options("sm_90a")
-        assert ("-DCUMLA_TIMELINE" in options) == (timeline == "1")
-        built = _compile.compile_source(NVRTC, _kernels.source(hopper.file), options, hopper.module)
-        assert built.ok and "C7519" not in built.log, built.log
-        listings[timeline] = _compile.sass(built.cubin, CUOBJDUMP)
-    mmas = [re.findall(r"HGMMA\.\w+", listings[t]) for t in ("1", "0")]
-    assert mmas[0] == mmas[1] and len(mmas[0]) >= 52
-    for clock in ("SR_CLOCKLO", "SR_GLOBALTIMERLO"):  # per-step stamps, per-CTA spans
-        assert clock in listings["1"] and clock not in listings["0"]
+    for rows, block in _kernels.HOPPER_PRODUCER_CHOICES:  # without and with the producer warpgroup
+        hopper = _kernels.hopper_kernel(_kernels.BFLOAT16, 576, 512, block, rows=rows)
+        listings = {}
+        for timeline in ("1", "0"):
+            monkeypatch.setenv("CUMLA_TIMELINE", timeline)
+            options = _kernels.options("sm_90a")
+            assert ("-DCUMLA_TIMELINE" in options) == (timeline == "1")
+            built = _compile.compile_source(NVRTC, _kernels.source(hopper.file), options, hopper.module)
+            assert built.ok and "C7519" not in built.log, built.log
+            listings[timeline] = _compile.sass(built.cubin, CUOBJDUMP)
+        mmas = [re.findall(r"HGMMA\.\w+", listings[t]) for t in ("1", "0")]
+        assert mmas[0] == mmas[1] and len(mmas[0]) >= 52
+        for clock in ("SR_CLOCKLO", "SR_GLOBALTIMERLO"):  # per-step stamps, per-CTA spans
+            assert clock in listings["1"] and clock not in listings["0"]
 
 
 def _args(name: str) -> list[str]:

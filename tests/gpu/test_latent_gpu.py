@@ -93,6 +93,7 @@ DEEPSEEK = dict(latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128)
     (128, 1, (3000, 130), None),
     (128, 2, (2049, 5), 64),
     (64, 3, (1000, 64, 65), 16),
+    (16, 2, (1000, 65, 3), 16),  # one row group over 16-token pages: no producer warpgroup
     (8, 1, (513,), 1),
     (16, 1, (300, 17), 24),  # pages that do not tile 64 tokens: the portable kernel
     (64, 2, (700, 190), 192),  # pages of several tiles (Hopper: one box per tile)
