@@ -72,7 +72,7 @@ def paired(kind: str, other: str) -> float:
 def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_turn: bool = False,
              table: float = 0.0, issue: tuple[float, float] = (0.0, 0.0), wg1_b1: bool = False,
              p0_first: bool = False, p0_early: str = "", p0_apart: bool = False,
-             costs: dict | None = None) -> list[list[tuple]]:
+             p0_shared: bool = False, costs: dict | None = None) -> list[list[tuple]]:
     """Both warpgroups' steps over ``pairs`` pairs, each step tagged with its pair.
     ``own``: the kind of each warpgroup's own P V; ``p0_late``: the scaled P0 is
     written over warpgroup 0's own P0 tile, after its product; ``early``:
@@ -86,6 +86,8 @@ def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_tu
     ``p0_early``: warpgroup 1 issues P0 V0_R before exponentiating S1
     ("exp") or before storing P1 ("store"), then P1 V1_R; ``p0_apart``:
     stage 0's RoPE block in group A (warpgroup 0's first 20 score MMAs);
+    ``p0_shared``: warpgroup 0's own product reads the scaled P0 it stores for
+    warpgroup 1 (shared memory, after m1) instead of P0 from registers;
     ``costs``: the CUDA-core steps (SASS_COSTS, the default, or TIMELINE_COSTS)."""
     c = costs or SASS_COSTS
     refill_cost = {"A": c["refill"] + issue[0], "B": c["refill"] + issue[1]}
@@ -112,7 +114,11 @@ def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_tu
                 scaled_p0 = [(p, ("cpu", c["scale"] + c["store_p"])), (p, ("signal", "P0"))]
                 body = [(p, ("cpu", c["max"])), (p, ("signal", "m0")), (p, ("cpu", c["exp"]))] + own_p + [
                     (p, ("issue", "P0V0L", PV_MMAS, own[0])), (p, ("wait_signal", "m1"))]
-                if p0_late:
+                if p0_shared:
+                    body = [(p, ("cpu", c["max"])), (p, ("signal", "m0")), (p, ("cpu", c["exp"])),
+                            (p, ("wait_signal", "m1"))] + scaled_p0 + [
+                        (p, ("issue", "P0V0L", PV_MMAS, "SS")), (p, ("wait", "P0V0L"))] + refill(p, 0, "A")
+                elif p0_late:
                     body += [(p, ("wait", "P0V0L"))] + refill(p, 0, "A") + scaled_p0
                 else:
                     body += scaled_p0 + [(p, ("wait", "P0V0L"))] + refill(p, 0, "A")
@@ -226,6 +232,7 @@ CALIBRATED = {
     "v32 + P0 V0_R before warpgroup 1's P1 store": {**PRODUCER, "p0_early": "store"},
     "hopper-p0-apart (group B 230 cycles sooner)": {**V32, **P0_APART},
     "hopper-p0-apart + P0 V0_R before the P1 store": {**PRODUCER, **P0_APART, "p0_early": "store"},
+    "v32 + warpgroup 0's own product from the scaled P0 in shared memory": {**V32, "p0_shared": True},
 }
 
 
