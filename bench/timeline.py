@@ -8,7 +8,9 @@ the pair's start (warpgroup 0 at the top of the pair), over the pairs of CTA
 (bench/seesaw_model.py) predicts per pair can be read against it.
 
 It also prints how evenly the grid's CTAs start and end (%globaltimer), the
-SM clock during the call, and each copy group's refill-to-landing time: from
+SM clock during the call, each copy group's release-to-issue time (from the
+stamp of its last reader's release to the stamp after its refill's copies
+are issued, in the same pair), and its refill-to-landing time: from
 the stamp after the refill's copies are issued (one pair) to the stamp after
 the wait for it (the next pair); when the waiting warpgroup arrives at the
 wait (stamped too) before the copy lands, that is the copy's latency, and
@@ -66,6 +68,8 @@ STEP_NAMES = (
 
 # Copy groups: (name, (warpgroup, step) stamped once the refill is issued in
 # one pair, (warpgroup, step) stamped after the wait for it in the next pair).
+# The releasing warpgroup stamps the group's release two steps after its
+# refill's issue stamp (15/16 against 13/14), in the same pair.
 REFILLS = (
     ("stage 0 group A", (0, 13), (0, 1)),
     ("stage 0 group B", (1, 14), (0, 2)),
@@ -121,12 +125,17 @@ def summarise(stamps: np.ndarray) -> dict:
             row[f"wg{wg}_cycles"] = float(np.median(stamps[pairs, wg, k][live] - start[live])) if live.any() else None
         rows.append(row)
     period = np.diff(stamps[done, 0, 0])
-    refills = []
+    refills, issues = [], []
     for name, (wg_issue, issue), (wg_land, land) in REFILLS:
         this, following = pairs[:-1], pairs[1:]
         ok = (following == this + 1) & (stamps[this, wg_issue, issue] != 0) & (stamps[following, wg_land, land] != 0)
         spans = stamps[following[ok], wg_land, land] - stamps[this[ok], wg_issue, issue]
         refills.append({"group": name, "cycles": float(np.median(spans)) if len(spans) else None})
+        # Release to issue: the wait for the issuing warp (the producer's, or
+        # the releasing warpgroup's own barrier) and the copies' acceptance.
+        ok = (stamps[pairs, wg_issue, issue] != 0) & (stamps[pairs, wg_issue, issue + 2] != 0)
+        spans = stamps[pairs[ok], wg_issue, issue] - stamps[pairs[ok], wg_issue, issue + 2]
+        issues.append({"group": name, "cycles": float(np.median(spans)) if len(spans) else None})
     # Group A's wait: from the stamp before it (step 12) to the one after (step
     # 1). A spread that stays at its minimum says the copy had landed before
     # the warp arrived (the minimum is the wait's and the stamps' own cost);
@@ -139,7 +148,7 @@ def summarise(stamps: np.ndarray) -> dict:
             if live.any() else None
     return {"pairs": int(len(done)), "pairs_used": int(len(pairs)),
             "cycles_per_pair": float(np.median(period)) if len(period) else None, "steps": rows,
-            "refill_to_landing": refills, "group_a_wait": waits}
+            "release_to_issue": issues, "refill_to_landing": refills, "group_a_wait": waits}
 
 
 def report(config: str, batch: int | None, table: str, out: str | None) -> None:
@@ -156,6 +165,8 @@ def report(config: str, batch: int | None, table: str, out: str | None) -> None:
         cells = [f"{row[f'wg{wg}'] or '-'} | {'-' if row[f'wg{wg}_cycles'] is None else round(row[f'wg{wg}_cycles'])}"
                  for wg in (0, 1)]
         print(f"| {row['step']} | " + " | ".join(cells) + " |")
+    print("release to refill issued (median cycles): " + ", ".join(
+        f"{r['group']} {'-' if r['cycles'] is None else round(r['cycles'])}" for r in result["release_to_issue"]))
     print("refill to landing (median cycles): " + ", ".join(
         f"{r['group']} {'-' if r['cycles'] is None else round(r['cycles'])}" for r in result["refill_to_landing"]))
     print("group A's wait, stamp before to stamp after (cycles): " + "; ".join(
