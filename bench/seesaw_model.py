@@ -112,16 +112,14 @@ def programs(pairs: int, own: tuple[str, str], p0_late: bool, early: bool, in_tu
                 own_p = [(p, ("cpu", c["store_p"] + c["sync"]))] if own[0] == "SS" else []
                 # With P0 in shared memory for its own product, the scaled P0 goes over it after that product.
                 scaled_p0 = [(p, ("cpu", c["scale"] + c["store_p"])), (p, ("signal", "P0"))]
-                body = [(p, ("cpu", c["max"])), (p, ("signal", "m0")), (p, ("cpu", c["exp"]))] + own_p + [
-                    (p, ("issue", "P0V0L", PV_MMAS, own[0])), (p, ("wait_signal", "m1"))]
-                if p0_shared:
-                    body = [(p, ("cpu", c["max"])), (p, ("signal", "m0")), (p, ("cpu", c["exp"])),
-                            (p, ("wait_signal", "m1"))] + scaled_p0 + [
+                body = [(p, ("cpu", c["max"])), (p, ("signal", "m0")), (p, ("cpu", c["exp"]))]
+                if p0_shared:  # P0 V0_L from the scaled P0, once it is stored
+                    body += [(p, ("wait_signal", "m1"))] + scaled_p0 + [
                         (p, ("issue", "P0V0L", PV_MMAS, "SS")), (p, ("wait", "P0V0L"))] + refill(p, 0, "A")
-                elif p0_late:
-                    body += [(p, ("wait", "P0V0L"))] + refill(p, 0, "A") + scaled_p0
                 else:
-                    body += scaled_p0 + [(p, ("wait", "P0V0L"))] + refill(p, 0, "A")
+                    body += own_p + [(p, ("issue", "P0V0L", PV_MMAS, own[0])), (p, ("wait_signal", "m1"))]
+                    after = [(p, ("wait", "P0V0L"))] + refill(p, 0, "A")
+                    body += after + scaled_p0 if p0_late else scaled_p0 + after
                 body += [(p, ("wait_signal", "P1")), (p, ("issue", "P1V1L", PV_MMAS, "SS"))]
                 if early and p + 1 < pairs:
                     body += [(p + 1, ("copy", 0, "A")), (p + 1, ("issue", "S0a", GROUP_A_MMAS, "S"))]

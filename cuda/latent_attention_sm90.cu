@@ -35,8 +35,9 @@
 // a lookup; setmaxnreg moves the producer's registers to the consumers.
 // Without it (a tile of several pages' boxes, read by one row group: the
 // consumers' warps issue them sooner than one producer warp) warp 0 of the
-// releasing warpgroup refills it. The scores of a tile walk group A's blocks first. P of a stage goes to its RoPE
-// block (past DV, unused once the scores are done) when there is one.
+// releasing warpgroup refills it. The scores of a tile walk group A's
+// blocks first. P of a stage goes to its RoPE block (past DV, unused once
+// the scores are done) when there is one.
 #include "common.cuh"
 #include "params.cuh"
 #include "hopper.cuh"
@@ -247,10 +248,10 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
       asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(Tile::kProducerRegs));
       if (warp != 0) return;
       // The producer warp walks the consumers' requests and pairs; for each
-      // pair it fills the four groups in the order the consumers release them
-      // (stage 0's group A, then its group B, freed by warpgroup 1's first
-      // product; then stage 1's groups),
-      // each once its last reader of the pair before has released it.
+      // pair it fills the four groups in a fixed order, stage 0's (which
+      // warpgroup 0's next scores need first) before stage 1's, each once its
+      // last reader of the pair before has released it. Stage 1's group B is
+      // released before stage 0's B and waits behind it (timeline, v34).
       u32 fills = 0;
       for (int b = work.first(); b <= work.last(p.batch); ++b) {
         Segment seg;
