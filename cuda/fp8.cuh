@@ -36,6 +36,16 @@ __device__ __forceinline__ u32 e4m3x2_scaled(u32 pair, float scale) {
   return T::pack(lo, hi);
 }
 
+// One e4m3 code as a float, exactly, on any arch (0x7F and 0xFF are NaN):
+// the portable path of e4m3x2_scaled for a single code.
+__device__ __forceinline__ float e4m3_value(u32 code) {
+  if ((code & 0x7Fu) == 0x7Fu) return __int_as_float(0x7fc00000);
+  const unsigned short h = static_cast<unsigned short>(((code & 0x80u) << 8) | ((code & 0x7Fu) << 7));
+  float f;
+  asm("{.reg .f16 x;\n mov.b16 x, %1;\n cvt.f32.f16 %0, x;}" : "=f"(f) : "h"(h));
+  return f * 256.f;
+}
+
 // Dequantise `ROWS` raw FP8 rows (row r at raw + r * fp8_row_bytes)
 // into rows of D = L + R elements of T laid out by Rows (chunks of 8). Warps
 // take rows, lanes take chunks (a row's scales are read by the lanes that

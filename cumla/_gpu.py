@@ -9,8 +9,8 @@ import cupy as cp
 import numpy as np
 
 from ._kernels import (
-    SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, arch_for, decompressed_kernel, element_of, latent_kernel, options,
-    source,
+    FP8_ROWS_NAMES, SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, arch_for, decompressed_kernel, element_of, latent_kernel,
+    options, source,
 )
 from . import _pdl, _tma
 from ._launch import attn_params
@@ -104,18 +104,34 @@ def merge_ranks(gathered, out, lse) -> None:
 def _dense_cache(problem: Problem, cache, block_table):
     """An FP8 cache as rows of the input dtype, for the kernels that do not read
     FP8 (decompressed, float32, layouts ``fp8_in_kernel`` refuses): the blocks the
-    block table names (every row of a contiguous cache), dequantised in one pass
-    of array operations. Correct, not fast; it allocates."""
+    block table names, renumbered in table order (every row of a contiguous
+    cache), dequantised by one kernel pass into a pool allocated here (so
+    this path cannot be captured in a CUDA graph)."""
     fmt = problem.cache_format
     if fmt is None:
         return problem, cache, block_table
     if block_table is None:
-        return replace(problem, cache_format=None), fmt.dequantize(cache, problem.dtype), None
+        dense = _dequantize_rows(fmt, cache, None, 1, problem.dtype)
+        return replace(problem, cache_format=None), dense.reshape(cache.shape[:-1] + (fmt.width,)), None
     named = (block_table >= 0) & (block_table < problem.num_blocks)
-    picked = cp.where(named, block_table, 0).ravel()
-    dense = fmt.dequantize(cache[picked], problem.dtype)  # (B * max_blocks, block_size, L+R)
+    picked = cp.ascontiguousarray(cp.where(named, block_table, 0).ravel().astype(np.int32))
+    dense = _dequantize_rows(fmt, cache, picked, problem.block_size, problem.dtype)
     table = cp.where(named, cp.arange(picked.size, dtype=np.int32).reshape(block_table.shape), -1)
-    return replace(problem, cache_format=None, num_blocks=int(picked.size)), dense, table.astype(np.int32)
+    return (replace(problem, cache_format=None, num_blocks=int(picked.size)),
+            dense.reshape(picked.size, problem.block_size, fmt.width), table.astype(np.int32))
+
+
+def _dequantize_rows(fmt, cache, blocks, block_size: int, dtype):
+    """(rows, L+R) of ``dtype``: the FP8 rows of ``cache`` (C-contiguous uint8)
+    of blocks ``blocks`` (int32, block_size rows each), or all of them."""
+    rows = (blocks.size * block_size) if blocks is not None else cache.size // fmt.row_bytes
+    dense = cp.empty((rows, fmt.width), dtype=dtype)
+    if rows:
+        fn = kernel("fp8_rows.cu", FP8_ROWS_NAMES, f"dequantize_fp8_rows<{element_of(dtype)}>")
+        fn((math.ceil(rows / 8),), (THREADS,),
+           (cache, np.uint64(0) if blocks is None else blocks, np.int64(rows), np.int32(block_size),
+            np.int32(fmt.latent_dim), np.int32(fmt.rope_dim), np.int32(fmt.group), dense))
+    return dense
 
 
 # The kernels copy rows in 16-byte pieces: an array that starts off a 16-byte

@@ -340,9 +340,14 @@ SPLIT_KV_NAMES = ("make_schedule",) + tuple(f"{k}<{e}>" for k in ("combine_parti
                                                for e in ("bf16_t", "f16_t", "f32_t"))
 
 
+#: FP8 rows dequantised into a pool of 16-bit or float32 rows, for the kernels
+#: that do not read FP8: one specialisation per element type.
+FP8_ROWS_NAMES = tuple(f"dequantize_fp8_rows<{e}>" for e in ("bf16_t", "f16_t", "f32_t"))
+
+
 def check_matrix() -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
     """What the compile check builds: (file, name expressions, archs), DeepSeek dims and a generic one."""
-    out = [("split_kv.cu", SPLIT_KV_NAMES, CHECK_ARCHS)]
+    out = [("split_kv.cu", SPLIT_KV_NAMES, CHECK_ARCHS), ("fp8_rows.cu", FP8_ROWS_NAMES, CHECK_ARCHS)]
     for dtype in (BFLOAT16, np.dtype(np.float16), np.dtype(np.float32)):
         for dim, v_dim in ((576, 512), (48, 32)):
             out.append(("latent_attention.cu", latent_kernel(dtype, dim, v_dim, 16, "sm_80").module, CHECK_ARCHS))

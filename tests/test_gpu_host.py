@@ -355,9 +355,11 @@ def test_fp8_layouts_no_kernel_reads_are_dequantised_first(cp):
     table = np.asarray(args["block_table"]).copy()
     table[2, 1:] = -1  # the empty request names one block only
     cumla.decode(**dict(args, cache=pool, block_table=device(cp, table)), cache_format=fmt, strategy="absorbed")
-    attend = cp.launches[1]
+    dequantize, attend = cp.launches[0], cp.launches[2]
+    assert dequantize.name == "dequantize_fp8_rows<bf16_t>" and dequantize.args[0] is pool
     assert attend.name == "latent_attention_sm90<bf16_t, 576, 512, true>"
-    assert field(attend, "cache") != pool.data.ptr and field(attend, "num_blocks") == table.size
+    assert field(attend, "cache") == dequantize.args[-1].data.ptr != pool.data.ptr
+    assert field(attend, "num_blocks") == table.size
 
 
 def test_strided_index_arrays_reach_the_kernel_contiguous(cp):
@@ -422,23 +424,35 @@ def test_a_cache_off_a_16_byte_boundary_is_refused(cp):
 
 
 def test_dense_cache_renumbers_the_named_blocks(cp):
+    """The FP8 blocks the table names go through one dequantising launch (its
+    rows checked on the device, test_fp8_gpu.py) into a pool renumbered in
+    table order; -1 stays -1 and reads block 0."""
     import cumla._gpu as gpu
     from cumla._validate import check_decode
 
     args = inputs(cp)
     fmt = cumla.fp8_format(L, R, 128)
-    rows = np.asarray(args["cache"])
-    pool = device(cp, fmt.quantize(rows))
+    pool = device(cp, fmt.quantize(np.asarray(args["cache"])))
     table = np.asarray(args["block_table"]).copy()
     table[2, 1:] = -1
     problem = check_decode(args["q"], pool, args["w_kv"], R, args["seqlens"], device(cp, table), fmt)
     dense_problem, dense, new_table = gpu._dense_cache(problem, pool, device(cp, table))
     assert dense_problem.cache_format is None and dense_problem.num_blocks == table.size
     assert dense.dtype == cumla.bfloat16 and dense.shape == (table.size, 64, L + R)
-    np.testing.assert_array_equal(np.asarray(new_table)[table < 0], -1)
-    for b, j in zip(*np.nonzero(table >= 0)):  # each named block, dequantised, at its new number
-        expected = fmt.dequantize(np.asarray(pool)[table[b, j]], cumla.bfloat16)
-        np.testing.assert_array_equal(np.asarray(dense)[new_table[b, j]].view(np.uint16), expected.view(np.uint16))
+    np.testing.assert_array_equal(np.asarray(new_table), np.where(table >= 0, np.arange(table.size).reshape(table.shape), -1))
+    (launch,) = cp.launches
+    raw, blocks, rows, block_size, latent, rope, group, out = launch.args
+    assert launch.name == "dequantize_fp8_rows<bf16_t>" and raw is pool and out.data.ptr == dense.data.ptr
+    np.testing.assert_array_equal(np.asarray(blocks), np.where(table >= 0, table, 0).ravel())
+    assert (rows, block_size, latent, rope, group) == (table.size * 64, 64, L, R, 128)
+    assert launch.grid == (table.size * 64 // 8,) and launch.block == (256,)  # a warp per row
+    # A contiguous cache: every row, no block list.
+    cp.launches.clear()
+    contiguous = device(cp, fmt.quantize(np.zeros((2, 30, L + R), np.float32)))
+    problem = check_decode(args["q"][:2], contiguous, args["w_kv"], R, None, None, fmt)
+    _, dense, _ = gpu._dense_cache(problem, contiguous, None)
+    (launch,) = cp.launches
+    assert dense.shape == (2, 30, L + R) and launch.args[1] == 0 and launch.args[2] == 60
 
 
 def test_parameter_block_fields(cp):

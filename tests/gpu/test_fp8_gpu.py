@@ -7,7 +7,7 @@ from hypothesis import assume, given, settings, strategies as st
 
 import cumla
 from cumla import _kernels, reference
-from cumla.testing import MLACase, assert_close, make_latent_inputs, mla_cases, to_numpy
+from cumla.testing import MLACase, assert_close, make_inputs, make_latent_inputs, mla_cases, to_numpy
 
 pytestmark = pytest.mark.gpu
 
@@ -88,3 +88,52 @@ def test_fp8_rows_in_the_kernel_are_deterministic():
     np.testing.assert_array_equal(to_numpy(first).view(np.uint16), to_numpy(second).view(np.uint16))
     spec = _kernels.latent_kernel(cumla.bfloat16, 576, 512, 16, "sm_90a", fp8=args["cache_format"])
     assert spec is not None and spec.name == "latent_attention<bf16_t, 576, 512, 1, 64, 128>"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+@pytest.mark.parametrize("latent,rope,group", [(512, 64, 128), (512, 64, 512), (64, 16, 8), (48, 0, 3)])
+@pytest.mark.parametrize("blocks", [None, (3, -1, 0, 3, 7)])
+def test_fp8_pool_for_other_kernels_is_the_format_codes_rows(dtype, latent, rope, group, blocks):
+    """The rows the kernels that do not read FP8 get (decompressed, float32,
+    unaligned layouts such as one scale per token): the dequantising kernel's
+    rows equal cumla's own dequantisation bit for bit, block by block in the
+    order given (-1 read as block 0, as the dense path passes them)."""
+    import cupy as cp
+    from cumla import _gpu
+
+    fmt = cumla.fp8_format(latent, rope, group)
+    rng = np.random.default_rng(latent + group)
+    rows = rng.standard_normal((8, 16, fmt.width), dtype=np.float32) * rng.choice([1e-3, 1.0, 300.0], (8, 16, 1))
+    pool = fmt.quantize(rows)
+    np_dtype = np.dtype(cumla.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    if blocks is None:
+        got = _gpu._dequantize_rows(fmt, cp.asarray(pool), None, 1, np_dtype)
+        expected = fmt.dequantize(pool.reshape(-1, fmt.row_bytes), np_dtype)
+    else:
+        picked = np.maximum(np.array(blocks, np.int32), 0)
+        got = _gpu._dequantize_rows(fmt, cp.asarray(pool), cp.asarray(picked), 16, np_dtype)
+        expected = fmt.dequantize(pool[picked].reshape(-1, fmt.row_bytes), np_dtype)
+    bits = np.uint32 if dtype == "float32" else np.uint16
+    np.testing.assert_array_equal(to_numpy(got).view(bits), expected.view(bits))
+
+
+@pytest.mark.parametrize("strategy,dtype,group", [("decompressed", "bfloat16", 128), ("decompressed", "float16", 512),
+                                                  ("absorbed", "float32", 128), ("absorbed", "bfloat16", 512)])
+@pytest.mark.parametrize("block", [None, 16])
+def test_decode_over_fp8_rows_no_kernel_reads(strategy, dtype, group, block):
+    """decode with an FP8 cache where the rows go through the dequantised pool
+    (the decompressed strategy, float32, one scale per token) against the
+    float64 reference on the same rows dequantised by the format code."""
+    import cupy as cp
+
+    case = MLACase(3, 2, 16, latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128, seqlens=(300, 0, 65),
+                   capacity=320, block_size=block, causal=True, dtype=dtype, scale=None, squeeze=False, seed=4)
+    fmt = cumla.fp8_format(512, 64, group)
+    args = make_inputs(case, cp)
+    rows = fmt.quantize(args["cache"])
+    host = {k: to_numpy(v) if hasattr(v, "__cuda_array_interface__") else v for k, v in args.items()}
+    host["cache"] = fmt.dequantize(to_numpy(rows), case.np_dtype)
+    out = cp.full(args["q"].shape[:-1] + (case.v_dim,), np.nan, dtype=case.np_dtype)
+    o, lse = cumla.decode(**dict(args, cache=rows), cache_format=fmt, strategy=strategy, out=out, return_lse=True)
+    ref_o, ref_lse = reference.decode(**host)
+    assert_close(o, ref_o, dtype, lse, ref_lse)
