@@ -202,7 +202,7 @@ def bench_config(name, cfg, copy_bw, mm_rate, rng, with_baseline=True, with_deco
 
 def time_core(q, cache, table, seqlens, heads, q_len=1, cache_format=None) -> float:
     """GPU time per call of the planned latent-attention core on given inputs."""
-    plan = cumla.plan(seqlens, heads=heads, q_len=q_len, v_dim=L)
+    plan = cumla.plan(seqlens, heads=heads, q_len=q_len, v_dim=L, cache_format=cache_format)
     out = cp.empty(q.shape[:-1] + (L,), dtype=BFLOAT16)
     return graph_time_us(lambda: cumla.latent_attention(q, cache, v_dim=L, scale=0.1, seqlens=seqlens, block_table=table,
                                                         plan=plan, out=out, check=False, cache_format=cache_format))
@@ -402,7 +402,7 @@ def markdown(result) -> str:
         ]
     f8 = result.get("fp8")
     if f8:
-        lines += ["", "FP8 cache (FlashMLA's 656-byte rows, dequantised in the kernel) against the bf16 cache, "
+        lines += ["", "FP8 cache (FlashMLA's 656-byte rows, read by the kernel named) against the bf16 cache, "
                   "same config (target: FP8 at most 0.6x the bf16 time):", "",
                   "| config | FP8 kernel | bf16 µs | FP8 µs | FP8 / bf16 | FP8 % of copy roofline "
                   "| one scale per token (dequantised pool, then bf16) µs |",

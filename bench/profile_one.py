@@ -26,7 +26,7 @@ def core_call(name: str, fp8: bool = False, batch: int | None = None, num_parts:
     fmt = cumla.fp8_format(L, R, 128) if fp8 else None
     if fp8:
         cache = fp8_pool(cache, fmt)
-    plan = cumla.plan(seqlens, heads=cfg["heads"], q_len=cfg["q_len"], v_dim=L, num_parts=num_parts)
+    plan = cumla.plan(seqlens, heads=cfg["heads"], q_len=cfg["q_len"], v_dim=L, num_parts=num_parts, cache_format=fmt)
     out = cp.empty(q.shape[:-1] + (L,), dtype=q.dtype)
     return lambda: cumla.latent_attention(q, cache, v_dim=L, scale=1 / np.sqrt(DN + R), seqlens=seqlens,
                                           block_table=table, plan=plan, out=out, check=False, cache_format=fmt)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from functools import lru_cache
+from typing import Any
 
 import cupy as cp
 import numpy as np
@@ -13,6 +14,7 @@ from ._kernels import (
     options, source,
 )
 from . import _pdl, _tma
+from ._arrays import BFLOAT16
 from ._launch import attn_params
 from ._plan import INT_MAX, Plan
 from ._validate import Problem
@@ -64,22 +66,30 @@ def _sm_count(device_id: int) -> int:
     return cp.cuda.Device(device_id).attributes["MultiProcessorCount"]
 
 
-def default_parts(rows: int, v_dim: int = 512, block_rows: int | None = None) -> int:
-    """CTA columns that give every SM one CTA, with ceil(rows / BM) CTAs per column.
+def default_parts(rows: int, v_dim: int = 512, block_rows: int | None = None, per_sm: int = 1,
+                  cache_format: Any = None) -> int:
+    """CTA columns that give every SM ``per_sm`` CTAs, with ceil(rows / BM) CTAs per column.
 
-    BM is ``block_rows`` (the launching kernel's) when given, else the rows per
-    CTA of the portable 16-bit kernel for L = ``v_dim`` and R = 64 within this
-    device's shared memory (64 once M > 32 with Hopper's 227 KB, 32 with an
-    sm_89 GPU's 99 KB; the Hopper kernel's 64 give the same parts).
+    BM is ``block_rows`` (the launching kernel's) when given; else, with an
+    FP8 ``cache_format``, that of the kernel that reads it (and its CTAs per
+    SM: two for the fragment kernel on Hopper); else the rows per CTA of the
+    portable 16-bit kernel for L = ``v_dim`` and R = 64 within this device's
+    shared memory (64 once M > 32 with Hopper's 227 KB, 32 with an sm_89
+    GPU's 99 KB; the Hopper kernel's 64 give the same parts).
     """
     device_id = cp.cuda.Device().id
+    if block_rows is None and cache_format is not None:
+        spec = latent_kernel(BFLOAT16, cache_format.width, v_dim, rows, _arch_of(device_id), fp8=cache_format,
+                             smem_limit=smem_limit(device_id))
+        if spec is not None:
+            block_rows, per_sm = spec.rows, spec.per_sm
     if block_rows is None:
         try:
             block_rows = latent_kernel(np.float16, v_dim + 64, v_dim, rows, "sm_80",
                                        smem_limit=smem_limit(device_id)).rows
         except ValueError:  # dims without a 16-bit kernel: the smallest one's rows
             block_rows = latent_kernel(np.float16, 64, 64, rows, "sm_80").rows
-    return max(1, _sm_count(device_id) // math.ceil(rows / block_rows))
+    return max(1, per_sm * _sm_count(device_id) // math.ceil(rows / block_rows))
 
 
 def run_schedule(plan: Plan, seqlens, capacity: int = INT_MAX) -> None:
@@ -216,8 +226,8 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
         spec = latent_kernel(problem.dtype, dim, v_dim, rows, arch, problem.block_size if paged else None, tma_ready,
                              smem_limit=limit)
     if plan is None:
-        plan = Plan(cp, batch, rows, v_dim, default_parts(rows, block_rows=spec.rows)).update(seqlens,
-                                                                                            problem.capacity)
+        parts = default_parts(rows, block_rows=spec.rows, per_sm=spec.per_sm)
+        plan = Plan(cp, batch, rows, v_dim, parts).update(seqlens, problem.capacity)
     lse = plan.lse.reshape(batch, q_len, heads)  # scratch: with plan= and out=, nothing is allocated
     args = (_params(problem, plan, q, cache, seqlens, block_table, o, lse, scale, causal),)
     if spec.tma:

@@ -94,6 +94,7 @@ class LatentKernel:
     element: str
     tma: bool = False  # takes the cache's TMA descriptor as a second argument
     threads: int = THREADS  # per CTA
+    per_sm: int = 1  # CTAs an SM runs at once (default plans give each one a part)
 
     @property
     def combine(self) -> str:
@@ -131,6 +132,46 @@ def fp8_in_kernel(fmt: Any, v_dim: int) -> bool:
     aligned. Other layouts are dequantised into 16-bit rows first."""
     return (fmt.latent_dim == v_dim and fmt.group % 8 == 0 and fmt.rope_dim % 8 == 0
             and (fmt.latent_dim + 4 * fmt.groups) % 16 == 0)  # fp8.cuh's static_assert
+
+
+#: FP8 rows read straight into tensor-core fragments (cuda/fp8_fragments.cu)
+#: run where a CTA's one row group holds every query row (M <= 16). Tests
+#: switch this off to run the kernel that dequantises tiles on the same GPU.
+USE_FP8_FRAGMENTS = True
+FP8_FRAGMENT_ROWS = 16  # query rows per CTA
+FP8_FRAGMENT_MAX_ROWS = 16  # M up to which the kernel is chosen: one CTA per request and part
+FP8_FRAGMENT_STAGES = 2  # raw 64-token stages per CTA (two CTAs of 2 x 41 KB at FlashMLA's rows share an SM)
+
+
+def _arch_number(arch: str) -> int:
+    """Compute capability of an NVRTC arch as a number: "sm_90a" -> 90."""
+    return int(re.sub(r"\D", "", arch))
+
+
+def fp8_fragment_kernel(dtype: np.dtype, fmt: Any, rows: int, arch: str,
+                        smem_limit: int = SMEM_LIMIT) -> LatentKernel | None:
+    """The kernel that reads FP8 rows of layout ``fmt`` straight into its MMA
+    fragments, or None where it does not apply: more than 16 query rows,
+    float32, GPUs before sm_89 (no e4m3 conversion instruction), layouts
+    ``fp8_in_kernel`` refuses, L not a multiple of 256, scale groups not
+    multiples of 32 or of L / 8 (a warp's output columns), R not a multiple
+    of 16, or two 64-token raw stages more than ``smem_limit``. Two CTAs
+    share an SM where twice its shared memory fits."""
+    latent, rope, group = fmt.latent_dim, fmt.rope_dim, fmt.group
+    element = element_of(dtype)
+    if (not USE_FP8_FRAGMENTS or element == "f32_t" or rows > FP8_FRAGMENT_MAX_ROWS or _arch_number(arch) < 89
+            or not fp8_in_kernel(fmt, latent) or latent % 256 or group % 32 or group % (latent // 8) or rope % 16):
+        return None
+    # P per scale group or the score swap (8 warps x 4 tiles x 512 bytes), the
+    # queries' RoPE columns, row reductions, two tile addresses
+    fixed = max(fmt.groups * 16 * 64 * 2, 8 * 4 * 512) + 16 * -(-rope // 64) * 128 + 8 * 16 * 4 + 16
+    smem = fixed + FP8_FRAGMENT_STAGES * 64 * fmt.row_bytes
+    limit = min(smem_limit, SMEM_LIMIT)
+    if smem > limit:
+        return None
+    name = f"latent_attention_fp8_fragments<{element}, {latent}, {rope}, {group}, {FP8_FRAGMENT_STAGES}>"
+    return LatentKernel("fp8_fragments.cu", (name,), name, FP8_FRAGMENT_ROWS, smem, element,
+                        per_sm=2 if 2 * (smem + 1024) <= limit + 1024 else 1)
 
 
 def _hopper_smem(dim: int, v_dim: int) -> int:
@@ -226,13 +267,18 @@ def latent_kernel(dtype: np.dtype, dim: int, v_dim: int, rows: int, arch: str, b
     allow (``tma_ready``: TMA can address the cache); otherwise 16-bit types
     run on mma.sync tensor cores with 16, 32 or 64 rows per CTA (the fewest
     that hold M), and float32 on CUDA cores. With ``fp8`` (an FP8 row layout)
-    the tensor-core kernel that dequantises those rows itself, or None where
-    no kernel reads them (float32, or a layout ``fp8_in_kernel`` refuses).
+    the tensor-core kernel that reads those rows itself (into its MMA
+    fragments for M <= 16 from sm_89 on, :func:`fp8_fragment_kernel`; else
+    dequantising each tile), or None where no kernel reads them (float32, or
+    a layout ``fp8_in_kernel`` refuses).
     ``smem_limit``: the device's shared memory per block (tiles shrink to fit).
     """
     if fp8 is not None:
         if element_of(np.dtype(dtype)) == "f32_t" or not fp8_in_kernel(fp8, v_dim):
             return None
+        fragments = fp8_fragment_kernel(np.dtype(dtype), fp8, rows, arch, smem_limit)
+        if fragments is not None:
+            return fragments
         return _choose(np.dtype(dtype), dim, v_dim, rows, False, None, fp8, smem_limit)  # any page size
     return _choose(np.dtype(dtype), dim, v_dim, rows, arch == "sm_90a" and USE_HOPPER_KERNEL and tma_ready,
                    block_size, None, smem_limit)
@@ -356,6 +402,10 @@ def check_matrix() -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
             dim, v_dim = fmt.width, fmt.latent_dim
             out.append(("latent_attention.cu", latent_kernel(dtype, dim, v_dim, 16, "sm_80", fp8=fmt).module,
                         CHECK_ARCHS))
+    for dtype in (BFLOAT16, np.dtype(np.float16)):  # FP8 rows into fragments: FlashMLA's layout and a small one
+        for fmt in (fp8_format(512, 64, 128), fp8_format(256, 32, 64)):
+            out.append(("fp8_fragments.cu", (fp8_fragment_kernel(dtype, fmt, 16, "sm_90a").name,),
+                        ("sm_89", "sm_90a")))
     # Tiles for an A100's 163 KB and an sm_89 GPU's 99 KB per block, 16-bit and FP8 rows.
     for limit in (A100_SMEM, 99 * 1024):
         for fmt in (None, fp8_format(512, 64, 128)):

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import ingest
-from ._validate import check_index_array
+from ._validate import check_cache_format, check_index_array
 
 INT_MAX = 2**31 - 1
 
@@ -75,7 +75,8 @@ class Plan:
                 f"num_parts={self.num_parts}, on={self.xp.__name__})")
 
 
-def plan(seqlens: Any, *, heads: int, q_len: int = 1, v_dim: int = 512, num_parts: int | None = None) -> Plan:
+def plan(seqlens: Any, *, heads: int, q_len: int = 1, v_dim: int = 512, num_parts: int | None = None,
+         cache_format: Any = None) -> Plan:
     """Plan the split-KV schedule of ``decode``/``latent_attention`` calls.
 
     Parameters
@@ -87,7 +88,12 @@ def plan(seqlens: Any, *, heads: int, q_len: int = 1, v_dim: int = 512, num_part
     v_dim : int
         Width of the latent output (L; 512 for DeepSeek).
     num_parts : int, optional
-        CTA columns to spread the tiles over; default fills every SM once.
+        CTA columns to spread the tiles over; default fills every SM once
+        (twice for the kernel that reads ``cache_format``'s FP8 rows where two
+        of its CTAs share an SM).
+    cache_format : Fp8Format, optional
+        The FP8 row layout of the cache the calls will read, if any: it picks
+        the kernel whose CTAs the default ``num_parts`` counts.
 
     Returns
     -------
@@ -112,12 +118,13 @@ def plan(seqlens: Any, *, heads: int, q_len: int = 1, v_dim: int = 512, num_part
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     rows = heads * q_len
+    check_cache_format(cache_format)
     if xp is np:
         return Plan(np, seqlens.shape[0], rows, v_dim, 1)
     from ._gpu import default_parts
 
     if num_parts is None:
-        num_parts = default_parts(rows, v_dim)
+        num_parts = default_parts(rows, v_dim, cache_format=cache_format)
     elif isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
         raise ValueError(f"num_parts must be a positive int, got {num_parts!r}")
     return Plan(xp, seqlens.shape[0], rows, v_dim, num_parts).update(seqlens)

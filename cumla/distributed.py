@@ -132,7 +132,9 @@ class ShardedLatentCache:
         """A split-KV plan over this rank's tokens of these sequences, for
         :func:`sharded_decode` (refresh it with ``plan.update(batch["seqlens"])``
         after appends)."""
-        return make_plan(self.batch(seq_ids)["seqlens"], heads=heads, q_len=q_len, v_dim=self.local.latent_dim)
+        batch = self.batch(seq_ids)
+        return make_plan(batch["seqlens"], heads=heads, q_len=q_len, v_dim=self.local.latent_dim,
+                         cache_format=batch["cache_format"])
 
 
 def local_partials(q: Any, cache: ShardedLatentCache, w_kv: Any, *, seq_ids: Sequence[int], rope_dim: int,

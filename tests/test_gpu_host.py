@@ -329,19 +329,54 @@ def test_device_validation_without_a_device(cp):
         cumla.decode(**dict(args, w_kv=np.asarray(args["w_kv"])))
 
 
-def test_fp8_cache_reaches_the_kernel_raw(cp):
-    """FlashMLA's FP8 layout goes to the tensor-core kernel that dequantises it
-    itself: the pool and block table as given, nothing dequantised before."""
-    args = inputs(cp)
+@pytest.mark.parametrize("heads,fragments,name", [
+    (16, True, "latent_attention_fp8_fragments<bf16_t, 512, 64, 128, 2>"),
+    (16, False, "latent_attention<bf16_t, 576, 512, 1, 64, 128>"),
+    (64, True, "latent_attention<bf16_t, 576, 512, 4, 64, 128>"),
+])
+def test_fp8_cache_reaches_the_kernel_raw(cp, heads, fragments, name, monkeypatch):
+    """FlashMLA's FP8 layout goes to a tensor-core kernel that reads it itself
+    (into MMA fragments for M <= 16, else dequantising each tile): the pool
+    and block table as given, nothing dequantised before."""
+    monkeypatch.setattr(_kernels, "USE_FP8_FRAGMENTS", fragments)
+    args = inputs(cp, heads=heads)
     fmt = cumla.fp8_format(L, R, 128)
     pool = device(cp, fmt.quantize(np.asarray(args["cache"])))
     cumla.decode(**dict(args, cache=pool), cache_format=fmt, strategy="absorbed")
     attend = cp.launches[1]
-    rows = args["q"].shape[1] * args["q"].shape[2]
-    spec = _kernels.latent_kernel(cumla.bfloat16, L + R, L, rows, "sm_90a", fp8=fmt)
-    assert attend.name == spec.name and spec.name.endswith(", 64, 128>") and not spec.tma
+    spec = _kernels.latent_kernel(cumla.bfloat16, L + R, L, heads, "sm_90a", fp8=fmt)
+    assert attend.name == spec.name == name and not spec.tma
     assert field(attend, "cache") == pool.data.ptr and field(attend, "block_table") == args["block_table"].data.ptr
-    assert attend.shared_mem == spec.smem
+    assert attend.shared_mem == spec.smem and attend.grid[1] == -(-heads // spec.rows)
+    # The default plan gives every SM one CTA, two of the fragment kernel's.
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    assert spec.per_sm == (2 if fragments and heads <= 16 else 1)
+    assert attend.grid[0] == spec.per_sm * sms // -(-heads // spec.rows)
+    planned = cumla.plan(args["seqlens"], heads=heads, cache_format=fmt)
+    assert planned.num_parts == attend.grid[0]
+    with pytest.raises(TypeError, match="cache_format"):
+        cumla.plan(args["seqlens"], heads=heads, cache_format="fp8")
+
+
+def test_fp8_fragment_kernel_applies_where_its_layout_and_arch_allow():
+    """The fragment kernel: M <= 16, 16-bit queries, sm_89 on, L a multiple of
+    256, groups multiples of 32 and of L / 8, R a multiple of 16; two raw
+    stages, two CTAs per SM where the shared memory holds both."""
+    flashmla = cumla.fp8_format(512, 64, 128)
+    pick = _kernels.fp8_fragment_kernel
+    spec = pick(cumla.bfloat16, flashmla, 16, "sm_90a")
+    assert spec.name == "latent_attention_fp8_fragments<bf16_t, 512, 64, 128, 2>" and spec.rows == 16
+    assert spec.smem == 2 * 64 * 656 + 8 * 4 * 512 + 2048 + 512 + 16  # stages, P or the swap, RoPE queries, sums
+    assert spec.per_sm == 2 and pick(np.dtype(np.float16), flashmla, 1, "sm_89", 163 * 1024).per_sm == 1
+    assert pick(cumla.bfloat16, cumla.fp8_format(256, 32, 64), 8, "sm_100").name.endswith("256, 32, 64, 2>")
+    for refused in [(cumla.bfloat16, flashmla, 17, "sm_90a"), (np.dtype(np.float32), flashmla, 16, "sm_90a"),
+                    (cumla.bfloat16, flashmla, 16, "sm_86"), (cumla.bfloat16, flashmla, 16, "sm_80"),
+                    (cumla.bfloat16, cumla.fp8_format(512, 64, 32), 16, "sm_90a"),  # a warp's columns span groups
+                    (cumla.bfloat16, cumla.fp8_format(512, 64, 512), 16, "sm_90a"),  # 644-byte rows
+                    (cumla.bfloat16, cumla.fp8_format(128, 64, 128), 16, "sm_90a"),  # L < 256
+                    (cumla.bfloat16, cumla.fp8_format(512, 8, 128), 16, "sm_90a")]:  # R not a multiple of 16
+        assert pick(*refused) is None, refused
+    assert pick(cumla.bfloat16, flashmla, 16, "sm_90a", 99 * 1024) is None  # two stages do not fit
 
 
 def test_fp8_layouts_no_kernel_reads_are_dequantised_first(cp):

@@ -149,13 +149,17 @@ def test_shared_memory_sizes_match_the_kernels():
             hopper = _kernels.hopper_kernel(dtype, dim, v_dim)
             if hopper is not None:
                 probes.setdefault(hopper.file, []).append(f"HopperTile<{dim}, {v_dim}>::kSmemBytes == {hopper.smem}")
+        for fmt in (cumla.fp8_format(512, 64, 128), cumla.fp8_format(256, 0, 32)):  # FP8 rows into fragments
+            spec = _kernels.fp8_fragment_kernel(dtype, fmt, 16, "sm_90a")
+            probes.setdefault(spec.file, []).append(
+                f"Fp8FragmentTile<{', '.join(_args(spec.name)[1:])}>::kSmemBytes == {spec.smem}")
         for dims, arch in (((512, 64, 128, 128), "sm_80"), ((48, 0, 32, 16), "sm_80"), ((96, 32, 64, 32), "sm_80"),
                            ((512, 64, 128, 128), "sm_90a"), ((128, 64, 64, 64), "sm_90a")):
             spec = _kernels.decompressed_kernel(dtype, *dims, arch)
             tile = ", ".join(_args(spec.name)[1:])  # L, R, Dn, Dv, slice, stages[, warpgroup MMAs]
             assert (arch == "sm_90a") == tile.endswith("true"), spec.name
             probes.setdefault("decompressed.cu", []).append(f"DecompTile<{tile}>::kSmemBytes == {spec.smem}")
-    assert len(probes) == 3 and sum(map(len, probes.values())) >= 60
+    assert len(probes) == 4 and sum(map(len, probes.values())) >= 60
     for file, checks in probes.items():
         code = _kernels.source(file) + "".join(f'\nstatic_assert({c}, "{c}");' for c in checks)
         result = _compile.compile_source(NVRTC, code, _kernels.options("sm_90a"), (), verbose=False)

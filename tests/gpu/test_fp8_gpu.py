@@ -48,24 +48,32 @@ def test_fp8_rows_read_in_the_kernel_match_reference(case, group):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-@pytest.mark.parametrize("heads,q_len,seqlens,block", [
-    (16, 1, (4096, 1, 0, 777), 64),
-    (128, 2, (2049, 5), 64),
-    (64, 1, (1000, 65), None),
-    (32, 1, (300, 17), 1),
+@pytest.mark.parametrize("heads,q_len,seqlens,block,fragments", [
+    (16, 1, (4096, 1, 0, 777), 64, True),
+    (16, 1, (4096, 1, 0, 777), 64, False),
+    (8, 2, (300, 17, 64), 1, True),
+    (3, 4, (129, 0, 1000), None, True),
+    (128, 2, (2049, 5), 64, True),
+    (64, 1, (1000, 65), None, True),
+    (32, 1, (300, 17), 1, True),
 ])
 @pytest.mark.parametrize("parts", [None, 7])
 @pytest.mark.parametrize("smem", [None, _kernels.A100_SMEM, 99 * 1024])
-def test_flashmla_fp8_layout_at_deepseek_dims(dtype, heads, q_len, seqlens, block, parts, smem, monkeypatch):
+def test_flashmla_fp8_layout_at_deepseek_dims(dtype, heads, q_len, seqlens, block, fragments, parts, smem,
+                                              monkeypatch):
     """The 656-byte rows (512 e4m3, 4 float32 scales, 64 bfloat16 RoPE) through 16,
     32 and 64 query rows per CTA (3, 2 and 1 raw stages), split and unsplit;
     also with the tiles for an A100's 163 KB per block (32 tokens at 64 rows)
-    and an sm_89 GPU's 99 KB (32 rows per CTA, 32 tokens)."""
+    and an sm_89 GPU's 99 KB (32 rows per CTA, 32 tokens). M <= 16 runs the
+    kernel that reads the rows into its MMA fragments (two CTAs per SM; one
+    at 163 KB; at 99 KB it does not fit), and once the kernel that
+    dequantises tiles instead."""
     import cupy as cp
     from cumla import _gpu
 
     if smem is not None:
         monkeypatch.setattr(_gpu, "smem_limit", lambda device_id: smem)
+    monkeypatch.setattr(_kernels, "USE_FP8_FRAGMENTS", fragments)
 
     case = MLACase(len(seqlens), q_len, heads, latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128,
                    seqlens=tuple(seqlens), capacity=max(seqlens), block_size=block, causal=True, dtype=dtype,
@@ -75,65 +83,49 @@ def test_flashmla_fp8_layout_at_deepseek_dims(dtype, heads, q_len, seqlens, bloc
     check(case, 128, plan=plan)
 
 
-def test_fp8_rows_in_the_kernel_are_deterministic():
-    """Two calls over FlashMLA's layout give identical bits, from the kernel that
-    dequantises (which pointer it gets is checked without a GPU, test_gpu_host.py)."""
-    import cupy as cp
-
-    case = MLACase(3, 1, 16, latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128, seqlens=(500, 64, 1),
+@pytest.mark.parametrize("heads,name", [(16, "latent_attention_fp8_fragments<bf16_t, 512, 64, 128, 2>"),
+                                        (32, "latent_attention<bf16_t, 576, 512, 2, 64, 128>")])
+def test_fp8_rows_in_the_kernel_are_deterministic(heads, name):
+    """Two calls over FlashMLA's layout give identical bits, from either kernel
+    that reads FP8 rows (which pointer it gets is checked without a GPU,
+    test_gpu_host.py)."""
+    case = MLACase(3, 1, heads, latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128, seqlens=(500, 64, 1),
                    capacity=500, block_size=64, causal=False, dtype="bfloat16", scale=None, squeeze=False, seed=9)
     args, _ = fp8_inputs(case, 128)
     first = cumla.latent_attention(**args)
     second = cumla.latent_attention(**args)
     np.testing.assert_array_equal(to_numpy(first).view(np.uint16), to_numpy(second).view(np.uint16))
-    spec = _kernels.latent_kernel(cumla.bfloat16, 576, 512, 16, "sm_90a", fp8=args["cache_format"])
-    assert spec is not None and spec.name == "latent_attention<bf16_t, 576, 512, 1, 64, 128>"
+    spec = _kernels.latent_kernel(cumla.bfloat16, 576, 512, heads, "sm_90a", fp8=args["cache_format"])
+    assert spec is not None and spec.name == name
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
-@pytest.mark.parametrize("latent,rope,group", [(512, 64, 128), (512, 64, 512), (64, 16, 8), (48, 0, 3)])
-@pytest.mark.parametrize("blocks", [None, (3, -1, 0, 3, 7)])
-def test_fp8_pool_for_other_kernels_is_the_format_codes_rows(dtype, latent, rope, group, blocks):
-    """The rows the kernels that do not read FP8 get (decompressed, float32,
-    unaligned layouts such as one scale per token): the dequantising kernel's
-    rows equal cumla's own dequantisation bit for bit, block by block in the
-    order given (-1 read as block 0, as the dense path passes them)."""
-    import cupy as cp
-    from cumla import _gpu
-
-    fmt = cumla.fp8_format(latent, rope, group)
-    rng = np.random.default_rng(latent + group)
-    rows = rng.standard_normal((8, 16, fmt.width), dtype=np.float32) * rng.choice([1e-3, 1.0, 300.0], (8, 16, 1))
-    pool = fmt.quantize(rows)
-    np_dtype = np.dtype(cumla.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
-    if blocks is None:
-        got = _gpu._dequantize_rows(fmt, cp.asarray(pool), None, 1, np_dtype)
-        expected = fmt.dequantize(pool.reshape(-1, fmt.row_bytes), np_dtype)
-    else:
-        picked = np.maximum(np.array(blocks, np.int32), 0)
-        got = _gpu._dequantize_rows(fmt, cp.asarray(pool), cp.asarray(picked), 16, np_dtype)
-        expected = fmt.dequantize(pool[picked].reshape(-1, fmt.row_bytes), np_dtype)
-    bits = np.uint32 if dtype == "float32" else np.uint16
-    np.testing.assert_array_equal(to_numpy(got).view(bits), expected.view(bits))
+# Each (dtype, R, group) is a kernel build on the device: few of them.
+@settings(max_examples=20, deadline=None)
+@given(case=mla_cases(dims=(256,), rope_dims=(0, 32), dtypes=("bfloat16", "float16"), max_heads=16,
+                      max_seq=300, max_batch=3),
+       group=st.sampled_from([32, 64]))
+def test_fp8_rows_read_into_fragments_match_reference(case, group):
+    """The fragment kernel (M <= 16) on L = 256 with and without RoPE, a scale
+    per 32 values (a warp's 32 output columns) and per 64 (two warps' columns)."""
+    assume(case.q_len * case.heads <= _kernels.FP8_FRAGMENT_MAX_ROWS)
+    fmt = cumla.fp8_format(case.latent_dim, case.rope_dim, group)
+    assert _kernels.fp8_fragment_kernel(case.np_dtype, fmt, case.q_len * case.heads, "sm_90a") is not None
+    check(case, group)
 
 
-@pytest.mark.parametrize("strategy,dtype,group", [("decompressed", "bfloat16", 128), ("decompressed", "float16", 512),
-                                                  ("absorbed", "float32", 128), ("absorbed", "bfloat16", 512)])
-@pytest.mark.parametrize("block", [None, 16])
-def test_decode_over_fp8_rows_no_kernel_reads(strategy, dtype, group, block):
-    """decode with an FP8 cache where the rows go through the dequantised pool
-    (the decompressed strategy, float32, one scale per token) against the
-    float64 reference on the same rows dequantised by the format code."""
-    import cupy as cp
-
-    case = MLACase(3, 2, 16, latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128, seqlens=(300, 0, 65),
-                   capacity=320, block_size=block, causal=True, dtype=dtype, scale=None, squeeze=False, seed=4)
-    fmt = cumla.fp8_format(512, 64, group)
-    args = make_inputs(case, cp)
-    rows = fmt.quantize(args["cache"])
-    host = {k: to_numpy(v) if hasattr(v, "__cuda_array_interface__") else v for k, v in args.items()}
-    host["cache"] = fmt.dequantize(to_numpy(rows), case.np_dtype)
-    out = cp.full(args["q"].shape[:-1] + (case.v_dim,), np.nan, dtype=case.np_dtype)
-    o, lse = cumla.decode(**dict(args, cache=rows), cache_format=fmt, strategy=strategy, out=out, return_lse=True)
-    ref_o, ref_lse = reference.decode(**host)
-    assert_close(o, ref_o, dtype, lse, ref_lse)
+@pytest.mark.parametrize("dtype,magnitude", [("bfloat16", 1e-6), ("bfloat16", 1e4), ("float16", 1e-3),
+                                             ("float16", 8.0)])
+def test_fp8_fragments_take_queries_of_any_magnitude(dtype, magnitude):
+    """The fragment kernel brings each query row into f16 range by a power of
+    two: queries times 1e-6 or 1e4 (past f16's 65504, in bfloat16), or in
+    float16 as far as it stays normal, with the softmax scale divided by the
+    same, match the reference."""
+    case = MLACase(2, 1, 16, latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128, seqlens=(700, 65),
+                   capacity=700, block_size=64, causal=False, dtype=dtype, scale=None, squeeze=False, seed=5)
+    args, host = fp8_inputs(case, 128)
+    args["q_latent"] = (args["q_latent"].astype(np.float32) * magnitude).astype(case.np_dtype)
+    host["q_latent"] = to_numpy(args["q_latent"])
+    args["scale"] = host["scale"] = args["scale"] / magnitude
+    o, lse = cumla.latent_attention(**args, return_lse=True)
+    ref_o, ref_lse = reference.latent_attention(**host)
+    assert_close(o, ref_o, case.dtype, lse, ref_lse)

@@ -202,6 +202,20 @@ def test_every_kernel_small():
         o, lse = cumla.latent_attention(**args, plan=plan, return_lse=True)
         ref_o, ref_lse = reference.latent_attention(**on_host(args))
         assert_close(o, ref_o, "bfloat16", lse, ref_lse)
+    # FP8 rows read straight into MMA fragments (M <= 16 from sm_89 on; elsewhere dequantised per tile).
+    fmt = cumla.fp8_format(256, 32, 32)
+    for block, parts in ((None, 1), (16, 5)):
+        case = MLACase(2, 2, 3, latent_dim=256, rope_dim=32, nope_dim=32, v_dim=32, seqlens=(150, 40),
+                       capacity=150, block_size=block, causal=True, dtype="bfloat16", scale=None, squeeze=False,
+                       seed=2)
+        args = make_latent_inputs(case, cp)
+        lengths = args["seqlens"] if args["seqlens"] is not None else cp.full(2, 150, dtype=np.int32)
+        plan = cumla.plan(lengths, heads=3, q_len=2, v_dim=256, num_parts=parts)
+        rows = fmt.quantize(args["cache"])
+        o, lse = cumla.latent_attention(**dict(args, cache=rows), cache_format=fmt, plan=plan, return_lse=True)
+        ref_o, ref_lse = reference.latent_attention(**dict(on_host(args), cache=fmt.dequantize(to_numpy(rows),
+                                                                                             case.np_dtype)))
+        assert_close(o, ref_o, "bfloat16", lse, ref_lse)
     # Dims the decompressed kernel runs on warpgroup MMAs on Hopper (two 64-column passes, Dv 64).
     for block in (None, 16):
         case = MLACase(2, 3, 2, latent_dim=128, rope_dim=16, nope_dim=64, v_dim=64, seqlens=(150, 40),
