@@ -287,6 +287,23 @@ __device__ __forceinline__ void store_pair(u32 tile, int row, int col, float lo,
   asm volatile("st.shared.b32 [%0], %1;" ::"r"(addr), "r"(T::pack(lo, hi)));
 }
 
+// A warp's row sums (rows g and g + 8 of its quads, g = lane / 4), added up
+// over each quad and written to red[0] and red[8] by the quad's first lane
+// (`lead`) once every thread has passed a barrier (earlier reads of red's
+// space are done); a second barrier makes them visible to every warp.
+__device__ __forceinline__ void publish_row_sums(float (&sum)[2], float* red, bool lead) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 1);
+    sum[h] += __shfl_xor_sync(0xffffffffu, sum[h], 2);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+    if (lead) red[8 * h] = sum[h];
+  __syncthreads();
+}
+
 __device__ __forceinline__ float fast_exp2(float x) {
   float r;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));

@@ -142,20 +142,22 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
                            : make_uint2(0u, 0u);
     };
     auto q_col = [&](int kb, int m) { return 32 * (kq * kQB + kb) + 16 * m + 4 * tq; };
+    // Each word of this thread's fragments, in a fixed order: once for the
+    // rows' maxima, once to convert.
+    auto each_q_word = [&](auto&& use) {
+#pragma unroll
+      for (int kb = 0; kb < kQB; ++kb)
+#pragma unroll
+        for (int m = 0; m < 2; ++m)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) use(kb, m, h, q_word2(g + 8 * h, q_col(kb, m)));
+    };
     float amax[2] = {0.f, 0.f};
-#pragma unroll
-    for (int kb = 0; kb < kQB; ++kb)
-#pragma unroll
-      for (int m = 0; m < 2; ++m)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const uint2 v = q_word2(g + 8 * h, q_col(kb, m));
-          const u32 w[2] = {v.x, v.y};
-#pragma unroll
-          for (int i = 0; i < 2; ++i)
-            amax[h] = fmaxf(amax[h], fmaxf(fabsf(T::to_float(static_cast<u16>(w[i]))),
-                                           fabsf(T::to_float(static_cast<u16>(w[i] >> 16)))));
-        }
+    each_q_word([&](int, int, int h, uint2 v) {
+      for (const u32 w : {v.x, v.y})
+        amax[h] = fmaxf(amax[h], fmaxf(fabsf(T::to_float(static_cast<u16>(w))),
+                                       fabsf(T::to_float(static_cast<u16>(w >> 16)))));
+    });
     float up[2], down[2];  // 2^e and 2^-e of rows g, g + 8 (this quarter's)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -166,18 +168,12 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
       up[h] = exp2i(e), down[h] = exp2i(-e);
     }
     u32 qa[kQB][2][4];  // f16, k positions in the cache words' order
-#pragma unroll
-    for (int kb = 0; kb < kQB; ++kb)
-#pragma unroll
-      for (int m = 0; m < 2; ++m)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const uint2 v = q_word2(g + 8 * h, q_col(kb, m));
-          auto f16x2 = [&](u32 w) {
-            return f16_t::pack(T::to_float(static_cast<u16>(w)) * up[h], T::to_float(static_cast<u16>(w >> 16)) * up[h]);
-          };
-          qa[kb][m][h] = f16x2(v.x), qa[kb][m][2 + h] = f16x2(v.y);
-        }
+    each_q_word([&](int kb, int m, int h, uint2 v) {
+      auto f16x2 = [&](u32 w) {
+        return f16_t::pack(T::to_float(static_cast<u16>(w)) * up[h], T::to_float(static_cast<u16>(w >> 16)) * up[h]);
+      };
+      qa[kb][m][h] = f16x2(v.x), qa[kb][m][2 + h] = f16x2(v.y);
+    });
     // RoPE columns in T to shared memory (registers are full), read by
     // ldmatrix after the first tile's barrier.
     constexpr int kRopePairs = R > 0 ? R / 2 : 1;
@@ -246,20 +242,12 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
       // S = Q K^T, this warp's quarter: n8 tiles j of tokens 32 quad + 8j +
       // 0..7 (B fragments of token 32 quad + 8j + g).
       const u32 k_rows = sK + (32 * quad + g) * kRaw;  // tile j's row: k_rows + 8j rows
-      float sp[4][4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) sp[j][e] = 0.f;
+      float sp[4][4] = {};
       // Runs of blocks in one scale group: their sums times each token's scale.
 #pragma unroll
       for (int run = 0; run < kQB / Tile::kBlocksPerRun; ++run) {
         const int first = kq * kQB + run * Tile::kBlocksPerRun, group = 32 * first / G;
-        float part[4][4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) part[j][e] = 0.f;
+        float part[4][4] = {};
 #pragma unroll
         for (int i = 0; i < Tile::kBlocksPerRun; ++i) {
           const int kb = run * Tile::kBlocksPerRun + i, col = 32 * (first + i) + 4 * tq;
@@ -425,17 +413,9 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
     // This piece's output rows (Segment::out_row), read again (see the top).
     const bool final = p.sched.piece_base[b + 1] - p.sched.piece_base[b] == 1;
     const size_t slot = final ? b : p.sched.piece_base[b] + (part - p.sched.first_part[b]);
-    // Row sums: over the quad, then over the warps.
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      run_sum[h] += __shfl_xor_sync(0xffffffffu, run_sum[h], 1);
-      run_sum[h] += __shfl_xor_sync(0xffffffffu, run_sum[h], 2);
-    }
-    __syncthreads();  // all reads of sRed (row maxima) are done
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-      if (tq == 0) sRed[warp * BM + g + 8 * h] = run_sum[h];
-    __syncthreads();
+    // Row sums: over the quad, then over the warps (sRed's row maxima are
+    // read by then).
+    publish_row_sums(run_sum, sRed + warp * BM + g, tq == 0);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = row0 + g + 8 * h;

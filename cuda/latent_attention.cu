@@ -462,17 +462,9 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
       }
     }
 
-    // Row sums: over the quad, then over the WN warps sharing the rows.
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      run_sum[h] += __shfl_xor_sync(0xffffffffu, run_sum[h], 1);
-      run_sum[h] += __shfl_xor_sync(0xffffffffu, run_sum[h], 2);
-    }
-    __syncthreads();  // all reads of sRed (row maxima) are done
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-      if (tq == 0) sRed[wn * BM + wm * 16 + g + 8 * h] = run_sum[h];
-    __syncthreads();
+    // Row sums: over the quad, then over the WN warps sharing the rows
+    // (sRed's row maxima are read by then).
+    publish_row_sums(run_sum, sRed + wn * BM + wm * 16 + g, tq == 0);
 #pragma unroll
     for (int i = 0; i < Tile::kPvSub; ++i) {
 #pragma unroll

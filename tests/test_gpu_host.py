@@ -474,7 +474,8 @@ def test_dense_cache_renumbers_the_named_blocks(cp):
     dense_problem, dense, new_table = gpu._dense_cache(problem, pool, device(cp, table))
     assert dense_problem.cache_format is None and dense_problem.num_blocks == table.size
     assert dense.dtype == cumla.bfloat16 and dense.shape == (table.size, 64, L + R)
-    np.testing.assert_array_equal(np.asarray(new_table), np.where(table >= 0, np.arange(table.size).reshape(table.shape), -1))
+    renumbered = np.where(table >= 0, np.arange(table.size).reshape(table.shape), -1)
+    np.testing.assert_array_equal(np.asarray(new_table), renumbered)
     (launch,) = cp.launches
     raw, blocks, rows, block_size, latent, rope, group, out = launch.args
     assert launch.name == "dequantize_fp8_rows<bf16_t>" and raw is pool and out.data.ptr == dense.data.ptr

@@ -167,6 +167,22 @@ def test_float32_decompressed_takes_any_dims(block):
     assert_close(o, ref_o, "float32", lse, ref_lse)
 
 
+def check_core(xp, case, parts, fmt=None):
+    """latent_attention on ``case`` with a plan of ``parts`` parts (over the
+    cache quantised to ``fmt``'s FP8 rows if given) against the reference."""
+    args = make_latent_inputs(case, xp)
+    lengths = args["seqlens"] if args["seqlens"] is not None else xp.full(case.batch, case.capacity, dtype=np.int32)
+    plan = cumla.plan(lengths, heads=case.heads, q_len=case.q_len, v_dim=case.latent_dim, num_parts=parts)
+    host = on_host(args)
+    if fmt is not None:
+        rows = fmt.quantize(args["cache"])
+        args = dict(args, cache=rows, cache_format=fmt)
+        host = dict(host, cache=fmt.dequantize(to_numpy(rows), case.np_dtype))
+    o, lse = cumla.latent_attention(**args, plan=plan, return_lse=True)
+    ref_o, ref_lse = reference.latent_attention(**host)
+    assert_close(o, ref_o, case.dtype, lse, ref_lse)
+
+
 def test_every_kernel_small():
     """One small call per kernel path (paged/contiguous, split/unsplit, both strategies):
     the subset run under compute-sanitizer memcheck and racecheck."""
@@ -174,48 +190,21 @@ def test_every_kernel_small():
     for dtype in ("bfloat16", "float32"):
         for block, parts in ((None, 1), (16, 5)):
             case = MLACase(2, 2, 3, 64, 64, 32, 32, (150, 40), 150, block, True, dtype, None, False, 1)
-            args = make_latent_inputs(case, cp)
-            lengths = args["seqlens"] if args["seqlens"] is not None else cp.full(2, 150, dtype=np.int32)
-            plan = cumla.plan(lengths, heads=3, q_len=2, v_dim=64, num_parts=parts)
-            o, lse = cumla.latent_attention(**args, plan=plan, return_lse=True)
-            ref_o, ref_lse = reference.latent_attention(**on_host(args))
-            assert_close(o, ref_o, dtype, lse, ref_lse)
+            check_core(cp, case, parts)
             if dtype != "float32":
                 dargs = make_inputs(case, cp)
                 o = cumla.decode(**dargs, strategy="decompressed")
                 assert_close(o, reference.decode(**on_host(dargs))[0], dtype)
-                # FP8 rows dequantised inside the tensor-core kernel.
-                fmt = cumla.fp8_format(64, 64, 8)
-                rows = fmt.quantize(args["cache"])
-                o, lse = cumla.latent_attention(**dict(args, cache=rows), cache_format=fmt, plan=plan, return_lse=True)
-                ref_o, ref_lse = reference.latent_attention(
-                    **dict(on_host(args), cache=fmt.dequantize(to_numpy(rows), case.np_dtype)))
-                assert_close(o, ref_o, dtype, lse, ref_lse)
-    # The sm_90a kernel's dims (run by the wgmma kernel on Hopper): 80 rows = two CTA row tiles.
+                check_core(cp, case, parts, cumla.fp8_format(64, 64, 8))  # FP8 rows dequantised per tile
     for block, parts in ((None, 1), (16, 5)):
-        case = MLACase(2, 2, 40, latent_dim=128, rope_dim=64, nope_dim=32, v_dim=32, seqlens=(150, 40),
-                       capacity=150, block_size=block, causal=True, dtype="bfloat16", scale=None, squeeze=False,
-                       seed=1)
-        args = make_latent_inputs(case, cp)
-        lengths = args["seqlens"] if args["seqlens"] is not None else cp.full(2, 150, dtype=np.int32)
-        plan = cumla.plan(lengths, heads=40, q_len=2, v_dim=128, num_parts=parts)
-        o, lse = cumla.latent_attention(**args, plan=plan, return_lse=True)
-        ref_o, ref_lse = reference.latent_attention(**on_host(args))
-        assert_close(o, ref_o, "bfloat16", lse, ref_lse)
-    # FP8 rows read straight into MMA fragments (M <= 16 from sm_89 on; elsewhere dequantised per tile).
-    fmt = cumla.fp8_format(256, 32, 32)
-    for block, parts in ((None, 1), (16, 5)):
-        case = MLACase(2, 2, 3, latent_dim=256, rope_dim=32, nope_dim=32, v_dim=32, seqlens=(150, 40),
-                       capacity=150, block_size=block, causal=True, dtype="bfloat16", scale=None, squeeze=False,
-                       seed=2)
-        args = make_latent_inputs(case, cp)
-        lengths = args["seqlens"] if args["seqlens"] is not None else cp.full(2, 150, dtype=np.int32)
-        plan = cumla.plan(lengths, heads=3, q_len=2, v_dim=256, num_parts=parts)
-        rows = fmt.quantize(args["cache"])
-        o, lse = cumla.latent_attention(**dict(args, cache=rows), cache_format=fmt, plan=plan, return_lse=True)
-        ref_o, ref_lse = reference.latent_attention(**dict(on_host(args), cache=fmt.dequantize(to_numpy(rows),
-                                                                                             case.np_dtype)))
-        assert_close(o, ref_o, "bfloat16", lse, ref_lse)
+        # The sm_90a kernel's dims (run by the wgmma kernel on Hopper): 80 rows = two CTA row tiles.
+        check_core(cp, MLACase(2, 2, 40, latent_dim=128, rope_dim=64, nope_dim=32, v_dim=32, seqlens=(150, 40),
+                               capacity=150, block_size=block, causal=True, dtype="bfloat16", scale=None,
+                               squeeze=False, seed=1), parts)
+        # FP8 rows read straight into MMA fragments (M <= 16 from sm_89 on; elsewhere dequantised per tile).
+        check_core(cp, MLACase(2, 2, 3, latent_dim=256, rope_dim=32, nope_dim=32, v_dim=32, seqlens=(150, 40),
+                               capacity=150, block_size=block, causal=True, dtype="bfloat16", scale=None,
+                               squeeze=False, seed=2), parts, cumla.fp8_format(256, 32, 32))
     # Dims the decompressed kernel runs on warpgroup MMAs on Hopper (two 64-column passes, Dv 64).
     for block in (None, 16):
         case = MLACase(2, 3, 2, latent_dim=128, rope_dim=16, nope_dim=64, v_dim=64, seqlens=(150, 40),
