@@ -65,6 +65,10 @@ def test_plan_on_numpy_is_checked_then_ignored():
         cumla.plan(lengths.astype(np.int64), heads=4)
     with pytest.raises(ValueError, match="heads"):
         cumla.plan(lengths, heads=0)
+    # An FP8 layout only sizes GPU plans; on NumPy it is checked, then ignored.
+    assert cumla.plan(lengths, heads=4, v_dim=16, cache_format=cumla.fp8_format(16, 8, 8)).num_parts == 1
+    with pytest.raises(TypeError, match="cache_format must come from cumla.fp8_format"):
+        cumla.plan(lengths, heads=4, cache_format="e4m3")
 
 
 def test_decode_plan_means_absorbed():
