@@ -135,11 +135,10 @@ def fp8_in_kernel(fmt: Any, v_dim: int) -> bool:
 
 
 #: FP8 rows read straight into tensor-core fragments (cuda/fp8_fragments.cu)
-#: run where a CTA's one row group holds every query row (M <= 16). Tests
-#: switch this off to run the kernel that dequantises tiles on the same GPU.
+#: run where a CTA's one row group (FP8_FRAGMENT_ROWS) holds every query row.
+#: Tests switch this off to run the kernel that dequantises tiles on the same GPU.
 USE_FP8_FRAGMENTS = True
-FP8_FRAGMENT_ROWS = 16  # query rows per CTA
-FP8_FRAGMENT_MAX_ROWS = 16  # M up to which the kernel is chosen: one CTA per request and part
+FP8_FRAGMENT_ROWS = 16
 FP8_FRAGMENT_STAGES = 2  # raw 64-token stages per CTA (two CTAs of 2 x 41 KB at FlashMLA's rows share an SM)
 
 
@@ -157,10 +156,18 @@ def fp8_fragment_kernel(dtype: np.dtype, fmt: Any, rows: int, arch: str,
     multiples of 32 or of L / 8 (a warp's output columns), R not a multiple
     of 16, or two 64-token raw stages more than ``smem_limit``. Two CTAs
     share an SM where twice its shared memory fits."""
+    if not USE_FP8_FRAGMENTS or rows > FP8_FRAGMENT_ROWS:
+        return None
+    return _fp8_fragment_kernel(np.dtype(dtype), fmt, arch, smem_limit)
+
+
+@lru_cache(maxsize=None)
+def _fp8_fragment_kernel(dtype: np.dtype, fmt: Any, arch: str, smem_limit: int) -> LatentKernel | None:
+    """fp8_fragment_kernel's choice for M <= 16; cached: decode asks every call."""
     latent, rope, group = fmt.latent_dim, fmt.rope_dim, fmt.group
     element = element_of(dtype)
-    if (not USE_FP8_FRAGMENTS or element == "f32_t" or rows > FP8_FRAGMENT_MAX_ROWS or _arch_number(arch) < 89
-            or not fp8_in_kernel(fmt, latent) or latent % 256 or group % 32 or group % (latent // 8) or rope % 16):
+    if (element == "f32_t" or _arch_number(arch) < 89 or not fp8_in_kernel(fmt, latent) or latent % 256
+            or group % 32 or group % (latent // 8) or rope % 16):
         return None
     # P per scale group or the score swap (8 warps x 4 tiles x 512 bytes), the
     # queries' RoPE columns, row reductions, two tile addresses
@@ -170,8 +177,9 @@ def fp8_fragment_kernel(dtype: np.dtype, fmt: Any, rows: int, arch: str,
     if smem > limit:
         return None
     name = f"latent_attention_fp8_fragments<{element}, {latent}, {rope}, {group}, {FP8_FRAGMENT_STAGES}>"
+    # An SM holds the per-block limit plus the 1 KB every CTA reserves.
     return LatentKernel("fp8_fragments.cu", (name,), name, FP8_FRAGMENT_ROWS, smem, element,
-                        per_sm=2 if 2 * (smem + 1024) <= limit + 1024 else 1)
+                        per_sm=2 if 2 * smem + 1024 <= limit else 1)
 
 
 def _hopper_smem(dim: int, v_dim: int) -> int:
@@ -276,7 +284,7 @@ def latent_kernel(dtype: np.dtype, dim: int, v_dim: int, rows: int, arch: str, b
     if fp8 is not None:
         if element_of(np.dtype(dtype)) == "f32_t" or not fp8_in_kernel(fp8, v_dim):
             return None
-        fragments = fp8_fragment_kernel(np.dtype(dtype), fp8, rows, arch, smem_limit)
+        fragments = fp8_fragment_kernel(dtype, fp8, rows, arch, smem_limit)
         if fragments is not None:
             return fragments
         return _choose(np.dtype(dtype), dim, v_dim, rows, False, None, fp8, smem_limit)  # any page size

@@ -107,7 +107,7 @@ def test_fp8_rows_in_the_kernel_are_deterministic(heads, name):
 def test_fp8_rows_read_into_fragments_match_reference(case, group):
     """The fragment kernel (M <= 16) on L = 256 with and without RoPE, a scale
     per 32 values (a warp's 32 output columns) and per 64 (two warps' columns)."""
-    assume(case.q_len * case.heads <= _kernels.FP8_FRAGMENT_MAX_ROWS)
+    assume(case.q_len * case.heads <= _kernels.FP8_FRAGMENT_ROWS)
     fmt = cumla.fp8_format(case.latent_dim, case.rope_dim, group)
     assert _kernels.fp8_fragment_kernel(case.np_dtype, fmt, case.q_len * case.heads, "sm_90a") is not None
     check(case, group)
