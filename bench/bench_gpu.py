@@ -265,8 +265,8 @@ def fp8_pool(cache, fmt):
 
 
 def bench_fp8(copy_bw, rng, configs=FP8_CONFIGS):
-    """The core over FlashMLA's FP8 rows (656 bytes a token, dequantised inside
-    the tensor-core kernel) against the same config's bf16 cache, and over
+    """The core over FlashMLA's FP8 rows (656 bytes a token, read by a
+    tensor-core kernel itself) against the same config's bf16 cache, and over
     rows of one scale per token, which no kernel reads (dequantised first)."""
     fmt, per_token = cumla.fp8_format(L, R, 128), cumla.fp8_format(L, R, L)
     rows = []
