@@ -27,9 +27,17 @@
 // consecutive columns (tokens 2tq, 2tq+1, 2tq+8, 2tq+9); tile j takes byte
 // j of each, so accumulator column n of tile j is column 4n + j of the
 // block.
+//
+// Copies, a tile ahead: on sm_90 a tile of 64 consecutive rows (pages of
+// 64 tokens or more, or a contiguous cache) is one bulk copy issued by
+// thread 0, other tiles per-row cp.async, both completing the stage's
+// mbarrier; sm_89 uses cp.async groups.
 #include "common.cuh"
 #include "params.cuh"
 #include "fp8.cuh"
+#if __CUDA_ARCH__ >= 900
+#include "hopper.cuh"
+#endif
 
 #if __CUDA_ARCH__ < 890
 #error "fp8_fragments.cu needs sm_89 or newer (cvt.rn.f16x2.e4m3x2)"
@@ -58,9 +66,11 @@ struct Fp8FragmentTile {
   static constexpr int kStageBytes = BN * kRawBytes;
   static constexpr int kRedBytes = kWarps * BM * 4;
   static constexpr int kAheadBytes = 16;  // two tile addresses, published a tile ahead
+  static constexpr int kBarBytes = 8 * STAGES;  // an mbarrier per stage (sm_90)
   // P (after the maxima) and the score swap (before them) share one space.
   static constexpr int kPSwapBytes = kGroups * kPBytes > kSwapBytes ? kGroups * kPBytes : kSwapBytes;
-  static constexpr int kSmemBytes = STAGES * kStageBytes + kPSwapBytes + kRopeBytes + kRedBytes + kAheadBytes;
+  static constexpr int kSmemBytes =
+      STAGES * kStageBytes + kPSwapBytes + kRopeBytes + kRedBytes + kAheadBytes + kBarBytes;
   static_assert(L % 256 == 0 && G % 32 == 0 && G % kCols == 0 && L % G == 0 && R % 16 == 0,
                 "latent columns in 32-column blocks, each warp's P V columns inside one scale group");
   static_assert(kRope % 16 == 0 && kRawBytes % 16 == 0, "16-byte aligned RoPE and rows");
@@ -104,6 +114,18 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
   // Slot t % 2: the first row of tile t if it is whole in one block (else 0),
   // written by thread 0 one tile before its copy is issued.
   unsigned long long* sAhead = reinterpret_cast<unsigned long long*>(sRed + Tile::kWarps * BM);
+  // sm_90: stage s fills as one bulk copy (a tile of consecutive rows) or
+  // per-row cp.async, either way completing its mbarrier (256 arrivals).
+  const u32 sBar = smem_addr(sAhead + 2);
+#if __CUDA_ARCH__ >= 900
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < STAGES; ++s) mbar_init(sBar + 8 * s, Tile::kWarps * 32);
+    mbar_init_fence();
+  }
+#endif
+  // The CTA's tiles before this request's: tile t is its (seq0 + t - t0)-th
+  // (stage and mbarrier phase).
+  unsigned seq0 = 0;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, tq = lane % 4;  // fragment row group / column pair
@@ -183,15 +205,24 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
       asm volatile("st.shared.b32 [%0], %1;" ::"r"(sQRope + Tile::RopeRows::offset(r, c / 8) + (c % 8) * 2), "r"(pair));
     }
 
-    // Copies: raw rows, STAGES - 1 tiles ahead (one cp.async group per tile,
-    // empty ones past t1); per row, as the portable kernel's FP8 path makes
-    // them, unless the tile's rows are consecutive.
-    auto stage_of = [&](int t) { return sKV + (static_cast<unsigned>(t - t0) % STAGES) * Tile::kStageBytes; };
+    // Copies: raw rows, STAGES - 1 tiles ahead; per row, as the portable
+    // kernel's FP8 path makes them, unless the tile's rows are consecutive.
+    auto seq = [&](int t) { return seq0 + static_cast<unsigned>(t - t0); };
+    auto stage_of = [&](int t) { return sKV + seq(t) % STAGES * Tile::kStageBytes; };
+    auto bar_of = [&](int t) { return sBar + 8 * (seq(t) % STAGES); };
     constexpr int kRowWidth = kRaw / 2, kRowChunks = kRaw / 16;  // in 16-bit elements, 16-byte chunks
     auto is_whole = [&](int t) { return t < t1 && one_block_tiles && (t + 1) * BN <= n; };
     auto load_tile = [&](int t, unsigned long long whole) {
       if (t < t1) {
         if (whole != 0) {  // BN consecutive rows: one flat run of 16-byte chunks
+#if __CUDA_ARCH__ >= 900
+          if (threadIdx.x == 0) {
+            mbar_expect_bytes(bar_of(t), Tile::kStageBytes);
+            bulk_load(stage_of(t), reinterpret_cast<const void*>(whole), Tile::kStageBytes, bar_of(t));
+          } else {
+            mbar_arrive(bar_of(t));
+          }
+#else
           constexpr int kTileChunks = BN * kRowChunks;
           constexpr int kThreads = Tile::kWarps * 32;
 #pragma unroll
@@ -200,12 +231,18 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
             if (k < kTileChunks / kThreads || c < kTileChunks)
               cp_async16(stage_of(t) + 16 * c, reinterpret_cast<const unsigned char*>(whole) + 16 * c, true);
           }
+#endif
         } else {
           load_rows<Tile::kWarps, kRowChunks, kRowChunks, PlainRows<kRaw>>(
               stage_of(t), BN, 0, cache, [&](int r) { return cache_row(p, cache, b, n, t * BN + r, kRowWidth); });
+#if __CUDA_ARCH__ >= 900
+          cp_async_arrive(bar_of(t));
+#endif
         }
       }
-      cp_async_commit();
+#if __CUDA_ARCH__ < 900
+      cp_async_commit();  // one group per tile, empty ones past t1
+#endif
     };
     auto whole_row = [&](int t) {
       return reinterpret_cast<unsigned long long>(is_whole(t) ? cache_row(p, cache, b, n, t * BN, kRowWidth) : nullptr);
@@ -228,7 +265,11 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
     float run_max[2] = {CUMLA_NEG_INF, CUMLA_NEG_INF}, run_sum[2] = {0.f, 0.f};
 
     for (int t = t0; t < t1; ++t) {
+#if __CUDA_ARCH__ >= 900
+      mbar_wait(bar_of(t), seq(t) / STAGES % 2);
+#else
       cp_async_wait<kAhead - 1>();
+#endif
       __syncthreads();  // tile t is in; everyone is done with tile t-1, its stage and P
       load_tile(t + kAhead, sAhead[(t + kAhead) % 2]);
       // Thread 0's lookup of the tile copied next (see load_tile).
@@ -400,15 +441,21 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
         for (int c = 0; c < Tile::kChunks; ++c) {
           const u32 w[4] = {lds32(v_row + 32 * c), lds32(v_row + kRaw + 32 * c), lds32(v_row + 8 * kRaw + 32 * c),
                             lds32(v_row + 9 * kRaw + 32 * c)};
+          // One permute serves two n8 tiles: bytes j and j + 1 of two rows'
+          // words interleaved, tile j's code pair in the low half and tile
+          // j + 1's in the high half; near: tokens 2tq, 2tq + 1, far: + 8.
 #pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const u32 pick = j | ((j + 4) << 4);  // byte j of each word
-            f16_t::mma(acc[c][j], a, e4m3x2_f16(__byte_perm(w[0], w[1], pick)),
-                       e4m3x2_f16(__byte_perm(w[2], w[3], pick)));
+          for (int j = 0; j < 4; j += 2) {
+            const u32 pick = j | ((j + 4) << 4) | ((j + 1) << 8) | ((j + 5) << 12);
+            const u32 near = __byte_perm(w[0], w[1], pick), far = __byte_perm(w[2], w[3], pick);
+            f16_t::mma(acc[c][j], a, e4m3x2_f16(near), e4m3x2_f16(far));
+            f16_t::mma(acc[c][j + 1], a, e4m3x2_f16<true>(near), e4m3x2_f16<true>(far));
           }
         }
       }
     }
+
+    seq0 += t1 - t0;
 
     // This piece's output rows (Segment::out_row), read again (see the top).
     const bool final = p.sched.piece_base[b + 1] - p.sched.piece_base[b] == 1;

@@ -50,6 +50,18 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 phase) {
       "r"(phase)
       : "memory");
 }
+// `bytes` (a multiple of 16) from global `src` to shared `dst` in one bulk
+// copy (16-byte aligned both), completing on `bar`.
+__device__ __forceinline__ void bulk_load(u32 dst, const void* src, u32 bytes, u32 bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+// This thread's arrival on `bar` once its cp.async copies so far have
+// landed; counts as one of the barrier's expected arrivals.
+__device__ __forceinline__ void cp_async_arrive(u32 bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
+}
 // Cache rows are read once per request: first out of L2.
 __device__ __forceinline__ u64 evict_first_policy() {
   u64 policy;
