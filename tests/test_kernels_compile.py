@@ -196,3 +196,21 @@ def test_copy_latency_probe_compiles():
     result = _compile.compile_source(NVRTC, probe.source(), _kernels.options("sm_90a"), names)
     assert result.ok, result.log
     assert "C7519" not in result.log, result.log
+
+
+def test_sass_report_splits_the_fragment_kernel_at_its_waits(capsys):
+    """bench/sass_report.py on the FP8 fragment kernel: the tile loop opens at
+    the stage's mbarrier wait, and the stretch after the wait's barrier holds
+    the score MMAs (36 per warp and tile) and their e4m3 conversions."""
+    assert CUOBJDUMP is not None, "cuobjdump missing: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm"
+    report = bench_module("sass_report")
+    assert report.opcode("@!P0 HMMA.16816.F32 R4, R16, R4, RZ") == "HMMA"
+    assert report.stretches(["A", "BAR.SYNC 0x0", "B", "C", "SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [R5]"]) == [
+        (0, 1), (1, 4), (4, 5)]
+    name = "latent_attention_fp8_fragments<bf16_t, 512, 64, 128, 2>"
+    assert report.main(["fp8_fragments.cu", name, "--top", "40"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("0 bytes spill stores" in line for line in lines)
+    at = next(i for i, line in enumerate(lines) if "TRYWAIT" in line)
+    scores = lines[at + 1]
+    assert "BAR.SYNC" in scores and "HMMA 36" in scores and "F2FP 64" in scores, scores
