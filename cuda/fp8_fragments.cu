@@ -94,6 +94,20 @@ __device__ __forceinline__ u32 e4m3x2_f16(u32 codes) {
 // 2^e as a float, |e| <= 126.
 __device__ __forceinline__ float exp2i(int e) { return __uint_as_float(static_cast<u32>(e + 127) << 23); }
 
+// use(kb, m, h, word(kb, m, h)) for each word of a thread's query fragments
+// (kb: the quarter's 32-column block, m: its k16 half, h: row g or g + 8), in
+// one fixed order. A template, not a generic lambda: NVRTC 13.0 builds a
+// generic lambda inside a kernel as host code and refuses it.
+template <int KQB, class Word, class Use>
+__device__ __forceinline__ void each_q_word(Word&& word, Use&& use) {
+#pragma unroll
+  for (int kb = 0; kb < KQB; ++kb)
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) use(kb, m, h, word(kb, m, h));
+}
+
 }  // namespace
 
 template <class T, int L, int R, int G, int STAGES>
@@ -164,18 +178,11 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
                            : make_uint2(0u, 0u);
     };
     auto q_col = [&](int kb, int m) { return 32 * (kq * kQB + kb) + 16 * m + 4 * tq; };
-    // Each word of this thread's fragments, in a fixed order: once for the
-    // rows' maxima, once to convert.
-    auto each_q_word = [&](auto&& use) {
-#pragma unroll
-      for (int kb = 0; kb < kQB; ++kb)
-#pragma unroll
-        for (int m = 0; m < 2; ++m)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) use(kb, m, h, q_word2(g + 8 * h, q_col(kb, m)));
-    };
+    // Each word of this thread's fragments is read twice: for the rows'
+    // maxima, then to convert.
+    auto q_word = [&](int kb, int m, int h) { return q_word2(g + 8 * h, q_col(kb, m)); };
     float amax[2] = {0.f, 0.f};
-    each_q_word([&](int, int, int h, uint2 v) {
+    each_q_word<kQB>(q_word, [&](int, int, int h, uint2 v) {
       for (const u32 w : {v.x, v.y})
         amax[h] = fmaxf(amax[h], fmaxf(fabsf(T::to_float(static_cast<u16>(w))),
                                        fabsf(T::to_float(static_cast<u16>(w >> 16)))));
@@ -190,7 +197,7 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
       up[h] = exp2i(e), down[h] = exp2i(-e);
     }
     u32 qa[kQB][2][4];  // f16, k positions in the cache words' order
-    each_q_word([&](int kb, int m, int h, uint2 v) {
+    each_q_word<kQB>(q_word, [&](int kb, int m, int h, uint2 v) {
       auto f16x2 = [&](u32 w) {
         return f16_t::pack(T::to_float(static_cast<u16>(w)) * up[h], T::to_float(static_cast<u16>(w >> 16)) * up[h]);
       };

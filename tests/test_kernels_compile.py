@@ -214,3 +214,18 @@ def test_sass_report_splits_the_fragment_kernel_at_its_waits(capsys):
     at = next(i for i, line in enumerate(lines) if "TRYWAIT" in line)
     scores = lines[at + 1]
     assert "BAR.SYNC" in scores and "HMMA 36" in scores and "F2FP 64" in scores, scores
+
+
+GENERIC_LAMBDA = re.compile(r"\[[^\]]*\]\s*\([^)]*\bauto\b")
+
+
+def test_cuda_sources_have_no_generic_lambdas():
+    """NVRTC 13.0 (what the H200 runs), called directly as the compile
+    check and bench/sass_report.py call it, builds a generic lambda inside a
+    kernel as host code and refuses it; the NVRTC CI installs accepts it, so
+    only this check catches one before a device does."""
+    assert GENERIC_LAMBDA.search("auto each = [&](auto&& use) {")
+    assert not GENERIC_LAMBDA.search("auto q_word = [&](int kb, int m, int h) { auto x = 1; };")
+    for path in sorted(_kernels.source_dir().glob("*.cu*")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not GENERIC_LAMBDA.search(line), f"{path.name}:{number}: a generic lambda: {line.strip()}"
