@@ -9,6 +9,21 @@
 __host__ __device__ constexpr int fp8_rope_offset(int L, int G) { return G > 0 ? L + 4 * (L / G) : 0; }
 __host__ __device__ constexpr int fp8_row_bytes(int L, int R, int G) { return G > 0 ? fp8_rope_offset(L, G) + 2 * R : 0; }
 
+#if __CUDA_ARCH__ >= 890
+// f16x2 of the two e4m3 codes in bits [0, 16) (HI: [16, 32)) of `codes`,
+// exactly (NaN included), by the hardware conversion; the half is picked in
+// the conversion itself (no shift).
+template <bool HI = false>
+__device__ __forceinline__ u32 e4m3x2_f16(u32 codes) {
+  u32 h;
+  if constexpr (HI)
+    asm("{.reg .b16 l, c;\n mov.b32 {l, c}, %1;\n cvt.rn.f16x2.e4m3x2 %0, c;}" : "=r"(h) : "r"(codes));
+  else
+    asm("{.reg .b16 c, u;\n mov.b32 {c, u}, %1;\n cvt.rn.f16x2.e4m3x2 %0, c;}" : "=r"(h) : "r"(codes));
+  return h;
+}
+#endif
+
 // Two e4m3 codes (the low 16 bits of `pair`) times `scale`, packed as T.
 // sm_89+ converts them in hardware (NaN included). Elsewhere: an e4m3 byte x
 // placed as (x << 8) in a 16-bit lane is, after moving its exponent and
@@ -18,8 +33,7 @@ template <class T>
 __device__ __forceinline__ u32 e4m3x2_scaled(u32 pair, float scale) {
   float lo, hi;
 #if __CUDA_ARCH__ >= 890
-  u32 h;
-  asm("{.reg .b16 c;\n cvt.u16.u32 c, %1;\n cvt.rn.f16x2.e4m3x2 %0, c;}" : "=r"(h) : "r"(pair));
+  const u32 h = e4m3x2_f16(pair);
   asm("{.reg .f16 l, h;\n mov.b32 {l, h}, %2;\n cvt.f32.f16 %0, l;\n cvt.f32.f16 %1, h;}"
       : "=f"(lo), "=f"(hi) : "r"(h));
   lo *= scale, hi *= scale;

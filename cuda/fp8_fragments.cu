@@ -79,18 +79,6 @@ struct Fp8FragmentTile {
   static_assert(kSmemBytes <= 113 * 1024, "two CTAs must fit in an SM's shared memory");
 };
 
-// f16x2 of the two e4m3 codes in bits [0, 16) (HI: [16, 32)) of `codes`:
-// exact. The half is picked in the conversion itself (no shift).
-template <bool HI = false>
-__device__ __forceinline__ u32 e4m3x2_f16(u32 codes) {
-  u32 h;
-  if constexpr (HI)
-    asm("{.reg .b16 l, c;\n mov.b32 {l, c}, %1;\n cvt.rn.f16x2.e4m3x2 %0, c;}" : "=r"(h) : "r"(codes));
-  else
-    asm("{.reg .b16 c, u;\n mov.b32 {c, u}, %1;\n cvt.rn.f16x2.e4m3x2 %0, c;}" : "=r"(h) : "r"(codes));
-  return h;
-}
-
 // 2^e as a float, |e| <= 126.
 __device__ __forceinline__ float exp2i(int e) { return __uint_as_float(static_cast<u32>(e + 127) << 23); }
 
