@@ -107,9 +107,15 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
   extern __shared__ __align__(128) unsigned char smem[];
   require_dynamic_smem(Tile::kSmemBytes);
   const u32 sKV = smem_addr(smem);  // stage s at sKV + s * kStageBytes
-  // A word of shared memory by its address, as a plain load the compiler may
-  // schedule ahead of the MMAs (inline asm would pin it in program order).
-  auto lds32 = [&](u32 addr) { return *reinterpret_cast<const u32*>(smem + (addr - sKV)); };
+  // A word of shared memory by its 32-bit address. Not volatile, so the
+  // compiler may schedule it ahead of the MMAs; the memory clobber keeps it
+  // between the barriers. (A C++ load through the generic pointer cost
+  // NVRTC 13.0 an address add per load: it rebuilt each address from it.)
+  auto lds32 = [&](u32 addr) {
+    u32 v;
+    asm("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
+    return v;
+  };
   const u32 sP = sKV + STAGES * Tile::kStageBytes;  // group k's P at sP + k * kPBytes
   const u32 sQRope = sP + Tile::kPSwapBytes;
   float* sRed = reinterpret_cast<float*>(smem + (sQRope + Tile::kRopeBytes - sKV));
