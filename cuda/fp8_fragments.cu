@@ -289,17 +289,23 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
 #pragma unroll
       for (int run = 0; run < kQB / Tile::kBlocksPerRun; ++run) {
         const int first = kq * kQB + run * Tile::kBlocksPerRun, group = 32 * first / G;
-        float part[4][4] = {};
+        // Two accumulators per n8 tile (one per k16 half): chains of half the length.
+        float half[2][4][4] = {};
 #pragma unroll
         for (int i = 0; i < Tile::kBlocksPerRun; ++i) {
           const int kb = run * Tile::kBlocksPerRun + i, col = 32 * (first + i) + 4 * tq;
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
             const u32 w0 = lds32(k_rows + 8 * j * kRaw + col), w1 = lds32(k_rows + 8 * j * kRaw + col + 16);
-            f16_t::mma(part[j], qa[kb][0], e4m3x2_f16(w0), e4m3x2_f16<true>(w0));
-            f16_t::mma(part[j], qa[kb][1], e4m3x2_f16(w1), e4m3x2_f16<true>(w1));
+            f16_t::mma(half[0][j], qa[kb][0], e4m3x2_f16(w0), e4m3x2_f16<true>(w0));
+            f16_t::mma(half[1][j], qa[kb][1], e4m3x2_f16(w1), e4m3x2_f16<true>(w1));
           }
         }
+        float part[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) part[j][e] = half[0][j][e] + half[1][j][e];
         // The group's scale of the partial sums' columns: tokens 32 quad + 8j + 2tq, + 1.
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
@@ -405,7 +411,12 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
         run_sum[h] *= alpha[h];
         base[h] = base_offset(run_max[h], p.scale_log2);
       }
-      // P of every scale group: exp2(s * scale_log2 - base) * scale / top, as f16.
+      // P of every scale group: exp2(s * scale_log2 - base) * scale / top, as f16
+      // (2^-E is a power of two: the factor is exact in either order).
+      float p_factor[Tile::kGroups][2];
+#pragma unroll
+      for (int k = 0; k < Tile::kGroups; ++k)
+        p_factor[k][0] = tok_scale[k][0] * inv_top[k], p_factor[k][1] = tok_scale[k][1] * inv_top[k];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const float p0 = fast_exp2(s[2 * h] * p.scale_log2 - base[h]);
@@ -414,7 +425,7 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
 #pragma unroll
         for (int k = 0; k < Tile::kGroups; ++k)
           store_pair<f16_t, BN / 8>(sP + k * Tile::kPBytes, g + 8 * h, 8 * warp + 2 * tq,
-                                    p0 * tok_scale[k][0] * inv_top[k], p1 * tok_scale[k][1] * inv_top[k]);
+                                    p0 * p_factor[k][0], p1 * p_factor[k][1]);
       }
       // The accumulators move to this tile's factor (a tile whose group
       // scales are all zero keeps the last one: its P is zero).
