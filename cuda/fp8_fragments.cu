@@ -276,9 +276,7 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
       // Thread 0's lookup of the tile copied next (see load_tile).
       const int next_t = t + kAhead + 1;
       const bool next_whole = threadIdx.x == 0 && is_whole(next_t);
-      int next_blk = 0;
-      if (next_whole && p.block_table != nullptr)
-        next_blk = ld_global_nc(p.block_table + static_cast<size_t>(b) * p.max_blocks + block_column(p, next_t * BN));
+      const int next_blk = ahead_block<BN>(p, b, next_t, next_whole);
       const u32 sK = stage_of(t);
 
       // S = Q K^T, this warp's quarter: n8 tiles j of tokens 32 quad + 8j +
@@ -377,9 +375,7 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
         tok_scale[k][1] = __uint_as_float(lds32(my_scales + kRaw + 4 * k));
       }
 
-      if (threadIdx.x == 0)
-        sAhead[next_t % 2] = reinterpret_cast<unsigned long long>(
-            next_whole ? cache_row_in(p, cache, b, next_t * BN, next_blk, kRowWidth) : nullptr);
+      if (threadIdx.x == 0) sAhead[next_t % 2] = ahead_row<BN>(p, cache, b, next_t, next_whole, next_blk, kRowWidth);
 
       // Mask invisible tokens; row max over this warp's tokens, then across warps.
       // Tiles past the lowest bound any row can have need the mask.

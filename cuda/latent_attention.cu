@@ -239,9 +239,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
       // was last read before this tile's top barrier.
       const int next_t = t + Tile::kAhead + 1;
       const bool next_whole = threadIdx.x == 0 && is_whole(next_t);
-      int next_blk = 0;
-      if (next_whole && p.block_table != nullptr)
-        next_blk = ld_global_nc(p.block_table + static_cast<size_t>(b) * p.max_blocks + block_column(p, next_t * BN));
+      const int next_blk = ahead_block<BN>(p, b, next_t, next_whole);
       const u32 sK = Tile::kFp8 ? sTile : stage_of(t);
 
       // S = Q K^T for this warp's 16 rows x kTokPerWarp tokens.
@@ -358,9 +356,7 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
           }
       }
 
-      if (threadIdx.x == 0)
-        sAhead[next_t % 2] = reinterpret_cast<unsigned long long>(
-            next_whole ? cache_row_in(p, cache, b, next_t * BN, next_blk, kRowWidth) : nullptr);
+      if (threadIdx.x == 0) sAhead[next_t % 2] = ahead_row<BN>(p, cache, b, next_t, next_whole, next_blk, kRowWidth);
 
       // Mask invisible tokens (a tile below both rows' limits, every tile
       // of a request but its last at Sq = 1, needs none); row max over this

@@ -131,3 +131,22 @@ __device__ __forceinline__ const S* cache_row(const AttnParams& p, const S* cach
   const int blk = p.block_table != nullptr ? p.block_table[static_cast<size_t>(b) * p.max_blocks + block_column(p, t)] : 0;
   return cache_row_in(p, cache, b, t, blk, width);
 }
+
+// Whole tiles: BN consecutive rows of one address (a contiguous cache, or
+// pages of BN tokens or more), copied without per-row lookups. Thread 0
+// looks up the tile copied next a tile ahead, in two halves around a tile's
+// MMAs: ahead_block issues the block-table load (its latency hides under
+// them), ahead_row turns it into the row published for the copy.
+template <int BN>
+__device__ __forceinline__ int ahead_block(const AttnParams& p, int b, int t, bool whole) {
+  int blk = 0;  // a contiguous cache's
+  if (whole && p.block_table != nullptr)
+    blk = ld_global_nc(p.block_table + static_cast<size_t>(b) * p.max_blocks + block_column(p, t * BN));
+  return blk;
+}
+// Tile t's first row as an integer (0 when the tile is not whole).
+template <int BN, class S>
+__device__ __forceinline__ unsigned long long ahead_row(const AttnParams& p, const S* cache, int b, int t, bool whole,
+                                                         int blk, int width) {
+  return reinterpret_cast<unsigned long long>(whole ? cache_row_in(p, cache, b, t * BN, blk, width) : nullptr);
+}
