@@ -10,8 +10,8 @@ import cupy as cp
 import numpy as np
 
 from ._kernels import (
-    FP8_ROWS_NAMES, SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, arch_for, decompressed_kernel, element_of, latent_kernel,
-    options, source,
+    FP8_ROWS_NAMES, SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, LatentKernel, arch_for, decompressed_kernel, element_of,
+    latent_kernel, options, source,
 )
 from . import _pdl, _tma
 from ._arrays import BFLOAT16
@@ -79,8 +79,7 @@ def default_parts(rows: int, v_dim: int = 512, block_rows: int | None = None, pe
     """
     device_id = cp.cuda.Device().id
     if block_rows is None and cache_format is not None:
-        spec = latent_kernel(BFLOAT16, cache_format.width, v_dim, rows, _arch_of(device_id), fp8=cache_format,
-                             smem_limit=smem_limit(device_id))
+        spec = fp8_kernel(BFLOAT16, cache_format, v_dim, rows)
         if spec is not None:
             block_rows, per_sm = spec.rows, spec.per_sm
     if block_rows is None:
@@ -201,6 +200,15 @@ def _combine(name: str, params, rows: int, batch: int, v_dim: int) -> None:
         fn(grid, (THREADS,), args)
 
 
+def fp8_kernel(dtype: np.dtype, fmt: Any, v_dim: int, rows: int, block_size: int | None = None) -> LatentKernel | None:
+    """The kernel that reads FP8 rows of layout ``fmt`` for M = ``rows`` query rows
+    from pages of ``block_size`` tokens (None: a contiguous cache) on the current
+    device; None where the rows are dequantised into 16-bit rows first."""
+    device_id = cp.cuda.Device().id
+    return latent_kernel(dtype, fmt.width, v_dim, rows, _arch_of(device_id), block_size, fp8=fmt,
+                         smem_limit=smem_limit(device_id))
+
+
 def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale: float, causal: bool,
                      plan: Plan | None = None, out=None):
     """Absorbed core on the GPU: (B, Sq, H, D) queries -> (B, Sq, H, v_dim) in the input dtype, lse."""
@@ -214,7 +222,7 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     paged = block_table is not None
     spec = None
     if problem.cache_format is not None:  # a kernel that reads the FP8 rows, else dequantise first
-        spec = latent_kernel(problem.dtype, dim, v_dim, rows, arch, fp8=problem.cache_format, smem_limit=limit)
+        spec = fp8_kernel(problem.dtype, problem.cache_format, v_dim, rows, problem.block_size if paged else None)
         if spec is None:
             problem, cache, block_table = _dense_cache(problem, cache, block_table)
     q = _on_16_bytes(cp.ascontiguousarray(q_lat.astype(problem.dtype, copy=False)))

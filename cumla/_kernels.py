@@ -95,6 +95,9 @@ class LatentKernel:
     tma: bool = False  # takes the cache's TMA descriptor as a second argument
     threads: int = THREADS  # per CTA
     per_sm: int = 1  # CTAs an SM runs at once (default plans give each one a part)
+    # Takes FP8 codes into its MMAs exactly and applies the scales in float32,
+    # rather than dequantising them to the input dtype first.
+    fp8_exact: bool = False
 
     @property
     def combine(self) -> str:
@@ -181,7 +184,7 @@ def _fp8_fragment_kernel(dtype: np.dtype, fmt: Any, arch: str, smem_limit: int) 
     name = f"latent_attention_fp8_fragments<{element}, {latent}, {rope}, {group}, {FP8_FRAGMENT_STAGES}>"
     # An SM holds the per-block limit plus the 1 KB every CTA reserves.
     return LatentKernel("fp8_fragments.cu", (name,), name, FP8_FRAGMENT_ROWS, smem, element,
-                        per_sm=2 if 2 * smem + 1024 <= limit else 1)
+                        per_sm=2 if 2 * smem + 1024 <= limit else 1, fp8_exact=True)
 
 
 def _hopper_smem(dim: int, v_dim: int) -> int:

@@ -167,6 +167,23 @@ def make_latent_inputs(case: MLACase, xp: Any = np, garbage: float = np.nan) -> 
                 seqlens=args["seqlens"], block_table=args["block_table"], causal=case.causal)
 
 
+def fp8_reference_cache(rows: Any, fmt: Any, case: MLACase) -> np.ndarray:
+    """FP8 cache ``rows`` (layout ``fmt``) dequantised on the host to what the GPU
+    kernel that serves ``case`` takes in, for the float64 reference.
+
+    A kernel that takes the e4m3 codes into its MMAs and applies the scales in
+    float32 sees the exact values (float64 here); rounding them to the input
+    dtype would add an error of the reference's own (1.4% in bfloat16 at two
+    tokens of large scores). A kernel that dequantises tiles, or a cache
+    dequantised before the kernel, sees values rounded to the input dtype.
+    """
+    from ._gpu import fp8_kernel
+
+    spec = fp8_kernel(case.np_dtype, fmt, case.latent_dim, case.q_len * case.heads, case.block_size)
+    exact = spec is not None and spec.fp8_exact
+    return fmt.dequantize(to_numpy(rows), np.float64 if exact else case.np_dtype)
+
+
 class DLPackProducer:
     """Wraps an array so that it speaks only DLPack, as PyTorch or JAX arrays do."""
 

@@ -7,22 +7,24 @@ from hypothesis import assume, given, settings, strategies as st
 
 import cumla
 from cumla import _kernels, reference
-from cumla.testing import MLACase, assert_close, make_inputs, make_latent_inputs, mla_cases, to_numpy
+from cumla.testing import (
+    MLACase, assert_close, fp8_reference_cache, make_inputs, make_latent_inputs, mla_cases, to_numpy,
+)
 
 pytestmark = pytest.mark.gpu
 
 
 def fp8_inputs(case, group):
     """latent_attention arguments whose cache is FP8 rows of ``group`` values per
-    scale, and the reference's arguments over those rows dequantised to the
-    input dtype (what the kernel's MMAs read)."""
+    scale, and the reference's arguments over those rows dequantised to what
+    the kernel that reads them takes in (``fp8_reference_cache``)."""
     import cupy as cp
 
     fmt = cumla.fp8_format(case.latent_dim, case.rope_dim, group)
     args = make_latent_inputs(case, cp)
     rows = fmt.quantize(args["cache"])
     host = {k: to_numpy(v) if hasattr(v, "__cuda_array_interface__") else v for k, v in args.items()}
-    host["cache"] = fmt.dequantize(to_numpy(rows), case.np_dtype)
+    host["cache"] = fp8_reference_cache(rows, fmt, case)
     return dict(args, cache=rows, cache_format=fmt), host
 
 

@@ -5,8 +5,8 @@ from hypothesis import given, settings, strategies as st
 
 import cumla
 from cumla import _kernels, reference
-from cumla.testing import (MLACase, assert_close, capture_graph, make_inputs, make_latent_inputs, mla_cases,
-                           to_numpy)
+from cumla.testing import (MLACase, assert_close, capture_graph, fp8_reference_cache, make_inputs, make_latent_inputs,
+                           mla_cases, to_numpy)
 
 pytestmark = pytest.mark.gpu
 
@@ -177,7 +177,7 @@ def check_core(xp, case, parts, fmt=None):
     if fmt is not None:
         rows = fmt.quantize(args["cache"])
         args = dict(args, cache=rows, cache_format=fmt)
-        host = dict(host, cache=fmt.dequantize(to_numpy(rows), case.np_dtype))
+        host = dict(host, cache=fp8_reference_cache(rows, fmt, case))
     o, lse = cumla.latent_attention(**args, plan=plan, return_lse=True)
     ref_o, ref_lse = reference.latent_attention(**host)
     assert_close(o, ref_o, case.dtype, lse, ref_lse)
