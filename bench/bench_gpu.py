@@ -203,7 +203,7 @@ def bench_config(name, cfg, copy_bw, mm_rate, rng, with_baseline=True, with_deco
 def time_core(q, cache, table, seqlens, heads, q_len=1, cache_format=None) -> float:
     """GPU time per call of the planned latent-attention core on given inputs."""
     plan = cumla.plan(seqlens, heads=heads, q_len=q_len, v_dim=L, cache_format=cache_format)
-    out = cp.empty(q.shape[:-1] + (L,), dtype=BFLOAT16)
+    out = cp.empty(q.shape[:-1] + (L,), dtype=q.dtype)
     return graph_time_us(lambda: cumla.latent_attention(q, cache, v_dim=L, scale=0.1, seqlens=seqlens, block_table=table,
                                                         plan=plan, out=out, check=False, cache_format=cache_format))
 
