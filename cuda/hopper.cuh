@@ -57,6 +57,10 @@ __device__ __forceinline__ void bulk_load(u32 dst, const void* src, u32 bytes, u
                "l"(src), "r"(bytes), "r"(bar)
                : "memory");
 }
+// `bytes` (a multiple of 16) from global `src` (16-byte aligned) into L2.
+__device__ __forceinline__ void bulk_prefetch_l2(const void* src, u32 bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
+}
 // This thread's arrival on `bar` once its cp.async copies so far have
 // landed; counts as one of the barrier's expected arrivals.
 __device__ __forceinline__ void cp_async_arrive(u32 bar) {

@@ -38,8 +38,18 @@
 // releasing warpgroup refills it. The scores of a tile walk group A's
 // blocks first. P of a stage goes to its RoPE block (past DV, unused once
 // the scores are done) when there is one.
+//
+// FP8 rows (G > 0, fp8.cuh's layout; whole 64-token tiles of consecutive
+// rows): the producer warpgroup, all four warps, fills each group by
+// converting the rows itself: 16-byte loads of the group's codes, scales
+// and RoPE values into registers (issued before it waits for the group's
+// release), e4m3 times the token's scale rounded to T, stored in the
+// swizzled blocks the consumers read; every producer thread arrives on the
+// group's "full" barrier. The next pair's rows are prefetched into L2 when
+// a pair starts. The consumers run as for 16-bit rows.
 #include "common.cuh"
 #include "params.cuh"
+#include "fp8.cuh"
 #include "hopper.cuh"
 
 namespace {
@@ -53,7 +63,13 @@ struct HopperTile {
   // With a producer, a third warpgroup (one warp of it issues the copies);
   // setmaxnreg gives the consumers the producer's registers.
   static constexpr int kProducerRegs = 56, kConsumerRegs = 224;
-  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 65536, "register file");
+  // A producer that converts FP8 rows holds a group's loads in registers.
+  static constexpr int kFp8ProducerRegs = 88, kFp8ConsumerRegs = 208;
+  // setmaxnreg moves registers within what the CTA got at launch (384
+  // threads: 168 each), not the whole register file.
+  static constexpr int kLaunchRegs = 65536 / 384 / 8 * 8;
+  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 384 * kLaunchRegs &&
+                128 * kFp8ProducerRegs + 256 * kFp8ConsumerRegs <= 384 * kLaunchRegs, "the CTA's registers");
   static constexpr int kBlocks = D / 64;       // 128-byte column blocks per row
   static constexpr int kHalf = DV / 2;         // output columns per warpgroup
   static constexpr int kHalfBlocks = kHalf / 64;
@@ -70,6 +86,10 @@ struct HopperTile {
                 "dims outside the Hopper kernel's range (the MMA widths hopper.cuh specialises)");
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
   static_assert(BN == kScheduleTile, "the kernel's tiles are the schedule's");
+  // mbarriers from `bars`: [stage][group] full, six exchanges, [stage][group] empty.
+  static __device__ __forceinline__ u32 full_bar(u32 bars, int s, int g) { return bars + 8 * (2 * s + g); }
+  static __device__ __forceinline__ u32 xbar(u32 bars, int x) { return bars + 32 + 8 * x; }
+  static __device__ __forceinline__ u32 empty_bar(u32 bars, int s, int g) { return bars + 80 + 8 * (2 * s + g); }
   // Block idx of warpgroup w's scoring order: its own V half (group A), then the rest (group B).
   static __device__ __forceinline__ int block_at(int w, int idx) {
     if (w == 0) return idx;
@@ -126,6 +146,121 @@ __device__ long long cumla_cta_span[kTimelineCtas][5];
   } while (0)
 #endif
 
+// The converting producer (FP8 rows; every thread of warpgroup 2): walks the
+// consumers' requests and pairs as the copying producer does, and fills the
+// four groups of a pair in the same order, each once its last reader of the
+// pair before has released it. A group is its 64-column blocks of one tile:
+// group A of stage s the latent blocks of warpgroup s's V half, group B the
+// other latent blocks, then the RoPE blocks. Thread pt converts, per latent
+// block, the 16 codes at part pt % 4 of rows pt / 4 and pt / 4 + 32 (one
+// scale each), and per RoPE block the 16-byte chunk pt % 8 of rows pt / 8 +
+// 16j. Rows past the tokens (or the segment, or with an out-of-range block
+// id) become zeros: P = 0 times V must stay 0.
+template <class T, int D, int DV, int G>
+__device__ __forceinline__ void produce_fp8_groups(const AttnParams& p, const PartWork& work, u32 stages, u32 bars) {
+  using Tile = HopperTile<D, DV>;
+  using Rows = typename Tile::Rows;
+  constexpr int BN = Tile::BN, kHB = Tile::kHalfBlocks, kLatent = DV / 64, kRopeBlocks = (D - DV) / 64;
+  constexpr int kRaw = fp8_row_bytes(DV, D - DV, G), kRope = fp8_rope_offset(DV, G);
+  constexpr u32 kStageBytes = Tile::kTileBytes;
+  const int pt = threadIdx.x % kGroupThreads;
+  const unsigned char* cache = static_cast<const unsigned char*>(p.cache);
+  // Row 0 of tile t of request b (n tokens, tiles below t1), null past the
+  // segment or for an out-of-range block id; `valid`: its rows holding tokens.
+  auto tile_rows = [&](int b, int n, int t1, int t, int& valid) {
+    const unsigned char* first = t < t1 ? cache_row(p, cache, b, n, t * BN, kRaw) : nullptr;
+    valid = first != nullptr ? min(BN, n - t * BN) : 0;
+    return first;
+  };
+  u32 fills = 0;  // pairs filled: the one before released phase (fills - 1) & 1 of each empty barrier
+  for (int b = work.first(); b <= work.last(p.batch); ++b) {
+    Segment seg;
+    if (!work.segment(p, b, kScheduleTile, seg)) continue;
+    const int n = seg.n, t0 = seg.t0, t1 = seg.t1;
+    for (int i = t0; i < t1; i += 2, ++fills) {
+      int valid0, valid1;  // (apart, not an array: the group loop is not unrolled)
+      const unsigned char* const first0 = tile_rows(b, n, t1, i, valid0);
+      const unsigned char* const first1 = tile_rows(b, n, t1, i + 1, valid1);
+      if (pt == 0) {  // the next pair's rows into L2, for its loads
+#pragma unroll
+        for (int k = 2; k < 4; ++k) {
+          int rows;
+          const unsigned char* ahead = tile_rows(b, n, t1, i + k, rows);
+          if (ahead != nullptr) bulk_prefetch_l2(ahead, rows * kRaw);
+        }
+      }
+#pragma unroll 1
+      for (int k = 0; k < 4; ++k) {
+        const int st = k / 2, g = k % 2;
+        const unsigned char* rows = st == 0 ? first0 : first1;
+        const int live = st == 0 ? valid0 : valid1;
+        // The group's latent blocks: A, warpgroup st's V half; B, the rest.
+        auto latent_block = [&](int j) { return g == 0 ? st * kHB + j : (j < st * kHB ? j : j + kHB); };
+        uint4 codes[kHB][2];
+        float scale[kHB][2];
+#pragma unroll
+        for (int j = 0; j < kHB; ++j) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = pt / 4 + 32 * h, col = 64 * latent_block(j) + 16 * (pt % 4);
+            const unsigned char* row = rows + static_cast<size_t>(r) * kRaw;
+            codes[j][h] = r < live ? __ldg(reinterpret_cast<const uint4*>(row + col)) : make_uint4(0u, 0u, 0u, 0u);
+            scale[j][h] = r < live ? __ldg(reinterpret_cast<const float*>(row + DV + 4 * (col / G))) : 0.f;
+          }
+        }
+        constexpr int kOwnRope = kRopeBlocks > 0 ? kRopeBlocks : 1;
+        uint4 rope[kOwnRope][4];
+        if (g == 1) {
+#pragma unroll
+          for (int j = 0; j < kRopeBlocks; ++j) {
+#pragma unroll
+            for (int h = 0; h < 4; ++h) {
+              const int r = pt / 8 + 16 * h;
+              const unsigned char* src = rows + static_cast<size_t>(r) * kRaw + kRope + 128 * j + 16 * (pt % 8);
+              rope[j][h] = r < live ? __ldg(reinterpret_cast<const uint4*>(src)) : make_uint4(0u, 0u, 0u, 0u);
+            }
+          }
+        }
+        if (fills > 0) mbar_wait(Tile::empty_bar(bars, st, g), (fills - 1) & 1);
+        const u32 stage = stages + st * kStageBytes;
+#pragma unroll
+        for (int j = 0; j < kHB; ++j) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = pt / 4 + 32 * h, chunk = 8 * latent_block(j) + 2 * (pt % 4);
+            const uint4 c = codes[j][h];
+            const float sc = scale[j][h];
+            asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(stage + Rows::offset(r, chunk)),
+                         "r"(e4m3x2_scaled<T>(c.x, sc)), "r"(e4m3x2_scaled<T>(c.x >> 16, sc)),
+                         "r"(e4m3x2_scaled<T>(c.y, sc)), "r"(e4m3x2_scaled<T>(c.y >> 16, sc)) : "memory");
+            asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(stage + Rows::offset(r, chunk + 1)),
+                         "r"(e4m3x2_scaled<T>(c.z, sc)), "r"(e4m3x2_scaled<T>(c.z >> 16, sc)),
+                         "r"(e4m3x2_scaled<T>(c.w, sc)), "r"(e4m3x2_scaled<T>(c.w >> 16, sc)) : "memory");
+          }
+        }
+        if (g == 1) {
+#pragma unroll
+          for (int j = 0; j < kRopeBlocks; ++j) {
+#pragma unroll
+            for (int h = 0; h < 4; ++h) {
+              const int r = pt / 8 + 16 * h, chunk = 8 * (kLatent + j) + pt % 8;
+              u32 v[4] = {rope[j][h].x, rope[j][h].y, rope[j][h].z, rope[j][h].w};
+              if constexpr (!T::kBf16) {  // bf16 RoPE values re-rounded to fp16
+#pragma unroll
+                for (int e = 0; e < 4; ++e) v[e] = T::pack(__uint_as_float(v[e] << 16), __uint_as_float(v[e] & 0xFFFF0000u));
+              }
+              asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(stage + Rows::offset(r, chunk)), "r"(v[0]),
+                           "r"(v[1]), "r"(v[2]), "r"(v[3]) : "memory");
+            }
+          }
+        }
+        fence_async_shared();  // written through the generic proxy, read by wgmma
+        mbar_arrive(Tile::full_bar(bars, st, g));
+      }
+    }
+  }
+}
+
 // `cache_map`: the cache as a 2-D tensor (rows, D) with boxes of 64 columns
 // by min(64, block_size) rows (64 for a contiguous cache), 128-byte swizzle;
 // `half_map`: the same rows as a 3-D tensor (64 columns, rows, D / 64 blocks)
@@ -134,13 +269,16 @@ __device__ long long cumla_cta_span[kTimelineCtas][5];
 // block). Issuing a copy holds the issuing warp ~120 cycles per 8 KB box and
 // ~270 per 32 KB one (timeline): a refill of 1-2 copies instead of 4-5 is
 // issued ~250 cycles sooner.
-template <class T, int D, int DV, bool kProducer>
+template <class T, int D, int DV, bool kProducer, int G = 0>
 __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
     latent_attention_sm90(const __grid_constant__ AttnParams p, const __grid_constant__ TmaMap cache_map,
                           const __grid_constant__ TmaMap half_map) {
   using Tile = HopperTile<D, DV>;
   using Rows = typename Tile::Rows;
   constexpr int kHalf = Tile::kHalf, kHB = Tile::kHalfBlocks, kBlock = Rows::kBlockBytes;
+  constexpr bool kFp8 = G > 0;  // FP8 rows, converted by the producer (the maps are unused)
+  static_assert(!kFp8 || (kProducer && G % 16 == 0 && DV % G == 0 && (D - DV) % 64 == 0),
+                "FP8 rows: a producer, 16-code loads inside one scale group, whole RoPE blocks");
 
   // wgmma's swizzle is anchored at 1024-byte boundaries.
   extern __shared__ __align__(1024) unsigned char smem[];
@@ -156,9 +294,9 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
   auto p_at = [&](int s) {  // where P of stage s's tile goes
     return Tile::kPInStage ? stage_at(s) + (Tile::kBlocks - 1) * kBlock : sOwnP + s * Tile::kPBytes;
   };
-  auto full_bar = [&](int s, int g) { return sBar + 8 * (2 * s + g); };
-  auto xbar = [&](int x) { return sBar + 32 + 8 * x; };
-  auto empty_bar = [&](int s, int g) { return sBar + 80 + 8 * (2 * s + g); };
+  auto full_bar = [&](int s, int g) { return Tile::full_bar(sBar, s, g); };
+  auto xbar = [&](int x) { return Tile::xbar(sBar, x); };
+  auto empty_bar = [&](int s, int g) { return Tile::empty_bar(sBar, s, g); };
 
   // The warpgroup index through a shuffle: ptxas then knows it is uniform
   // across the warpgroup and keeps the MMAs of either branch asynchronous.
@@ -177,7 +315,8 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      mbar_init(full_bar(i / 2, i % 2), 1), mbar_init(xbar(i), kGroupThreads);
+      // Filled by one TMA issue, or by every producer thread's conversion.
+      mbar_init(full_bar(i / 2, i % 2), kFp8 ? kGroupThreads : 1), mbar_init(xbar(i), kGroupThreads);
       mbar_init(empty_bar(i / 2, i % 2), kGroupThreads);  // every thread of the releasing warpgroup
     }
     mbar_init(xbar(X_SUMS), 2 * kGroupThreads);
@@ -243,7 +382,14 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
   TIMELINE_CTA(0);
   __syncthreads();  // the barriers are initialised
 
-  if constexpr (kProducer) {  // the producer warpgroup, then the consumers' registers
+  if constexpr (kFp8) {  // the converting producer warpgroup, then the consumers' registers
+    if (wg == 2) {
+      asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(Tile::kFp8ProducerRegs));
+      produce_fp8_groups<T, D, DV, G>(p, work, sKV, sBar);
+      return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(Tile::kFp8ConsumerRegs));
+  } else if constexpr (kProducer) {  // the producer warpgroup, then the consumers' registers
     if (wg == 2) {
       asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(Tile::kProducerRegs));
       if (warp != 0) return;

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -243,6 +243,27 @@ def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int, block_size: int | None 
                         threads=HOPPER_PRODUCER_THREADS if producer else THREADS)
 
 
+def hopper_fp8_kernel(dtype: np.dtype, fmt: Any, arch: str, block_size: int | None = None,
+                      smem_limit: int = SMEM_LIMIT) -> LatentKernel | None:
+    """The sm_90a wgmma kernel over FP8 rows of layout ``fmt``, its producer
+    warpgroup converting them into the 16-bit stages (values rounded to the
+    query dtype), or None where it does not apply: other archs or the Hopper
+    kernel switched off, pages that are not whole 64-token tiles (the
+    producer reads a tile's rows as one run), layouts ``fp8_in_kernel``
+    refuses, scale groups not a multiple of 16 values (a thread's 16-code
+    load), R not a multiple of 64 (whole RoPE blocks), or dims the 16-bit
+    Hopper kernel does not take. Any M = Sq*H: 64 query rows per CTA."""
+    if (arch != "sm_90a" or not USE_HOPPER_KERNEL or (block_size is not None and block_size % 64)
+            or not fp8_in_kernel(fmt, fmt.latent_dim) or fmt.group % 16 or fmt.rope_dim % 64):
+        return None
+    spec = hopper_kernel(dtype, fmt.width, fmt.latent_dim, None, smem_limit)
+    if spec is None:
+        return None
+    name = spec.name[:-1] + f", {fmt.group}>"
+    # The descriptor arguments stay (the launch passes unused ones).
+    return replace(spec, module=(name,), name=name)
+
+
 def _portable(element: str, dim: int, v_dim: int, rows: int, fmt: Any = None,
               limit: int = SMEM_LIMIT) -> tuple[str, int, int]:
     """(name, rows per CTA, shared memory) of the portable tensor-core kernel
@@ -281,9 +302,11 @@ def latent_kernel(dtype: np.dtype, dim: int, v_dim: int, rows: int, arch: str, b
     run on mma.sync tensor cores with 16, 32 or 64 rows per CTA (the fewest
     that hold M), and float32 on CUDA cores. With ``fp8`` (an FP8 row layout)
     the tensor-core kernel that reads those rows itself (into its MMA
-    fragments for M <= 16 from sm_89 on, :func:`fp8_fragment_kernel`; else
-    dequantising each tile), or None where no kernel reads them (float32, or
-    a layout ``fp8_in_kernel`` refuses).
+    fragments for M <= 16 from sm_89 on, :func:`fp8_fragment_kernel`; on
+    sm_90a over whole 64-token tiles the wgmma kernel, its producer
+    converting them, :func:`hopper_fp8_kernel`; else dequantising each
+    tile), or None where no kernel reads them (float32, or a layout
+    ``fp8_in_kernel`` refuses).
     ``smem_limit``: the device's shared memory per block (tiles shrink to fit).
     """
     if fp8 is not None:
@@ -292,6 +315,9 @@ def latent_kernel(dtype: np.dtype, dim: int, v_dim: int, rows: int, arch: str, b
         fragments = fp8_fragment_kernel(dtype, fp8, rows, arch, smem_limit)
         if fragments is not None:
             return fragments
+        hopper = hopper_fp8_kernel(dtype, fp8, arch, block_size, smem_limit)
+        if hopper is not None:
+            return hopper
         return _choose(np.dtype(dtype), dim, v_dim, rows, False, None, fp8, smem_limit)  # any page size
     return _choose(np.dtype(dtype), dim, v_dim, rows, arch == "sm_90a" and USE_HOPPER_KERNEL and tma_ready,
                    block_size, None, smem_limit)
@@ -429,6 +455,8 @@ def check_matrix() -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
             for rows, block in HOPPER_PRODUCER_CHOICES:
                 out.append(("latent_attention_sm90.cu",
                             hopper_kernel(dtype, dim, v_dim, block, rows=rows).module, ("sm_90a",)))
+        for fmt in (fp8_format(512, 64, 128), fp8_format(128, 0, 32)):  # FP8 rows converted by the producer
+            out.append(("latent_attention_sm90.cu", hopper_fp8_kernel(dtype, fmt, "sm_90a").module, ("sm_90a",)))
     for dtype in (BFLOAT16, np.dtype(np.float16), np.dtype(np.float32)):
         for dims in ((512, 64, 128, 128), (48, 0, 32, 16)):
             out.append(("decompressed.cu", (decompressed_kernel(dtype, *dims).name,), CHECK_ARCHS))

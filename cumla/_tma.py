@@ -28,6 +28,12 @@ def _encode_fn():
         "encode TMA descriptors")
 
 
+def unused_map() -> np.void:
+    """A zero descriptor, for a kernel's descriptor argument that its
+    specialisation never reads (the Hopper kernel over FP8 rows)."""
+    return np.zeros((), TMA_MAP)[()]
+
+
 def rows_map(address: int, rows: int, width: int, box_rows: int, depth: int = 1) -> np.void:
     """Descriptor of a row-major (rows, width) matrix of 16-bit elements at device
     ``address``, copied in boxes of 64 columns x ``box_rows`` rows with the

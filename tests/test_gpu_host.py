@@ -329,33 +329,65 @@ def test_device_validation_without_a_device(cp):
         cumla.decode(**dict(args, w_kv=np.asarray(args["w_kv"])))
 
 
-@pytest.mark.parametrize("heads,fragments,name", [
-    (16, True, "latent_attention_fp8_fragments<bf16_t, 512, 64, 128, 2>"),
-    (16, False, "latent_attention<bf16_t, 576, 512, 1, 64, 128>"),
-    (64, True, "latent_attention<bf16_t, 576, 512, 4, 64, 128>"),
+@pytest.mark.parametrize("heads,fragments,hopper,name", [
+    (16, True, True, "latent_attention_fp8_fragments<bf16_t, 512, 64, 128, 2>"),
+    (16, False, True, "latent_attention_sm90<bf16_t, 576, 512, true, 128>"),
+    (16, False, False, "latent_attention<bf16_t, 576, 512, 1, 64, 128>"),
+    (64, True, True, "latent_attention_sm90<bf16_t, 576, 512, true, 128>"),
+    (64, True, False, "latent_attention<bf16_t, 576, 512, 4, 64, 128>"),
 ])
-def test_fp8_cache_reaches_the_kernel_raw(cp, heads, fragments, name, monkeypatch):
+def test_fp8_cache_reaches_the_kernel_raw(cp, heads, fragments, hopper, name, monkeypatch):
     """FlashMLA's FP8 layout goes to a tensor-core kernel that reads it itself
-    (into MMA fragments for M <= 16, else dequantising each tile): the pool
-    and block table as given, nothing dequantised before."""
+    (into MMA fragments for M <= 16; on Hopper the wgmma kernel, whose
+    producer converts the rows; else dequantising each tile): the pool and
+    block table as given, nothing dequantised before."""
     monkeypatch.setattr(_kernels, "USE_FP8_FRAGMENTS", fragments)
+    monkeypatch.setattr(_kernels, "USE_HOPPER_KERNEL", hopper)
     args = inputs(cp, heads=heads)
     fmt = cumla.fp8_format(L, R, 128)
     pool = device(cp, fmt.quantize(np.asarray(args["cache"])))
     cumla.decode(**dict(args, cache=pool), cache_format=fmt, strategy="absorbed")
     attend = cp.launches[1]
-    spec = _kernels.latent_kernel(cumla.bfloat16, L + R, L, heads, "sm_90a", fp8=fmt)
-    assert attend.name == spec.name == name and not spec.tma
+    spec = _kernels.latent_kernel(cumla.bfloat16, L + R, L, heads, "sm_90a", 64, fp8=fmt)
+    assert attend.name == spec.name == name
     assert field(attend, "cache") == pool.data.ptr and field(attend, "block_table") == args["block_table"].data.ptr
-    assert attend.shared_mem == spec.smem and attend.grid[1] == -(-heads // spec.rows)
+    # The Hopper kernel keeps its descriptor arguments; over FP8 rows they are unused zeros.
+    assert spec.tma == (spec.file == "latent_attention_sm90.cu") and len(attend.args) == (3 if spec.tma else 1)
+    assert all(not bytes(descriptor).strip(b"\0") for descriptor in attend.args[1:])
     # The default plan gives every SM one CTA, two of the fragment kernel's.
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]
     assert spec.per_sm == (2 if fragments and heads <= 16 else 1)
-    assert attend.grid[0] == spec.per_sm * sms // -(-heads // spec.rows)
     planned = cumla.plan(args["seqlens"], heads=heads, cache_format=fmt)
-    assert planned.num_parts == attend.grid[0]
+    assert planned.num_parts == spec.per_sm * sms // -(-heads // spec.rows)
+    assert attend.shared_mem == spec.smem and attend.grid == spec.grid(planned.num_parts, heads)
+    assert attend.block == (spec.threads,)
     with pytest.raises(TypeError, match="cache_format"):
         cumla.plan(args["seqlens"], heads=heads, cache_format="fp8")
+
+
+def test_hopper_fp8_kernel_applies_where_its_layout_and_pages_allow():
+    """The Hopper kernel over FP8 rows: sm_90a with the Hopper kernel on,
+    whole 64-token tiles (pages of 64 tokens or more, or a contiguous cache),
+    scale groups of a multiple of 16 values, R a multiple of 64, dims the
+    16-bit Hopper kernel takes; its tile, threads and shared memory are that
+    kernel's, and the values reach the MMAs rounded to the query dtype."""
+    flashmla = cumla.fp8_format(512, 64, 128)
+    pick = _kernels.hopper_fp8_kernel
+    spec = pick(cumla.bfloat16, flashmla, "sm_90a", 64)
+    bf16 = _kernels.hopper_kernel(cumla.bfloat16, 576, 512)
+    assert spec.name == "latent_attention_sm90<bf16_t, 576, 512, true, 128>" and spec.module == (spec.name,)
+    assert (spec.rows, spec.threads, spec.smem, spec.tma) == (bf16.rows, bf16.threads, bf16.smem, True)
+    assert not spec.fp8_exact and spec.per_sm == 1
+    assert pick(np.dtype(np.float16), cumla.fp8_format(128, 0, 32), "sm_90a", None).name == \
+        "latent_attention_sm90<f16_t, 128, 128, true, 32>"
+    for refused in [(cumla.bfloat16, flashmla, "sm_89", 64), (cumla.bfloat16, flashmla, "sm_90a", 16),
+                    (np.dtype(np.float32), flashmla, "sm_90a", 64),
+                    (cumla.bfloat16, cumla.fp8_format(512, 64, 8), "sm_90a", 64),  # 8-value groups
+                    (cumla.bfloat16, cumla.fp8_format(512, 32, 128), "sm_90a", 64),  # R = 32
+                    (cumla.bfloat16, cumla.fp8_format(384, 64, 128), "sm_90a", 64),  # L / 2 = 192
+                    (cumla.bfloat16, cumla.fp8_format(512, 64, 512), "sm_90a", 64)]:  # 644-byte rows
+        assert pick(*refused) is None, refused
+    assert pick(cumla.bfloat16, flashmla, "sm_90a", 64, _kernels.A100_SMEM) is None
 
 
 def test_fp8_fragment_kernel_applies_where_its_layout_and_arch_allow():

@@ -68,8 +68,10 @@ def test_flashmla_fp8_layout_at_deepseek_dims(dtype, heads, q_len, seqlens, bloc
     also with the tiles for an A100's 163 KB per block (32 tokens at 64 rows)
     and an sm_89 GPU's 99 KB (32 rows per CTA, 32 tokens). M <= 16 runs the
     kernel that reads the rows into its MMA fragments (two CTAs per SM; one
-    at 163 KB; at 99 KB it does not fit), and once the kernel that
-    dequantises tiles instead."""
+    at 163 KB; at 99 KB it does not fit), and once (on Hopper, as M > 16
+    over whole 64-token tiles does) the Hopper kernel whose producer
+    converts the rows; other pages and budgets the kernel that dequantises
+    tiles."""
     import cupy as cp
     from cumla import _gpu
 
@@ -85,19 +87,23 @@ def test_flashmla_fp8_layout_at_deepseek_dims(dtype, heads, q_len, seqlens, bloc
     check(case, 128, plan=plan)
 
 
-@pytest.mark.parametrize("heads,name", [(16, "latent_attention_fp8_fragments<bf16_t, 512, 64, 128, 2>"),
-                                        (32, "latent_attention<bf16_t, 576, 512, 2, 64, 128>")])
-def test_fp8_rows_in_the_kernel_are_deterministic(heads, name):
-    """Two calls over FlashMLA's layout give identical bits, from either kernel
-    that reads FP8 rows (which pointer it gets is checked without a GPU,
-    test_gpu_host.py)."""
+@pytest.mark.parametrize("heads,hopper,name", [
+    (16, True, "latent_attention_fp8_fragments<bf16_t, 512, 64, 128, 2>"),
+    (32, True, "latent_attention_sm90<bf16_t, 576, 512, true, 128>"),
+    (32, False, "latent_attention<bf16_t, 576, 512, 2, 64, 128>"),
+])
+def test_fp8_rows_in_the_kernel_are_deterministic(heads, hopper, name, monkeypatch):
+    """Two calls over FlashMLA's layout give identical bits, from each kernel
+    that reads FP8 rows (the Hopper kernel on sm_90a; which pointer it gets
+    is checked without a GPU, test_gpu_host.py)."""
+    monkeypatch.setattr(_kernels, "USE_HOPPER_KERNEL", hopper)
     case = MLACase(3, 1, heads, latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128, seqlens=(500, 64, 1),
                    capacity=500, block_size=64, causal=False, dtype="bfloat16", scale=None, squeeze=False, seed=9)
     args, _ = fp8_inputs(case, 128)
     first = cumla.latent_attention(**args)
     second = cumla.latent_attention(**args)
     np.testing.assert_array_equal(to_numpy(first).view(np.uint16), to_numpy(second).view(np.uint16))
-    spec = _kernels.latent_kernel(cumla.bfloat16, 576, 512, heads, "sm_90a", fp8=args["cache_format"])
+    spec = _kernels.latent_kernel(cumla.bfloat16, 576, 512, heads, "sm_90a", 64, fp8=args["cache_format"])
     assert spec is not None and spec.name == name
 
 
@@ -113,6 +119,25 @@ def test_fp8_rows_read_into_fragments_match_reference(case, group):
     fmt = cumla.fp8_format(case.latent_dim, case.rope_dim, group)
     assert _kernels.fp8_fragment_kernel(case.np_dtype, fmt, case.q_len * case.heads, "sm_90a") is not None
     check(case, group)
+
+
+# Each (dtype, L, R, group) is a kernel build on the device: few of them.
+@settings(max_examples=20, deadline=None)
+@given(case=mla_cases(dims=(128,), rope_dims=(0, 64), dtypes=("bfloat16",), max_heads=40, max_seq=300,
+                      max_batch=3, block_sizes=(64, 128)),
+       group=st.sampled_from([16, 32]))
+def test_fp8_rows_converted_by_the_hopper_producer_match_reference(case, group):
+    """The Hopper kernel over FP8 rows, its producer warpgroup converting them
+    into the 16-bit stages (sm_90a; elsewhere the kernel that dequantises
+    tiles): L = 128 with and without RoPE, scales per 16 and 32 values, any
+    M (the fragment kernel switched off for M <= 16), pages of 64 and 128
+    tokens or a contiguous cache. float16 and DeepSeek's dims: the FlashMLA
+    layout test."""
+    fmt = cumla.fp8_format(case.latent_dim, case.rope_dim, group)
+    assert _kernels.hopper_fp8_kernel(case.np_dtype, fmt, "sm_90a", case.block_size) is not None
+    with pytest.MonkeyPatch.context() as patch:  # (a fixture would not be reset between examples)
+        patch.setattr(_kernels, "USE_FP8_FRAGMENTS", False)
+        check(case, group)
 
 
 @pytest.mark.parametrize("dtype,magnitude", [("bfloat16", 1e-6), ("bfloat16", 1e4), ("float16", 1e-3),

@@ -205,6 +205,12 @@ def test_every_kernel_small():
         check_core(cp, MLACase(2, 2, 3, latent_dim=256, rope_dim=32, nope_dim=32, v_dim=32, seqlens=(150, 40),
                                capacity=150, block_size=block, causal=True, dtype="bfloat16", scale=None,
                                squeeze=False, seed=2), parts, cumla.fp8_format(256, 32, 32))
+    for block, parts in ((None, 1), (64, 5)):
+        # FP8 rows converted by the Hopper kernel's producer (whole 64-token tiles; elsewhere dequantised per
+        # tile): 80 rows = two CTA row tiles.
+        check_core(cp, MLACase(2, 2, 40, latent_dim=128, rope_dim=64, nope_dim=32, v_dim=32, seqlens=(150, 40),
+                               capacity=150, block_size=block, causal=True, dtype="bfloat16", scale=None,
+                               squeeze=False, seed=4), parts, cumla.fp8_format(128, 64, 32))
     # Dims the decompressed kernel runs on warpgroup MMAs on Hopper (two 64-column passes, Dv 64).
     for block in (None, 16):
         case = MLACase(2, 3, 2, latent_dim=128, rope_dim=16, nope_dim=64, v_dim=64, seqlens=(150, 40),
