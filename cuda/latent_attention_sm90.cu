@@ -42,8 +42,9 @@
 // FP8 rows (G > 0, fp8.cuh's layout; whole 64-token tiles of consecutive
 // rows): the producer warpgroup, all four warps, fills each group by
 // converting the rows itself: 16-byte loads of the group's codes, scales
-// and RoPE values into registers (issued before it waits for the group's
-// release), e4m3 times the token's scale rounded to T, stored in the
+// and RoPE values into registers (written before it waits for the group's
+// release; ptxas keeps about half of them there and sinks the rest below
+// the wait), e4m3 times the token's scale rounded to T, stored in the
 // swizzled blocks the consumers read; every producer thread arrives on the
 // group's "full" barrier. The next pair's rows are prefetched into L2 when
 // a pair starts. The consumers run as for 16-bit rows.
