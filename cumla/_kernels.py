@@ -92,7 +92,7 @@ class LatentKernel:
     rows: int          # query rows per CTA
     smem: int          # dynamic shared memory bytes
     element: str
-    tma: bool = False  # takes the cache's TMA descriptor as a second argument
+    tma: bool = False  # takes the cache's TMA descriptors after its parameters (zeros over FP8 rows)
     threads: int = THREADS  # per CTA
     per_sm: int = 1  # CTAs an SM runs at once (default plans give each one a part)
     # Takes FP8 codes into its MMAs exactly and applies the scales in float32,
