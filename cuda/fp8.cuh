@@ -24,6 +24,14 @@ __device__ __forceinline__ u32 e4m3x2_f16(u32 codes) {
 }
 #endif
 
+// Two bf16 values (an FP8 row's RoPE part) as a packed pair of T: as they
+// are for bf16, re-rounded for fp16.
+template <class T>
+__device__ __forceinline__ u32 rope_pair(u32 bf16x2) {
+  if constexpr (T::kBf16) return bf16x2;
+  else return T::pack(__uint_as_float(bf16x2 << 16), __uint_as_float(bf16x2 & 0xFFFF0000u));
+}
+
 // Two e4m3 codes (the low 16 bits of `pair`) times `scale`, packed as T.
 // sm_89+ converts them in hardware (NaN included). Elsewhere: an e4m3 byte x
 // placed as (x << 8) in a 16-bit lane is, after moving its exponent and
@@ -89,12 +97,10 @@ __device__ __forceinline__ void dequantize_rows(const unsigned char* raw, u32 ti
         out[1] = e4m3x2_scaled<T>(codes.x >> 16, scale);
         out[2] = e4m3x2_scaled<T>(codes.y, scale);
         out[3] = e4m3x2_scaled<T>(codes.y >> 16, scale);
-      } else {  // bf16 RoPE values, re-rounded when T is fp16
+      } else {  // bf16 RoPE values
         const uint4 rope = *reinterpret_cast<const uint4*>(row + kRope + 16 * (c - kLatentChunks));
-        const u32 in[4] = {rope.x, rope.y, rope.z, rope.w};
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          out[e] = T::kBf16 ? in[e] : T::pack(__uint_as_float(in[e] << 16), __uint_as_float(in[e] & 0xFFFF0000u));
+        out[0] = rope_pair<T>(rope.x), out[1] = rope_pair<T>(rope.y);
+        out[2] = rope_pair<T>(rope.z), out[3] = rope_pair<T>(rope.w);
       }
       asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(tile + Rows::offset(r, c)), "r"(out[0]),
                    "r"(out[1]), "r"(out[2]), "r"(out[3]));

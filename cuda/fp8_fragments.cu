@@ -322,12 +322,8 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
         ldsm_x4(a, sQRope + Tile::RopeRows::offset(lane & 15, 2 * k + (lane >> 4)));
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          u32 b0 = lds32(k_rows + 8 * j * kRaw + Tile::kRope + 32 * k + 4 * tq);
-          u32 b1 = lds32(k_rows + 8 * j * kRaw + Tile::kRope + 32 * k + 16 + 4 * tq);
-          if constexpr (!T::kBf16) {  // bf16 RoPE values re-rounded to f16
-            b0 = T::pack(__uint_as_float(b0 << 16), __uint_as_float(b0 & 0xFFFF0000u));
-            b1 = T::pack(__uint_as_float(b1 << 16), __uint_as_float(b1 & 0xFFFF0000u));
-          }
+          const u32 b0 = rope_pair<T>(lds32(k_rows + 8 * j * kRaw + Tile::kRope + 32 * k + 4 * tq));
+          const u32 b1 = rope_pair<T>(lds32(k_rows + 8 * j * kRaw + Tile::kRope + 32 * k + 16 + 4 * tq));
           T::mma(sp[j], a, b0, b1);
         }
       }

@@ -245,14 +245,10 @@ __device__ __forceinline__ void produce_fp8_groups(const AttnParams& p, const Pa
 #pragma unroll
             for (int h = 0; h < 4; ++h) {
               const int r = pt / 8 + 16 * h, chunk = 8 * (kLatent + j) + pt % 8;
-              u32 v[4] = {rope[j][h].x, rope[j][h].y, rope[j][h].z, rope[j][h].w};
-              if constexpr (!T::kBf16) {  // bf16 RoPE values re-rounded to fp16
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                  v[e] = T::pack(__uint_as_float(v[e] << 16), __uint_as_float(v[e] & 0xFFFF0000u));
-              }
-              asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(stage + Rows::offset(r, chunk)), "r"(v[0]),
-                           "r"(v[1]), "r"(v[2]), "r"(v[3]) : "memory");
+              const uint4 v = rope[j][h];
+              asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(stage + Rows::offset(r, chunk)),
+                           "r"(rope_pair<T>(v.x)), "r"(rope_pair<T>(v.y)), "r"(rope_pair<T>(v.z)),
+                           "r"(rope_pair<T>(v.w)) : "memory");
             }
           }
         }
