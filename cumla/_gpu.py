@@ -239,7 +239,7 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     lse = plan.lse.reshape(batch, q_len, heads)  # scratch: with plan= and out=, nothing is allocated
     args = (_params(problem, plan, q, cache, seqlens, block_table, o, lse, scale, causal),)
     if spec.tma and problem.cache_format is not None:  # FP8 rows: the producer reads them, not TMA
-        args += (_tma.unused_map(), _tma.unused_map())
+        args += (_tma.UNUSED_MAP, _tma.UNUSED_MAP)
     elif spec.tma:
         box_rows = min(problem.block_size, 64) if paged else 64
         # Single blocks by pages, and whole V halves (used where a page holds a tile).

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -223,14 +223,16 @@ HOPPER_PRODUCER_CHOICES = ((64, 16), (128, None))
 
 
 def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int, block_size: int | None = None,
-                  smem_limit: int = SMEM_LIMIT, rows: int = 64) -> LatentKernel | None:
+                  smem_limit: int = SMEM_LIMIT, rows: int = 64, group: int = 0) -> LatentKernel | None:
     """The sm_90a wgmma kernel for these dims and cache layout, or None where it
     does not apply: float32; L+R not a multiple of 64; L not 128, 256 or 512
     (or above L+R); pages of fewer than 8 tokens or that do not tile 64 tokens;
     more shared memory than ``smem_limit``. Its copies come from a producer
     warpgroup, except where one row group (``rows`` <= 64) reads pages of
     under 64 tokens: a tile is then several pages' boxes, which the consumer
-    warps issue faster than the producer's one warp."""
+    warps issue faster than the producer's one warp. ``group`` > 0: the
+    specialisation over FP8 rows with that scale group, its producer
+    converting them (see :func:`hopper_fp8_kernel`)."""
     element = element_of(dtype)
     if (element == "f32_t" or dim % 64 or v_dim % 2 or v_dim // 2 not in HOPPER_HALVES or v_dim > dim
             or _hopper_smem(dim, v_dim) > min(smem_limit, SMEM_LIMIT)):
@@ -238,7 +240,8 @@ def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int, block_size: int | None 
     if block_size is not None and not _tiles_into_pages(block_size):
         return None
     producer = rows > 64 or block_size is None or block_size >= 64
-    name = f"latent_attention_sm90<{element}, {dim}, {v_dim}, {'true' if producer else 'false'}>"
+    fp8 = f", {group}" if group else ""
+    name = f"latent_attention_sm90<{element}, {dim}, {v_dim}, {'true' if producer else 'false'}{fp8}>"
     return LatentKernel("latent_attention_sm90.cu", (name,), name, 64, _hopper_smem(dim, v_dim), element, tma=True,
                         threads=HOPPER_PRODUCER_THREADS if producer else THREADS)
 
@@ -253,15 +256,18 @@ def hopper_fp8_kernel(dtype: np.dtype, fmt: Any, arch: str, block_size: int | No
     refuses, scale groups not a multiple of 16 values (a thread's 16-code
     load), R not a multiple of 64 (whole RoPE blocks), or dims the 16-bit
     Hopper kernel does not take. Any M = Sq*H: 64 query rows per CTA."""
-    if (arch != "sm_90a" or not USE_HOPPER_KERNEL or (block_size is not None and block_size % 64)
-            or not fp8_in_kernel(fmt, fmt.latent_dim) or fmt.group % 16 or fmt.rope_dim % 64):
+    if arch != "sm_90a" or not USE_HOPPER_KERNEL or (block_size is not None and block_size % 64):
         return None
-    spec = hopper_kernel(dtype, fmt.width, fmt.latent_dim, None, smem_limit)
-    if spec is None:
+    return _hopper_fp8_kernel(np.dtype(dtype), fmt, smem_limit)
+
+
+@lru_cache(maxsize=None)
+def _hopper_fp8_kernel(dtype: np.dtype, fmt: Any, smem_limit: int) -> LatentKernel | None:
+    """hopper_fp8_kernel's choice for the layout; cached: decode asks every call."""
+    if not fp8_in_kernel(fmt, fmt.latent_dim) or fmt.group % 16 or fmt.rope_dim % 64:
         return None
-    name = spec.name[:-1] + f", {fmt.group}>"
-    # The descriptor arguments stay (the launch passes unused ones).
-    return replace(spec, module=(name,), name=name)
+    # Whole tiles only, so its producer warpgroup (block_size None) converts them.
+    return hopper_kernel(dtype, fmt.width, fmt.latent_dim, None, smem_limit, group=fmt.group)
 
 
 def _portable(element: str, dim: int, v_dim: int, rows: int, fmt: Any = None,

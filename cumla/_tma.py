@@ -28,10 +28,9 @@ def _encode_fn():
         "encode TMA descriptors")
 
 
-def unused_map() -> np.void:
-    """A zero descriptor, for a kernel's descriptor argument that its
-    specialisation never reads (the Hopper kernel over FP8 rows)."""
-    return np.zeros((), TMA_MAP)[()]
+#: A zero descriptor, for a kernel's descriptor argument that its
+#: specialisation never reads (the Hopper kernel over FP8 rows).
+UNUSED_MAP = np.zeros((), TMA_MAP)[()]
 
 
 def rows_map(address: int, rows: int, width: int, box_rows: int, depth: int = 1) -> np.void:
