@@ -293,7 +293,7 @@ def bench_fp8(copy_bw, rng, configs=FP8_CONFIGS):
             dense_us = None
         del per_token_pool
         cp.get_default_memory_pool().free_all_blocks()
-        kernel = _kernels.latent_kernel(BFLOAT16, D, L, q_len * heads, "sm_90a", fp8=fmt).name
+        kernel = _gpu.fp8_kernel(BFLOAT16, fmt, L, q_len * heads, BLOCK).name  # the one this device launches
         moved = batch * seq * fmt.row_bytes + q.nbytes + q.nbytes * L // D
         rows.append(dict(config=name, kernel=kernel, bf16_us=bf16_us, fp8_us=fp8_us, ratio=fp8_us / bf16_us,
                          per_token_scales_us=dense_us,
