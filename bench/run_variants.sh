@@ -54,16 +54,16 @@ run_variant() {  # name, tree
   fi
   for _ in $(seq "${RACECHECK:-0}"); do
     (cd "$tree/tests" && PYTHONPATH=$site timeout 120 compute-sanitizer --tool racecheck python3 -m pytest -q \
-       -p no:cacheprovider -m gpu gpu -k test_every_kernel_small 2>&1) | grep "RACECHECK SUMMARY" | sed "s/^/$name /"
+       -p no:cacheprovider -m gpu gpu -k test_every_kernel_small 2>&1) | grep "RACECHECK SUMMARY" | sed "s|^|$name |"
   done
   (cd "$tree" && PYTHONPATH=$site timeout 300 python3 bench/bench_gpu.py ${BENCH_ARGS:---core-only --no-baseline} \
-     --configs "$configs" --out "$stem" 2>&1) | grep -E "^\| ([A-F]|even|random|one|[0-9]+\.[0-9]) " | sed "s/^/$name /"
+     --configs "$configs" --out "$stem" 2>&1) | grep -E "^\| ([A-F]|even|random|one|[0-9]+\.[0-9]) " | sed "s|^|$name |"
   if [ -n "${SPLIT_COSTS:-}" ]; then
     (cd "$tree/bench" && PYTHONPATH=$site timeout 150 python3 split_costs.py --configs "$SPLIT_COSTS" \
-       --out "$stem-split" 2>&1) | tail -n 25 | sed "s/^/$name /"
+       --out "$stem-split" 2>&1) | tail -n 25 | sed "s|^|$name |"
   fi
   if [ -n "${TIMELINE:-}" ]; then
-    (cd "$tree" && PYTHONPATH=$site timeout 180 python3 bench/timeline.py $TIMELINE 2>&1) | sed "s/^/$name /"
+    (cd "$tree" && PYTHONPATH=$site timeout 180 python3 bench/timeline.py $TIMELINE 2>&1) | sed "s|^|$name |"
   fi
   echo "$name: $((SECONDS - start)) s"
 }
