@@ -139,6 +139,31 @@ __device__ __forceinline__ int ld_global_nc(const int* p) {
   asm volatile("ld.global.nc.s32 %0, [%1];" : "=r"(v) : "l"(p));
   return v;
 }
+// Loads of 16 and 4 bytes through the read-only path from base + kOffset
+// (an immediate: one base register serves a tile's loads) when `pred`, else
+// zeros: volatile asm, issued where written, without a branch.
+template <int kOffset>
+__device__ __forceinline__ uint4 ld_global_nc_if(const void* base, bool pred) {
+  uint4 v;
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %5, 0;\n mov.b32 %0, 0;\n mov.b32 %1, 0;\n mov.b32 %2, 0;\n"
+      " mov.b32 %3, 0;\n @p ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4+%6];\n}"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(base), "r"(static_cast<int>(pred)), "n"(kOffset));
+  return v;
+}
+template <int kOffset>
+__device__ __forceinline__ float ld_global_nc_if_f32(const void* base, bool pred) {
+  float v;
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n mov.b32 %0, 0;\n @p ld.global.nc.f32 %0, [%1+%3];\n}"
+               : "=f"(v) : "l"(base), "r"(static_cast<int>(pred)), "n"(kOffset));
+  return v;
+}
+// A 16-byte shared-memory store at base + kOffset (an immediate).
+template <int kOffset>
+__device__ __forceinline__ void st_shared_v4_at(u32 base, u32 a, u32 b, u32 c, u32 d) {
+  asm volatile("st.shared.v4.b32 [%0+%5], {%1, %2, %3, %4};" ::"r"(base), "r"(a), "r"(b), "r"(c), "r"(d),
+               "n"(kOffset) : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }

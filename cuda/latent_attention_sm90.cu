@@ -41,13 +41,14 @@
 //
 // FP8 rows (G > 0, fp8.cuh's layout; whole 64-token tiles of consecutive
 // rows): the producer warpgroup, all four warps, fills each group by
-// converting the rows itself: 16-byte loads of the group's codes, scales
-// and RoPE values into registers (written before it waits for the group's
-// release; ptxas keeps about half of them there and sinks the rest below
-// the wait), e4m3 times the token's scale rounded to T, stored in the
-// swizzled blocks the consumers read; every producer thread arrives on the
-// group's "full" barrier. The next pair's rows are prefetched into L2 when
-// a pair starts. The consumers run as for 16-bit rows.
+// converting the rows itself, in parts of two 64-column blocks: 16-byte
+// loads of a part's codes, scales (and a group's RoPE values) into
+// registers, issued before the part ahead is converted (ptxas sinks part
+// of them into that conversion), e4m3 times the token's scale rounded to T,
+// stored in the swizzled blocks the consumers read; every producer thread
+// arrives on the group's "full" barrier. The next pair's rows are
+// prefetched into L2 when a pair starts. The consumers run as for 16-bit
+// rows.
 #include "common.cuh"
 #include "params.cuh"
 #include "fp8.cuh"
@@ -147,114 +148,216 @@ __device__ long long cumla_cta_span[kTimelineCtas][5];
   } while (0)
 #endif
 
-// The converting producer (FP8 rows; every thread of warpgroup 2): walks the
-// consumers' requests and pairs as the copying producer does, and fills the
-// four groups of a pair in the same order, each once its last reader of the
-// pair before has released it. A group is its 64-column blocks of one tile:
-// group A of stage s the latent blocks of warpgroup s's V half, group B the
-// other latent blocks, then the RoPE blocks. Thread pt converts, per latent
-// block, the 16 codes at part pt % 4 of rows pt / 4 and pt / 4 + 32 (one
-// scale each), and per RoPE block the 16-byte chunk pt % 8 of rows pt / 8 +
-// 16j. Rows past the tokens (or the segment, or with an out-of-range block
-// id) become zeros: P = 0 times V must stay 0.
+// FP8 rows for the converting producer, by parts: part H of group K of a
+// pair (stage K / 2; K % 2: group A, the latent blocks of warpgroup K / 2's
+// V half, or B, the other latent blocks, then the RoPE blocks; a group's
+// latent blocks in kParts parts), in a producer thread's registers between
+// its loads and its stores. Thread pt holds, per latent block, the 16 codes
+// at part pt % 4 of rows pt / 4 and pt / 4 + 32 with their scales, and per
+// RoPE block the 16-byte chunk pt % 8 of rows pt / 8 + 16j. Rows past the
+// tokens (or the segment, or with an out-of-range block id) are zeros,
+// loaded from nowhere: P = 0 times V must stay 0.
 template <class T, int D, int DV, int G>
-__device__ __forceinline__ void produce_fp8_groups(const AttnParams& p, const PartWork& work, u32 stages, u32 bars) {
+struct Fp8Parts {
   using Tile = HopperTile<D, DV>;
   using Rows = typename Tile::Rows;
-  constexpr int BN = Tile::BN, kHB = Tile::kHalfBlocks, kLatent = DV / 64, kRopeBlocks = (D - DV) / 64;
-  constexpr int kRaw = fp8_row_bytes(DV, D - DV, G), kRope = fp8_rope_offset(DV, G);
-  constexpr u32 kStageBytes = Tile::kTileBytes;
+  static constexpr int kHB = Tile::kHalfBlocks, kLatent = DV / 64, kRopeBlocks = (D - DV) / 64;
+  static constexpr int kRaw = fp8_row_bytes(DV, D - DV, G), kRope = fp8_rope_offset(DV, G);
+  static constexpr int kParts = kHB >= 2 ? 2 : 1, kPartBlocks = kHB / kParts;
+  // A part's latent blocks are kPartBlocks consecutive ones from a multiple
+  // of kPartBlocks, so runs of min(G / 64, kPartBlocks) share their rows' scales.
+  static constexpr int kBlocksPerScale = G >= 64 ? (G / 64 < kPartBlocks ? G / 64 : kPartBlocks) : 1;
+  static constexpr int kScales = kPartBlocks / kBlocksPerScale;
+  static constexpr int kOwnRope = kRopeBlocks > 0 ? kRopeBlocks : 1;
+  static_assert((G & (G - 1)) == 0 && kHB % kParts == 0, "scale groups of a power of two, whole parts");
+
+  struct Latent {
+    uint4 codes[kPartBlocks][2];
+    float scale[kScales][2];
+  };
+  struct Rope {
+    uint4 v[kOwnRope][4];
+  };
+
+  // The j-th latent block of part H of group K.
+  template <int K, int H>
+  static __host__ __device__ constexpr int latent_block(int j) {
+    return K % 2 == 0 ? K / 2 * kHB + H * kPartBlocks + j
+                      : (H * kPartBlocks + j < K / 2 * kHB ? H * kPartBlocks + j : H * kPartBlocks + j + kHB);
+  }
+
+  // Latent blocks J.. of part H of group K; `codes`, `scales`: thread pt's
+  // bytes of row 0 (offsets from them are immediates of the loads).
+  template <int K, int H, int J = 0>
+  static __device__ __forceinline__ void load_latent(const unsigned char* codes, const unsigned char* scales,
+                                                     bool in0, bool in1, Latent& x) {
+    if constexpr (J < kPartBlocks) {
+      constexpr int col = 64 * latent_block<K, H>(J), row = 32 * kRaw;
+      x.codes[J][0] = ld_global_nc_if<col>(codes, in0);
+      x.codes[J][1] = ld_global_nc_if<row + col>(codes, in1);
+      if constexpr (J % kBlocksPerScale == 0) {
+        x.scale[J / kBlocksPerScale][0] = ld_global_nc_if_f32<4 * (col / G)>(scales, in0);
+        x.scale[J / kBlocksPerScale][1] = ld_global_nc_if_f32<row + 4 * (col / G)>(scales, in1);
+      }
+      load_latent<K, H, J + 1>(codes, scales, in0, in1, x);
+    }
+  }
+  // RoPE blocks J.. of a tile; `ropes`: thread pt's bytes of row 0.
+  template <int J = 0>
+  static __device__ __forceinline__ void load_rope(const unsigned char* ropes, int live, int pt, Rope& rope) {
+    if constexpr (J < kRopeBlocks) {
+      constexpr int row = 16 * kRaw;
+      rope.v[J][0] = ld_global_nc_if<128 * J>(ropes, pt / 8 < live);
+      rope.v[J][1] = ld_global_nc_if<row + 128 * J>(ropes, pt / 8 + 16 < live);
+      rope.v[J][2] = ld_global_nc_if<2 * row + 128 * J>(ropes, pt / 8 + 32 < live);
+      rope.v[J][3] = ld_global_nc_if<3 * row + 128 * J>(ropes, pt / 8 + 48 < live);
+      load_rope<J + 1>(ropes, live, pt, rope);
+    }
+  }
+
+  // Part H of group K of the tile whose row 0 is `rows` (`live` rows); the
+  // last part of a group B also its RoPE values.
+  template <int K, int H>
+  static __device__ __forceinline__ void load(const unsigned char* rows, int live, int pt, Latent& x, Rope& rope) {
+    load_latent<K, H>(rows + (pt / 4) * kRaw + 16 * (pt % 4), rows + (pt / 4) * kRaw + DV + 4 * (16 * (pt % 4) / G),
+                      pt / 4 < live, pt / 4 + 32 < live, x);
+    if constexpr (K % 2 == 1 && H == kParts - 1)
+      load_rope(rows + (pt / 8) * kRaw + kRope + 16 * (pt % 8), live, pt, rope);
+  }
+
+  // Thread pt's places in the stages, from which its stores are immediates:
+  // in row pt / 4 of block 0 of stage 0, its chunks 2 (pt % 4) and the one
+  // after (latent blocks); in row pt / 8, its chunk pt % 8 (RoPE blocks).
+  struct Places {
+    u32 latent[2], rope;
+    __device__ __forceinline__ Places(u32 stages, int pt) {
+      const int r = pt / 4, q = pt / 8;
+      latent[0] = stages + Rows::offset(r, 2 * (pt % 4));
+      latent[1] = stages + Rows::offset(r, 2 * (pt % 4) + 1);
+      rope = stages + Rows::offset(q, pt % 8);
+    }
+  };
+
+  // Latent blocks J.. of part H of group K, converted, into their stage.
+  template <int K, int H, int J = 0>
+  static __device__ __forceinline__ void store_latent(const Places& at, const Latent& x) {
+    if constexpr (J < kPartBlocks) {
+      constexpr int block = K / 2 * Tile::kTileBytes + latent_block<K, H>(J) * Rows::kBlockBytes;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint4 c = x.codes[J][h];
+        const float sc = x.scale[J / kBlocksPerScale][h];
+        const u32 w0 = e4m3x2_scaled<T>(c.x, sc), w1 = e4m3x2_scaled<T>(c.x >> 16, sc);
+        const u32 w2 = e4m3x2_scaled<T>(c.y, sc), w3 = e4m3x2_scaled<T>(c.y >> 16, sc);
+        const u32 w4 = e4m3x2_scaled<T>(c.z, sc), w5 = e4m3x2_scaled<T>(c.z >> 16, sc);
+        const u32 w6 = e4m3x2_scaled<T>(c.w, sc), w7 = e4m3x2_scaled<T>(c.w >> 16, sc);
+        if (h == 0) {
+          st_shared_v4_at<block>(at.latent[0], w0, w1, w2, w3);
+          st_shared_v4_at<block>(at.latent[1], w4, w5, w6, w7);
+        } else {  // 32 rows down: the same swizzle
+          st_shared_v4_at<block + 32 * 128>(at.latent[0], w0, w1, w2, w3);
+          st_shared_v4_at<block + 32 * 128>(at.latent[1], w4, w5, w6, w7);
+        }
+      }
+      store_latent<K, H, J + 1>(at, x);
+    }
+  }
+  // RoPE blocks J.. of stage ST.
+  template <int ST, int J = 0>
+  static __device__ __forceinline__ void store_rope(const Places& at, const Rope& rope) {
+    if constexpr (J < kRopeBlocks) {
+      constexpr int block = ST * Tile::kTileBytes + (kLatent + J) * Rows::kBlockBytes;
+      const uint4* v = rope.v[J];  // rows 16 apart: the same swizzle
+      st_shared_v4_at<block>(at.rope, rope_pair<T>(v[0].x), rope_pair<T>(v[0].y), rope_pair<T>(v[0].z),
+                             rope_pair<T>(v[0].w));
+      st_shared_v4_at<block + 16 * 128>(at.rope, rope_pair<T>(v[1].x), rope_pair<T>(v[1].y),
+                                        rope_pair<T>(v[1].z), rope_pair<T>(v[1].w));
+      st_shared_v4_at<block + 32 * 128>(at.rope, rope_pair<T>(v[2].x), rope_pair<T>(v[2].y),
+                                        rope_pair<T>(v[2].z), rope_pair<T>(v[2].w));
+      st_shared_v4_at<block + 48 * 128>(at.rope, rope_pair<T>(v[3].x), rope_pair<T>(v[3].y),
+                                        rope_pair<T>(v[3].z), rope_pair<T>(v[3].w));
+      store_rope<ST, J + 1>(at, rope);
+    }
+  }
+
+  // Part H of group K of the `fills`-th pair, converted and stored swizzled:
+  // the first part once the group's last reader of the pair before has
+  // released it; the last announces the group.
+  template <int K, int H>
+  static __device__ __forceinline__ void fill(const Places& at, u32 bars, u32 fills, const Latent& x,
+                                              const Rope& rope) {
+    constexpr int st = K / 2, g = K % 2;
+    if (H == 0 && fills > 0) mbar_wait(Tile::empty_bar(bars, st, g), (fills - 1) & 1);
+    store_latent<K, H>(at, x);
+    if constexpr (H == kParts - 1) {
+      if constexpr (g == 1) store_rope<st>(at, rope);
+      fence_async_shared();  // written through the generic proxy, read by wgmma
+      mbar_arrive(Tile::full_bar(bars, st, g));
+    }
+  }
+
+  // Part P (of 4 * kParts) of a pair, the tiles' rows `first` and `second`;
+  // part P + 1's loads are issued before part P is converted.
+  template <int P>
+  static __device__ __forceinline__ void pair_part(const Places& at, u32 bars, u32 fills, int pt, Latent (&buf)[2],
+                                                   Rope& rope, const unsigned char* first, int valid0,
+                                                   const unsigned char* second, int valid1,
+                                                   const unsigned char* next, int valid2) {
+    constexpr int K = P / kParts, H = P % kParts, N = P + 1;
+    if constexpr (N < 4 * kParts) {
+      constexpr int NK = N / kParts;
+      load<NK, N % kParts>(NK < 2 ? first : second, NK < 2 ? valid0 : valid1, pt, buf[N % 2], rope);
+    } else {
+      load<0, 0>(next, valid2, pt, buf[0], rope);  // the next pair's first: zeros, from nowhere, past the segment
+    }
+    fill<K, H>(at, bars, fills, buf[P % 2], rope);
+    if constexpr (N < 4 * kParts)
+      pair_part<N>(at, bars, fills, pt, buf, rope, first, valid0, second, valid1, next, valid2);
+  }
+};
+
+// The converting producer (every thread of warpgroup 2): walks the
+// consumers' requests and pairs as the copying producer does and fills the
+// four groups of a pair in the same order, in parts whose loads are issued
+// one part ahead (two parts in registers: a part's load latency runs under
+// its predecessor's conversion, not before its own; a segment's next pair's
+// first part under the pair's last).
+template <class T, int D, int DV, int G>
+__device__ __forceinline__ void produce_fp8_groups(const AttnParams& p, const PartWork& work, u32 stages, u32 bars) {
+  using F = Fp8Parts<T, D, DV, G>;
+  constexpr int BN = HopperTile<D, DV>::BN;
   const int pt = threadIdx.x % kGroupThreads;
   const unsigned char* cache = static_cast<const unsigned char*>(p.cache);
-  // Row 0 of tile t of request b (n tokens, tiles below t1), null past the
-  // segment or for an out-of-range block id; `valid`: its rows holding tokens.
+  // Row 0 of tile t of request b (n tokens, tiles below t1) and `valid`, its
+  // rows holding tokens; past the segment or for an out-of-range block id,
+  // no rows (the cache's start, for addresses never read).
   auto tile_rows = [&](int b, int n, int t1, int t, int& valid) {
-    const unsigned char* first = t < t1 ? cache_row(p, cache, b, n, t * BN, kRaw) : nullptr;
+    const unsigned char* first = t < t1 ? cache_row(p, cache, b, n, t * BN, F::kRaw) : nullptr;
     valid = first != nullptr ? min(BN, n - t * BN) : 0;
-    return first;
+    return first != nullptr ? first : cache;
   };
+  const typename F::Places at(stages, pt);
+  typename F::Latent buf[2];  // even parts in buf[0], odd in buf[1]
+  typename F::Rope rope;      // a group B's
   u32 fills = 0;  // pairs filled: the one before released phase (fills - 1) & 1 of each empty barrier
   for (int b = work.first(); b <= work.last(p.batch); ++b) {
     Segment seg;
     if (!work.segment(p, b, kScheduleTile, seg)) continue;
     const int n = seg.n, t0 = seg.t0, t1 = seg.t1;
+    int valid0, valid1, valid2;
+    const unsigned char* first0 = tile_rows(b, n, t1, t0, valid0);
+    F::template load<0, 0>(first0, valid0, pt, buf[0], rope);
     for (int i = t0; i < t1; i += 2, ++fills) {
-      int valid0, valid1;  // (apart, not an array: the group loop is not unrolled)
-      const unsigned char* const first0 = tile_rows(b, n, t1, i, valid0);
       const unsigned char* const first1 = tile_rows(b, n, t1, i + 1, valid1);
+      const unsigned char* const next0 = tile_rows(b, n, t1, i + 2, valid2);
       if (pt == 0) {  // the next pair's rows into L2, for its loads
-#pragma unroll
-        for (int k = 2; k < 4; ++k) {
-          int rows;
-          const unsigned char* ahead = tile_rows(b, n, t1, i + k, rows);
-          if (ahead != nullptr) bulk_prefetch_l2(ahead, rows * kRaw);
-        }
+        int valid3;
+        const unsigned char* const next1 = tile_rows(b, n, t1, i + 3, valid3);
+        if (valid2 > 0) bulk_prefetch_l2(next0, valid2 * F::kRaw);
+        if (valid3 > 0) bulk_prefetch_l2(next1, valid3 * F::kRaw);
       }
-#pragma unroll 1
-      for (int k = 0; k < 4; ++k) {
-        const int st = k / 2, g = k % 2;
-        const unsigned char* rows = st == 0 ? first0 : first1;
-        const int live = st == 0 ? valid0 : valid1;
-        // The group's latent blocks: A, warpgroup st's V half; B, the rest.
-        auto latent_block = [&](int j) { return g == 0 ? st * kHB + j : (j < st * kHB ? j : j + kHB); };
-        uint4 codes[kHB][2];
-        float scale[kHB][2];
-#pragma unroll
-        for (int j = 0; j < kHB; ++j) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = pt / 4 + 32 * h, col = 64 * latent_block(j) + 16 * (pt % 4);
-            const unsigned char* row = rows + static_cast<size_t>(r) * kRaw;
-            codes[j][h] = r < live ? __ldg(reinterpret_cast<const uint4*>(row + col)) : make_uint4(0u, 0u, 0u, 0u);
-            scale[j][h] = r < live ? __ldg(reinterpret_cast<const float*>(row + DV + 4 * (col / G))) : 0.f;
-          }
-        }
-        constexpr int kOwnRope = kRopeBlocks > 0 ? kRopeBlocks : 1;
-        uint4 rope[kOwnRope][4];
-        if (g == 1) {
-#pragma unroll
-          for (int j = 0; j < kRopeBlocks; ++j) {
-#pragma unroll
-            for (int h = 0; h < 4; ++h) {
-              const int r = pt / 8 + 16 * h;
-              const unsigned char* src = rows + static_cast<size_t>(r) * kRaw + kRope + 128 * j + 16 * (pt % 8);
-              rope[j][h] = r < live ? __ldg(reinterpret_cast<const uint4*>(src)) : make_uint4(0u, 0u, 0u, 0u);
-            }
-          }
-        }
-        if (fills > 0) mbar_wait(Tile::empty_bar(bars, st, g), (fills - 1) & 1);
-        const u32 stage = stages + st * kStageBytes;
-#pragma unroll
-        for (int j = 0; j < kHB; ++j) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = pt / 4 + 32 * h, chunk = 8 * latent_block(j) + 2 * (pt % 4);
-            const uint4 c = codes[j][h];
-            const float sc = scale[j][h];
-            asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(stage + Rows::offset(r, chunk)),
-                         "r"(e4m3x2_scaled<T>(c.x, sc)), "r"(e4m3x2_scaled<T>(c.x >> 16, sc)),
-                         "r"(e4m3x2_scaled<T>(c.y, sc)), "r"(e4m3x2_scaled<T>(c.y >> 16, sc)) : "memory");
-            asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(stage + Rows::offset(r, chunk + 1)),
-                         "r"(e4m3x2_scaled<T>(c.z, sc)), "r"(e4m3x2_scaled<T>(c.z >> 16, sc)),
-                         "r"(e4m3x2_scaled<T>(c.w, sc)), "r"(e4m3x2_scaled<T>(c.w >> 16, sc)) : "memory");
-          }
-        }
-        if (g == 1) {
-#pragma unroll
-          for (int j = 0; j < kRopeBlocks; ++j) {
-#pragma unroll
-            for (int h = 0; h < 4; ++h) {
-              const int r = pt / 8 + 16 * h, chunk = 8 * (kLatent + j) + pt % 8;
-              const uint4 v = rope[j][h];
-              asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(stage + Rows::offset(r, chunk)),
-                           "r"(rope_pair<T>(v.x)), "r"(rope_pair<T>(v.y)), "r"(rope_pair<T>(v.z)),
-                           "r"(rope_pair<T>(v.w)) : "memory");
-            }
-          }
-        }
-        fence_async_shared();  // written through the generic proxy, read by wgmma
-        mbar_arrive(Tile::full_bar(bars, st, g));
-      }
+      F::template pair_part<0>(at, bars, fills, pt, buf, rope, first0, valid0, first1, valid1, next0, valid2);
+      first0 = next0, valid0 = valid2;
     }
   }
 }
