@@ -318,10 +318,11 @@ struct Fp8Parts {
 
 // The converting producer (every thread of warpgroup 2): walks the
 // consumers' requests and pairs as the copying producer does and fills the
-// four groups of a pair in the same order, in parts whose loads are issued
+// four groups of a pair in the same order, in parts whose loads are written
 // one part ahead (two parts in registers: a part's load latency runs under
-// its predecessor's conversion, not before its own; a segment's next pair's
-// first part under the pair's last).
+// its predecessor's conversion, from where ptxas issues them, about halfway
+// into it, instead of before its own; a segment's next pair's first part
+// under the pair's last).
 template <class T, int D, int DV, int G>
 __device__ __forceinline__ void produce_fp8_groups(const AttnParams& p, const PartWork& work, u32 stages, u32 bars) {
   using F = Fp8Parts<T, D, DV, G>;
