@@ -200,13 +200,17 @@ def _combine(name: str, params, rows: int, batch: int, v_dim: int) -> None:
         fn(grid, (THREADS,), args)
 
 
-def fp8_kernel(dtype: np.dtype, fmt: Any, v_dim: int, rows: int, block_size: int | None = None) -> LatentKernel | None:
+def fp8_kernel(dtype: np.dtype, fmt: Any, v_dim: int, rows: int, block_size: int | None = None,
+               device: tuple[str, int] | None = None) -> LatentKernel | None:
     """The kernel that reads FP8 rows of layout ``fmt`` for M = ``rows`` query rows
-    from pages of ``block_size`` tokens (None: a contiguous cache) on the current
-    device; None where the rows are dequantised into 16-bit rows first."""
-    device_id = cp.cuda.Device().id
-    return latent_kernel(dtype, fmt.width, v_dim, rows, _arch_of(device_id), block_size, fp8=fmt,
-                         smem_limit=smem_limit(device_id))
+    from pages of ``block_size`` tokens (None: a contiguous cache) on the device
+    of ``device`` = (arch, shared memory per block), the current one when None;
+    None where the rows are dequantised into 16-bit rows first."""
+    if device is None:
+        device_id = cp.cuda.Device().id
+        device = (_arch_of(device_id), smem_limit(device_id))
+    arch, limit = device
+    return latent_kernel(dtype, fmt.width, v_dim, rows, arch, block_size, fp8=fmt, smem_limit=limit)
 
 
 def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale: float, causal: bool,
@@ -222,7 +226,8 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
     paged = block_table is not None
     spec = None
     if problem.cache_format is not None:  # a kernel that reads the FP8 rows, else dequantise first
-        spec = fp8_kernel(problem.dtype, problem.cache_format, v_dim, rows, problem.block_size if paged else None)
+        spec = fp8_kernel(problem.dtype, problem.cache_format, v_dim, rows, problem.block_size if paged else None,
+                          (arch, limit))
         if spec is None:
             problem, cache, block_table = _dense_cache(problem, cache, block_table)
     q = _on_16_bytes(cp.ascontiguousarray(q_lat.astype(problem.dtype, copy=False)))
