@@ -238,44 +238,43 @@ struct Fp8Parts {
     }
   };
 
+  // 16 codes of one row times their scale, converted, at kOff from the
+  // thread's latent places (rows 32 apart have the same swizzle).
+  template <int kOff>
+  static __device__ __forceinline__ void store_codes(const Places& at, uint4 c, float sc) {
+    const u32 w0 = e4m3x2_scaled<T>(c.x, sc), w1 = e4m3x2_scaled<T>(c.x >> 16, sc);
+    const u32 w2 = e4m3x2_scaled<T>(c.y, sc), w3 = e4m3x2_scaled<T>(c.y >> 16, sc);
+    const u32 w4 = e4m3x2_scaled<T>(c.z, sc), w5 = e4m3x2_scaled<T>(c.z >> 16, sc);
+    const u32 w6 = e4m3x2_scaled<T>(c.w, sc), w7 = e4m3x2_scaled<T>(c.w >> 16, sc);
+    st_shared_v4_at<kOff>(at.latent[0], w0, w1, w2, w3);
+    st_shared_v4_at<kOff>(at.latent[1], w4, w5, w6, w7);
+  }
   // Latent blocks J.. of part H of group K, converted, into their stage.
   template <int K, int H, int J = 0>
   static __device__ __forceinline__ void store_latent(const Places& at, const Latent& x) {
     if constexpr (J < kPartBlocks) {
       constexpr int block = K / 2 * Tile::kTileBytes + latent_block<K, H>(J) * Rows::kBlockBytes;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const uint4 c = x.codes[J][h];
-        const float sc = x.scale[J / kBlocksPerScale][h];
-        const u32 w0 = e4m3x2_scaled<T>(c.x, sc), w1 = e4m3x2_scaled<T>(c.x >> 16, sc);
-        const u32 w2 = e4m3x2_scaled<T>(c.y, sc), w3 = e4m3x2_scaled<T>(c.y >> 16, sc);
-        const u32 w4 = e4m3x2_scaled<T>(c.z, sc), w5 = e4m3x2_scaled<T>(c.z >> 16, sc);
-        const u32 w6 = e4m3x2_scaled<T>(c.w, sc), w7 = e4m3x2_scaled<T>(c.w >> 16, sc);
-        if (h == 0) {
-          st_shared_v4_at<block>(at.latent[0], w0, w1, w2, w3);
-          st_shared_v4_at<block>(at.latent[1], w4, w5, w6, w7);
-        } else {  // 32 rows down: the same swizzle
-          st_shared_v4_at<block + 32 * 128>(at.latent[0], w0, w1, w2, w3);
-          st_shared_v4_at<block + 32 * 128>(at.latent[1], w4, w5, w6, w7);
-        }
-      }
+      store_codes<block>(at, x.codes[J][0], x.scale[J / kBlocksPerScale][0]);
+      store_codes<block + 32 * 128>(at, x.codes[J][1], x.scale[J / kBlocksPerScale][1]);
       store_latent<K, H, J + 1>(at, x);
     }
+  }
+  // Eight RoPE values of one row as T, at kOff from the thread's RoPE place
+  // (rows 16 apart have the same swizzle).
+  template <int kOff>
+  static __device__ __forceinline__ void store_rope_chunk(const Places& at, uint4 v) {
+    const u32 w0 = rope_pair<T>(v.x), w1 = rope_pair<T>(v.y), w2 = rope_pair<T>(v.z), w3 = rope_pair<T>(v.w);
+    st_shared_v4_at<kOff>(at.rope, w0, w1, w2, w3);
   }
   // RoPE blocks J.. of stage ST.
   template <int ST, int J = 0>
   static __device__ __forceinline__ void store_rope(const Places& at, const Rope& rope) {
     if constexpr (J < kRopeBlocks) {
       constexpr int block = ST * Tile::kTileBytes + (kLatent + J) * Rows::kBlockBytes;
-      const uint4* v = rope.v[J];  // rows 16 apart: the same swizzle
-      st_shared_v4_at<block>(at.rope, rope_pair<T>(v[0].x), rope_pair<T>(v[0].y), rope_pair<T>(v[0].z),
-                             rope_pair<T>(v[0].w));
-      st_shared_v4_at<block + 16 * 128>(at.rope, rope_pair<T>(v[1].x), rope_pair<T>(v[1].y),
-                                        rope_pair<T>(v[1].z), rope_pair<T>(v[1].w));
-      st_shared_v4_at<block + 32 * 128>(at.rope, rope_pair<T>(v[2].x), rope_pair<T>(v[2].y),
-                                        rope_pair<T>(v[2].z), rope_pair<T>(v[2].w));
-      st_shared_v4_at<block + 48 * 128>(at.rope, rope_pair<T>(v[3].x), rope_pair<T>(v[3].y),
-                                        rope_pair<T>(v[3].z), rope_pair<T>(v[3].w));
+      store_rope_chunk<block>(at, rope.v[J][0]);
+      store_rope_chunk<block + 16 * 128>(at, rope.v[J][1]);
+      store_rope_chunk<block + 32 * 128>(at, rope.v[J][2]);
+      store_rope_chunk<block + 48 * 128>(at, rope.v[J][3]);
       store_rope<ST, J + 1>(at, rope);
     }
   }
