@@ -32,21 +32,22 @@ __device__ __forceinline__ u32 rope_pair(u32 bf16x2) {
   else return T::pack(__uint_as_float(bf16x2 << 16), __uint_as_float(bf16x2 & 0xFFFF0000u));
 }
 
-// Two e4m3 codes (the low 16 bits of `pair`) times `scale`, packed as T.
+// Two e4m3 codes (the low 16 bits of `pair`; HI: the high 16) times
+// `scale`, packed as T.
 // sm_89+ converts them in hardware (NaN included). Elsewhere: an e4m3 byte x
 // placed as (x << 8) in a 16-bit lane is, after moving its exponent and
 // mantissa one bit right, the fp16 number x * 2^-8 exactly (subnormals
 // included: fp16 has 8 more exponent steps); code 0x7F/0xFF is NaN.
-template <class T>
+template <class T, bool HI = false>
 __device__ __forceinline__ u32 e4m3x2_scaled(u32 pair, float scale) {
   float lo, hi;
 #if __CUDA_ARCH__ >= 890
-  const u32 h = e4m3x2_f16(pair);
+  const u32 h = e4m3x2_f16<HI>(pair);
   asm("{.reg .f16 l, h;\n mov.b32 {l, h}, %2;\n cvt.f32.f16 %0, l;\n cvt.f32.f16 %1, h;}"
       : "=f"(lo), "=f"(hi) : "r"(h));
   lo *= scale, hi *= scale;
 #else
-  const u32 v = __byte_perm(pair, 0u, 0x1404u);
+  const u32 v = __byte_perm(pair, 0u, HI ? 0x3424u : 0x1404u);
   const u32 h = (v & 0x80008000u) | ((v >> 1) & 0x3F803F80u);
   asm("{.reg .f16 l, h;\n mov.b32 {l, h}, %2;\n cvt.f32.f16 %0, l;\n cvt.f32.f16 %1, h;}"
       : "=f"(lo), "=f"(hi) : "r"(h));

@@ -207,10 +207,11 @@ struct Fp8Parts {
   static __device__ __forceinline__ void load_rope(const unsigned char* ropes, int live, int pt, Rope& rope) {
     if constexpr (J < kRopeBlocks) {
       constexpr int row = 16 * kRaw;
-      rope.v[J][0] = ld_global_nc_if<128 * J>(ropes, pt / 8 < live);
-      rope.v[J][1] = ld_global_nc_if<row + 128 * J>(ropes, pt / 8 + 16 < live);
-      rope.v[J][2] = ld_global_nc_if<2 * row + 128 * J>(ropes, pt / 8 + 32 < live);
-      rope.v[J][3] = ld_global_nc_if<3 * row + 128 * J>(ropes, pt / 8 + 48 < live);
+      const int left = live - pt / 8;  // rows of the tile from this thread's first
+      rope.v[J][0] = ld_global_nc_if<128 * J>(ropes, left > 0);
+      rope.v[J][1] = ld_global_nc_if<row + 128 * J>(ropes, left > 16);
+      rope.v[J][2] = ld_global_nc_if<2 * row + 128 * J>(ropes, left > 32);
+      rope.v[J][3] = ld_global_nc_if<3 * row + 128 * J>(ropes, left > 48);
       load_rope<J + 1>(ropes, live, pt, rope);
     }
   }
@@ -220,7 +221,7 @@ struct Fp8Parts {
   template <int K, int H>
   static __device__ __forceinline__ void load(const unsigned char* rows, int live, int pt, Latent& x, Rope& rope) {
     load_latent<K, H>(rows + (pt / 4) * kRaw + 16 * (pt % 4), rows + (pt / 4) * kRaw + DV + 4 * (16 * (pt % 4) / G),
-                      pt / 4 < live, pt / 4 + 32 < live, x);
+                      live - pt / 4 > 0, live - pt / 4 > 32, x);
     if constexpr (K % 2 == 1 && H == kParts - 1)
       load_rope(rows + (pt / 8) * kRaw + kRope + 16 * (pt % 8), live, pt, rope);
   }
@@ -242,10 +243,10 @@ struct Fp8Parts {
   // thread's latent places (rows 32 apart have the same swizzle).
   template <int kOff>
   static __device__ __forceinline__ void store_codes(const Places& at, uint4 c, float sc) {
-    const u32 w0 = e4m3x2_scaled<T>(c.x, sc), w1 = e4m3x2_scaled<T>(c.x >> 16, sc);
-    const u32 w2 = e4m3x2_scaled<T>(c.y, sc), w3 = e4m3x2_scaled<T>(c.y >> 16, sc);
-    const u32 w4 = e4m3x2_scaled<T>(c.z, sc), w5 = e4m3x2_scaled<T>(c.z >> 16, sc);
-    const u32 w6 = e4m3x2_scaled<T>(c.w, sc), w7 = e4m3x2_scaled<T>(c.w >> 16, sc);
+    const u32 w0 = e4m3x2_scaled<T>(c.x, sc), w1 = e4m3x2_scaled<T, true>(c.x, sc);
+    const u32 w2 = e4m3x2_scaled<T>(c.y, sc), w3 = e4m3x2_scaled<T, true>(c.y, sc);
+    const u32 w4 = e4m3x2_scaled<T>(c.z, sc), w5 = e4m3x2_scaled<T, true>(c.z, sc);
+    const u32 w6 = e4m3x2_scaled<T>(c.w, sc), w7 = e4m3x2_scaled<T, true>(c.w, sc);
     st_shared_v4_at<kOff>(at.latent[0], w0, w1, w2, w3);
     st_shared_v4_at<kOff>(at.latent[1], w4, w5, w6, w7);
   }
