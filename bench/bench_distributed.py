@@ -6,9 +6,9 @@
 Times the whole sharded decode step (local decode + all-gather + merge) as
 GPU time per call, from planned calls replayed as one CUDA graph on every
 rank (the method of bench_gpu.py), and the local decode alone the same way:
-the merge's cost is the difference. Also the eager planned call and the
-eager call without a plan (host work included). Rank 0 writes
-distributed-<N>gpu.json; compare the two files for the speed-up.
+the merge's cost is the median of the rounds' differences. Also the eager
+planned call and the eager call without a plan (host work included). Rank 0
+writes distributed-<N>gpu.json; compare the two files for the speed-up.
 """
 from __future__ import annotations
 
@@ -66,16 +66,20 @@ def main() -> None:
     # Alternated and repeated: the card's clocks drift between measurements (power cap).
     rounds = [(graph_time_us(step), graph_time_us(local_only)) for _ in range(5)]
     total_us, local_us = (float(np.median(column)) for column in zip(*rounds))
+    # The merge from each round's own pair: the two medians above each drift
+    # by more than the merge costs on one GPU (a negative difference there is
+    # that drift, hence the rounds in the file too).
+    merge_us = float(np.median([total - local for total, local in rounds]))
     eager_us = time_us(step, warmup=1, repeat=10)
     unplanned_us = time_us(lambda: sharded_decode(q, shard, w_kv, comm, seq_ids=ids, rope_dim=R), warmup=1, repeat=10)
-    merge_us = total_us - local_us
     if comm.rank == 0:
         result = dict(gpus=comm.world, batch=batch, seq=seq, heads=heads, block=BLOCK, layout=sharding.layout,
                       gpu=cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
                       time_us=total_us, local_us=local_us, merge_us=merge_us, merge_share=merge_us / total_us,
-                      eager_us=eager_us, eager_unplanned_us=unplanned_us,
+                      eager_us=eager_us, eager_unplanned_us=unplanned_us, rounds_us=rounds,
                       method="GPU time per call: 10 planned calls replayed as one CUDA graph, median of 10, "
-                             "median of 5 alternated rounds of step and local decode")
+                             "median of 5 alternated rounds of step and local decode; merge: median of the "
+                             "rounds' differences")
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, f"distributed-{comm.world}gpu.json"), "w") as f:
             json.dump(result, f, indent=1)
