@@ -51,7 +51,7 @@ def combine(outputs: Sequence[Any], lses: Sequence[Any]) -> tuple[Any, Any]:
     safe = xp.where(xp.isfinite(peak), peak, np.float32(0))
     weights = xp.exp(lse - safe)
     total = weights.sum(axis=0)
-    seen = total > 0
+    seen = total != 0  # a part's NaN LSE stays NaN
     norm = xp.where(seen, total, np.float32(1))
     o = sum(w[..., None] * part.astype(np.float32) for w, part in zip(weights, outputs))
     o = xp.where(seen[..., None], o / norm[..., None], np.float32(0))

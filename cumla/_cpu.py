@@ -35,7 +35,7 @@ class _OnlineSoftmax:
         self.peak = new_peak
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
-        seen = self.total > 0
+        seen = self.total != 0  # a NaN total (a NaN or infinity in a visible row) stays NaN
         o = np.where(seen[..., None], self.acc / np.where(seen, self.total, 1)[..., None], 0)
         lse = np.where(seen, self.peak + np.log(np.where(seen, self.total, 1)), -np.inf)
         return o.astype(np.float32), lse.astype(np.float32)

@@ -234,6 +234,28 @@ def assert_close(out: Any, ref: np.ndarray, dtype: str, lse: Any = None, ref_lse
         assert gap <= bound, f"lse error {gap:.3e} > {bound:.3e} ({dtype})"
 
 
+def put_nan(args: dict[str, Any], request: int, token: int, column: int) -> None:
+    """Set one value of a token's cache row to NaN, in place (contiguous or paged
+    cache, NumPy or CuPy, as :func:`make_inputs` lays it out)."""
+    cache, table = args["cache"], args.get("block_table")
+    if table is None:
+        cache[request, token, column] = np.nan
+    else:
+        size = cache.shape[1]
+        cache[int(to_numpy(table)[request, token // size]), token % size, column] = np.nan
+
+
+def assert_nan_where_reference(out: Any, ref: np.ndarray, dtype: str, lse: Any, ref_lse: np.ndarray) -> None:
+    """:func:`assert_close` for inputs holding NaN: outputs and LSEs are NaN
+    exactly where the reference's are, and the other elements within tolerance."""
+    host, got = to_numpy(out).astype(np.float64), to_numpy(lse).astype(np.float64)
+    assert np.array_equal(np.isnan(host), np.isnan(ref)), "output NaN where the reference has none, or the reverse"
+    assert np.array_equal(np.isnan(got), np.isnan(ref_lse)), "LSE NaN where the reference has none, or the reverse"
+    bad, bad_lse = np.isnan(ref), np.isnan(ref_lse)
+    assert_close(np.where(bad, 0, host), np.where(bad, 0, ref), dtype,
+                 np.where(bad_lse, 0, got), np.where(bad_lse, 0, ref_lse))
+
+
 def capture_graph(call: Any, calls: int = 1) -> tuple[Any, Any]:
     """``call`` run once eagerly (it compiles, makes a plan's buffers), then
     captured ``calls`` times back to back in one CUDA graph on a fresh

@@ -7,7 +7,8 @@ import cumla
 from cumla import reference
 from cumla._arrays import BFLOAT16
 from cumla.testing import (
-    MLACase, assert_close, make_inputs, make_latent_inputs, mla_cases, relative_error,
+    MLACase, assert_close, assert_nan_where_reference, make_inputs, make_latent_inputs, mla_cases, put_nan,
+    relative_error,
 )
 
 
@@ -63,6 +64,26 @@ def test_garbage_past_seqlens_changes_nothing(case):
     assert not np.isnan(a).any() and not np.isnan(lse_a).any()
     assert relative_error(b, a.astype(np.float64)) <= 1e-5  # rounding by alignment only
     np.testing.assert_allclose(lse_a, lse_b, rtol=1e-5, atol=1e-5)
+
+
+@given(case=mla_cases(dtypes=("float32",)), data=st.data())
+def test_nan_in_a_visible_row_reaches_what_sees_it(case, data):
+    """A NaN in the row of a token every query of its request sees makes NaN
+    that request's outputs and LSEs, as in the reference; the other requests
+    are unchanged."""
+    hidden = case.q_len - 1 if case.causal else 0  # the first query sees all but the last `hidden` tokens
+    requests = [b for b, n in enumerate(case.seqlens) if n > hidden]
+    if not requests:
+        return
+    args = make_inputs(case)
+    request = data.draw(st.sampled_from(requests))
+    token = data.draw(st.integers(0, case.seqlens[request] - 1 - hidden))
+    put_nan(args, request, token, data.draw(st.integers(0, case.latent_dim + case.rope_dim - 1)))
+    ref_o, ref_lse = reference.decode(**args)
+    assert np.isnan(ref_o[request]).all() and np.isnan(ref_lse[request]).all()
+    for strategy in ("absorbed", "decompressed"):
+        o, lse = cumla.decode(**args, strategy=strategy, return_lse=True)
+        assert_nan_where_reference(o, ref_o, case.dtype, lse, ref_lse)
 
 
 @given(case=mla_cases(paged=False, dtypes=("float32",), max_seq=60), cut=st.floats(0, 1))

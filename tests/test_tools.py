@@ -88,6 +88,13 @@ def test_combine_of_empty_parts():
     assert np.all(o == 0) and np.isneginf(lse).all()
 
 
+def test_combine_keeps_a_nan_part():
+    part = np.array([[np.nan] * 3, [0.0] * 3])  # row 0 NaN, row 1 empty (zeros, LSE -inf)
+    o, lse = cumla.combine([np.ones((2, 3)), part], [np.zeros(2), np.array([np.nan, -np.inf])])
+    assert np.isnan(o[0]).all() and np.isnan(lse[0])
+    assert np.all(o[1] == 1) and lse[1] == 0
+
+
 def test_example_runs_on_the_cpu():
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "mla_decode.py"), "--cpu", "--seq-len", "200"],
                           capture_output=True, text=True, timeout=300)

@@ -5,8 +5,8 @@ from hypothesis import given, settings, strategies as st
 
 import cumla
 from cumla import _kernels, reference
-from cumla.testing import (MLACase, assert_close, capture_graph, fp8_reference_cache, make_inputs, make_latent_inputs,
-                           mla_cases, to_numpy)
+from cumla.testing import (MLACase, assert_close, assert_nan_where_reference, capture_graph, fp8_reference_cache,
+                           make_inputs, make_latent_inputs, mla_cases, put_nan, to_numpy)
 
 pytestmark = pytest.mark.gpu
 
@@ -181,6 +181,31 @@ def check_core(xp, case, parts, fmt=None):
     o, lse = cumla.latent_attention(**args, plan=plan, return_lse=True)
     ref_o, ref_lse = reference.latent_attention(**host)
     assert_close(o, ref_o, case.dtype, lse, ref_lse)
+
+
+@pytest.mark.parametrize("parts", [1, 7])
+def test_nan_in_a_visible_row_reaches_what_sees_it(kernel_family, parts):
+    """A NaN in the row of a token every query of its request sees makes NaN
+    that request's outputs and LSEs, as in the reference, in one piece and
+    split (through the combine) and in the decompressed kernel; the other
+    requests are unchanged."""
+    cp = cupy()
+    case = MLACase(3, 2, 16, latent_dim=256, rope_dim=64, nope_dim=64, v_dim=64, seqlens=(300, 130, 64),
+                   capacity=320, block_size=64, causal=True, dtype="bfloat16", scale=None, squeeze=False, seed=5)
+    for make, run, reference_of in ((make_latent_inputs, None, reference.latent_attention),
+                                    (make_inputs, "decompressed", reference.decode)):
+        host = make(case)
+        put_nan(host, 0, 7, 3)
+        args = {k: cp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in host.items()}
+        if run is None:
+            plan = cumla.plan(args["seqlens"], heads=case.heads, q_len=case.q_len, v_dim=case.latent_dim,
+                              num_parts=parts)
+            o, lse = run_latent(args, case, plan=plan)
+        else:
+            o, lse = cumla.decode(**args, strategy=run, return_lse=True)
+        ref_o, ref_lse = reference_of(**host)
+        assert np.isnan(ref_o[0]).all() and not np.isnan(ref_o[1:]).any()
+        assert_nan_where_reference(o, ref_o, case.dtype, lse, ref_lse)
 
 
 def test_every_kernel_small():
