@@ -21,8 +21,10 @@ def combine(outputs: Sequence[Any], lses: Sequence[Any]) -> tuple[Any, Any]:
     Returns
     -------
     o : ndarray, shape (..., V), float32
-        Equal to attending over the union of the token sets.
+        Equal to attending over the union of the token sets; NaN where a
+        part's LSE is NaN (a NaN in its rows), zeros where every part is empty.
     lse : ndarray, shape (...), float32
+        -inf where every part is empty, NaN where a part's is.
 
     Raises
     ------
