@@ -157,9 +157,11 @@ def decode(
     Returns
     -------
     o : ndarray, shape (B, [Sq,] H, Dv), q's dtype
-        Zero where a query sees no token.
+        Zero where a query sees no token; NaN where it sees a NaN in a
+        cache row or its query (README, "Conventions").
     lse : ndarray, shape (B, [Sq,] H), float32
-        Only with ``return_lse=True``; -inf where a query sees no token.
+        Only with ``return_lse=True``; -inf where a query sees no token,
+        NaN where its output is.
 
     Raises
     ------
@@ -256,8 +258,9 @@ def latent_attention(
     Returns
     -------
     o : ndarray, shape (B, [Sq,] H, v_dim), q's dtype
+        As :func:`cumla.decode`'s (zeros, NaN).
     lse : ndarray, shape (B, [Sq,] H), float32
-        Only with ``return_lse=True``.
+        Only with ``return_lse=True``; as :func:`cumla.decode`'s.
 
     Raises
     ------
