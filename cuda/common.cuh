@@ -355,3 +355,7 @@ __device__ __forceinline__ float move_base(float& base, float cand, float scale_
 __device__ __forceinline__ float base_offset(float base, float scale_log2) {
   return base == CUMLA_NEG_INF ? 0.f : base * scale_log2;
 }
+// Whether a row's softmax total (its sum of exponentials, or of a merge's
+// piece weights) counts a token: "!= 0", not "> 0", so that a NaN total (a
+// NaN or infinity in a visible row) reaches the output and the LSE as NaN.
+__device__ __forceinline__ bool row_seen(float total) { return total != 0.f; }

@@ -508,9 +508,8 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention(const __grid_co
         const int i = i0 + row_of(mi, hh);
         if (i >= p.q_len) continue;
         const int row = i * p.heads + h;
-        // "!= 0", not "> 0": a NaN total (a NaN or infinity in a visible row) stays NaN.
-        const float lse = total != 0.f ? run_max[mi][hh] * p.scale + logf(total) : CUMLA_NEG_INF;
-        const float inv = total != 0.f ? 1.f / total : 0.f;
+        const float lse = row_seen(total) ? run_max[mi][hh] * p.scale + logf(total) : CUMLA_NEG_INF;
+        const float inv = row_seen(total) ? 1.f / total : 0.f;
         const size_t out_row = seg.out_row(p.rows, row);
         if (tq == 0) (seg.final() ? p.lse : p.part_lse)[out_row] = lse;
 #pragma unroll
@@ -634,10 +633,10 @@ __global__ void __launch_bounds__(256, 1) decompressed_attention_f32(const __gri
 
     if (i >= p.q_len) continue;
     const int row = i * p.heads + h;
-    const float inv = run_sum != 0.f ? 1.f / run_sum : 0.f;
+    const float inv = row_seen(run_sum) ? 1.f / run_sum : 0.f;
     const size_t out_row = seg.out_row(p.rows, row);
     if (j == 0)
-      (seg.final() ? p.lse : p.part_lse)[out_row] = run_sum != 0.f ? run_max * p.scale + logf(run_sum) : CUMLA_NEG_INF;
+      (seg.final() ? p.lse : p.part_lse)[out_row] = row_seen(run_sum) ? run_max * p.scale + logf(run_sum) : CUMLA_NEG_INF;
     float* dst = seg.final() ? static_cast<float*>(p.out) + out_row * DV : p.part_out + out_row * DV;
 #pragma unroll
     for (int k = 0; k < kOut; ++k)

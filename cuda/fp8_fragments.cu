@@ -475,11 +475,10 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
       for (int w = 0; w < Tile::kWarps; ++w) total += sRed[w * BM + g + 8 * h];
       if (r >= p.rows) continue;
       // (carried = 0: no scale was non-zero, the accumulators are zero)
-      // "!= 0", not "> 0": a NaN total (a NaN or infinity in a visible row) stays NaN.
-      const float inv = total != 0.f ? exp2i(max(carried, 1) - 127) / total : 0.f;
+      const float inv = row_seen(total) ? exp2i(max(carried, 1) - 127) / total : 0.f;
       const size_t out_row = slot * p.rows + r;
       if (warp == 0 && tq == 0)
-        (final ? p.lse : p.part_lse)[out_row] = total != 0.f ? run_max[h] * p.scale + logf(total) : CUMLA_NEG_INF;
+        (final ? p.lse : p.part_lse)[out_row] = row_seen(total) ? run_max[h] * p.scale + logf(total) : CUMLA_NEG_INF;
 #pragma unroll
       for (int c = 0; c < Tile::kChunks; ++c) {
         // Columns col + i, i = 0..7: accumulator column 2tq + i / 4 of tile i % 4.

@@ -470,12 +470,11 @@ __global__ void __launch_bounds__(256, 1) latent_attention(const __grid_constant
 #pragma unroll
         for (int w = 0; w < WN; ++w) total += sRed[w * BM + local];
         if (r >= p.rows) continue;
-        // "!= 0", not "> 0": a NaN total (a NaN or infinity in a visible row) stays NaN.
-        const float inv = total != 0.f ? 1.f / total : 0.f;
+        const float inv = row_seen(total) ? 1.f / total : 0.f;
         const size_t out_row = seg.out_row(p.rows, r);
         if (pv_cb == 0 && tq == 0)
           (seg.final() ? p.lse : p.part_lse)[out_row] =
-              total != 0.f ? pv_max[i][h] * p.scale + logf(total) : CUMLA_NEG_INF;
+              row_seen(total) ? pv_max[i][h] * p.scale + logf(total) : CUMLA_NEG_INF;
 #pragma unroll
         for (int j = 0; j < Tile::kPairsPerWarp; ++j) {
           const int pair = pv_cb * Tile::kPairsPerWarp + j;
@@ -594,10 +593,10 @@ __global__ void __launch_bounds__(256, 1) latent_attention_simt(const __grid_con
       const int row = row0 + r;
       if (row >= p.rows) continue;
       const float total = sSum[r];
-      const float inv = total != 0.f ? 1.f / total : 0.f;
+      const float inv = row_seen(total) ? 1.f / total : 0.f;
       const size_t out_row = seg.out_row(p.rows, row);
       if (tid == 0)
-        (seg.final() ? p.lse : p.part_lse)[out_row] = total != 0.f ? sMax[r] + logf(total) : CUMLA_NEG_INF;
+        (seg.final() ? p.lse : p.part_lse)[out_row] = row_seen(total) ? sMax[r] + logf(total) : CUMLA_NEG_INF;
 #pragma unroll
       for (int j = 0; j < kCols; ++j) {
         const int c = tid + j * kThreads;

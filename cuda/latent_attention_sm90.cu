@@ -841,10 +841,9 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
       const int r = r_lo + 8 * h;
       if (row0 + r >= p.rows) continue;
       const float total = sSum[r] + sSum[Tile::BM + r];
-      // "!= 0", not "> 0": a NaN total (a NaN or infinity in a visible row) stays NaN.
-      const float inv = total != 0.f ? 1.f / total : 0.f;
+      const float inv = row_seen(total) ? 1.f / total : 0.f;
       const size_t out_row = seg.out_row(p.rows, row0 + r);
-      const float lse = total != 0.f ? run_max[h] * p.scale + logf(total) : CUMLA_NEG_INF;
+      const float lse = row_seen(total) ? run_max[h] * p.scale + logf(total) : CUMLA_NEG_INF;
       if (wg == 0 && lane % 4 == 0) {
         if (seg.final()) p.lse[out_row] = lse;
         else st_global_keep(p.part_lse + out_row, lse, keep);

@@ -128,12 +128,11 @@ __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of
                                           typename T::storage* out, float* lse_out) {
   // The merged values of this lane's columns, and the LSE from the largest
   // piece LSE (0 when every piece is empty) and the sum of the weights.
-  // "!= 0", not "> 0": a piece's NaN LSE (a NaN or infinity in its rows) stays NaN.
   auto write = [&](const float (&acc)[4], float safe, float total) {
 #pragma unroll
     for (int e = 0; e < 4; ++e)
       if (c + e < dv) out[c + e] = T::from_float(acc[e]);
-    if (c == 0) *lse_out = total != 0.f ? safe + logf(total) : CUMLA_NEG_INF;
+    if (c == 0) *lse_out = row_seen(total) ? safe + logf(total) : CUMLA_NEG_INF;
   };
   if (pieces <= kFewPieces) {
     float lse[kFewPieces], v[kFewPieces][4];
@@ -153,7 +152,7 @@ __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of
       w[k] = k < pieces ? expf(lse[k] - safe) : 0.f;
       total += w[k];
     }
-    const float inv = total != 0.f ? 1.f / total : 0.f;
+    const float inv = row_seen(total) ? 1.f / total : 0.f;
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int k = 0; k < kFewPieces; ++k)
@@ -170,7 +169,7 @@ __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of
   float total = 0.f;
   for (int k = lane; k < pieces; k += 32) total += expf(lse_of(k) - safe);
   for (int off = 16; off > 0; off /= 2) total += __shfl_xor_sync(0xffffffffu, total, off);
-  const float inv = total != 0.f ? 1.f / total : 0.f;
+  const float inv = row_seen(total) ? 1.f / total : 0.f;
 
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
   for (int k0 = 0; k0 < pieces; k0 += 32) {
