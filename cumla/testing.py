@@ -249,9 +249,9 @@ def assert_nan_where_reference(out: Any, ref: np.ndarray, dtype: str, lse: Any, 
     """:func:`assert_close` for inputs holding NaN: outputs and LSEs are NaN
     exactly where the reference's are, and the other elements within tolerance."""
     host, got = to_numpy(out).astype(np.float64), to_numpy(lse).astype(np.float64)
-    assert np.array_equal(np.isnan(host), np.isnan(ref)), "output NaN where the reference has none, or the reverse"
-    assert np.array_equal(np.isnan(got), np.isnan(ref_lse)), "LSE NaN where the reference has none, or the reverse"
     bad, bad_lse = np.isnan(ref), np.isnan(ref_lse)
+    assert np.array_equal(np.isnan(host), bad), "output NaN where the reference has none, or the reverse"
+    assert np.array_equal(np.isnan(got), bad_lse), "LSE NaN where the reference has none, or the reverse"
     assert_close(np.where(bad, 0, host), np.where(bad, 0, ref), dtype,
                  np.where(bad_lse, 0, got), np.where(bad_lse, 0, ref_lse))
 
