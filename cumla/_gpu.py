@@ -79,7 +79,7 @@ def default_parts(rows: int, v_dim: int = 512, block_rows: int | None = None, pe
     """
     device_id = cp.cuda.Device().id
     if block_rows is None and cache_format is not None:
-        spec = fp8_kernel(BFLOAT16, cache_format, v_dim, rows)
+        spec = fp8_kernel(BFLOAT16, cache_format, v_dim, rows, device=(_arch_of(device_id), smem_limit(device_id)))
         if spec is not None:
             block_rows, per_sm = spec.rows, spec.per_sm
     if block_rows is None:
