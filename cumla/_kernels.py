@@ -155,7 +155,7 @@ def fp8_fragment_kernel(dtype: np.dtype, fmt: Any, rows: int, arch: str,
     """The kernel that reads FP8 rows of layout ``fmt`` straight into its MMA
     fragments, or None where it does not apply: more than 16 query rows,
     float32, GPUs before sm_89 (no e4m3 conversion instruction), layouts
-    ``fp8_in_kernel`` refuses, L not a multiple of 256, scale groups not
+    ``fp8_in_kernel`` refuses, L not a multiple of 256 or above 512, scale groups not
     multiples of 32 or of L / 8 (a warp's output columns), R not a multiple
     of 16, or two 64-token raw stages more than ``smem_limit``. Two CTAs
     share an SM where twice its shared memory fits."""
@@ -169,8 +169,10 @@ def _fp8_fragment_kernel(dtype: np.dtype, fmt: Any, arch: str, smem_limit: int) 
     """fp8_fragment_kernel's choice for M <= 16; cached: decode asks every call."""
     latent, rope, group = fmt.latent_dim, fmt.rope_dim, fmt.group
     element = element_of(dtype)
+    # A thread's quarter of the queries and its accumulators fill its 128
+    # registers at L = 512: wider rows would spill.
     if (element == "f32_t" or _arch_number(arch) < 89 or not fp8_in_kernel(fmt, latent) or latent % 256
-            or group % 32 or group % (latent // 8) or rope % 16):
+            or latent > 512 or group % 32 or group % (latent // 8) or rope % 16):
         return None
     # P per scale group or the score swap (8 warps x 4 tiles x 512 bytes), the
     # queries' RoPE columns, row reductions, two tile addresses, the stages'

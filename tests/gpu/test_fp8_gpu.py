@@ -156,3 +156,42 @@ def test_fp8_fragments_take_queries_of_any_magnitude(dtype, magnitude):
     o, lse = cumla.latent_attention(**args, return_lse=True)
     ref_o, ref_lse = reference.latent_attention(**host)
     assert_close(o, ref_o, case.dtype, lse, ref_lse)
+
+
+@pytest.mark.parametrize("heads,q_len", [(16, 1), (8, 2)])
+@pytest.mark.parametrize("fragments", [True, False])
+@pytest.mark.parametrize("parts", [None, 5])
+def test_fp8_scores_that_keep_rising_move_the_bases_tile_after_tile(heads, q_len, fragments, parts, monkeypatch):
+    """Keys that grow by half their size every two 64-token tiles, under a
+    softmax scale eight times the usual: a row's maximum passes its base by
+    more than the slack (2^8) in tile after tile, and stays within it in the
+    tiles between. The fragment kernel and (fragments off) the Hopper kernel
+    match the reference."""
+    import cupy as cp
+
+    monkeypatch.setattr(_kernels, "USE_FP8_FRAGMENTS", fragments)
+    seqlens = (700, 300, 1)
+    case = MLACase(len(seqlens), q_len, heads, latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128,
+                   seqlens=seqlens, capacity=max(seqlens), block_size=None, causal=True, dtype="bfloat16",
+                   scale=8 / np.sqrt(576), squeeze=False, seed=11)
+    fmt = cumla.fp8_format(512, 64, 128)
+    args = make_latent_inputs(case, cp)
+    level = 1 + 0.5 * (cp.arange(case.capacity) // 128)
+    args["cache"] = (args["cache"].astype(cp.float32) * level[None, :, None]).astype(args["cache"].dtype)
+    rows = fmt.quantize(args["cache"])
+    host = {k: to_numpy(v) if hasattr(v, "__cuda_array_interface__") else v for k, v in args.items()}
+    host["cache"] = fp8_reference_cache(rows, fmt, case)
+    # What the docstring says of request 0's first row over its first ten
+    # tiles (all visible): its lazy base moves in several tiles past the
+    # first, and stays in others.
+    scores = host["cache"][0, :640] @ host["q_latent"][0, 0, 0].astype(np.float64) * case.scale * np.log2(np.e)
+    base, moves = -np.inf, []
+    for tile_max in scores.reshape(10, 64).max(axis=1):
+        moves.append(tile_max > base + 8)
+        base = tile_max if moves[-1] else base
+    assert sum(moves[1:]) >= 3 and not all(moves[1:]), moves
+    plan = None if parts is None else cumla.plan(cp.asarray(np.array(seqlens, np.int32)), heads=heads, q_len=q_len,
+                                                 v_dim=512, num_parts=parts)
+    o, lse = cumla.latent_attention(**dict(args, cache=rows), cache_format=fmt, plan=plan, return_lse=True)
+    ref_o, ref_lse = reference.latent_attention(**host)
+    assert_close(o, ref_o, case.dtype, lse, ref_lse)
