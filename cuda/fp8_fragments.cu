@@ -67,10 +67,10 @@ struct Fp8FragmentTile {
   static constexpr int kRedBytes = kWarps * BM * 4;
   static constexpr int kAheadBytes = 16;  // two tile addresses, published a tile ahead
   static constexpr int kBarBytes = 8 * STAGES;  // an mbarrier per stage (sm_90)
-  // P (after the maxima) and the score swap (before them) share one space.
-  static constexpr int kPSwapBytes = kGroups * kPBytes > kSwapBytes ? kGroups * kPBytes : kSwapBytes;
+  // P and the score swap apart: a warp writes P while others may still read
+  // their swaps (no barrier between them where no base moves).
   static constexpr int kSmemBytes =
-      STAGES * kStageBytes + kPSwapBytes + kRopeBytes + kRedBytes + kAheadBytes + kBarBytes;
+      STAGES * kStageBytes + kGroups * kPBytes + kSwapBytes + kRopeBytes + kRedBytes + kAheadBytes + kBarBytes;
   static_assert(L <= 512, "a thread's query quarter and accumulators fill its 128 registers at L = 512");
   static_assert(L % 256 == 0 && G % 32 == 0 && G % kCols == 0 && L % G == 0 && R % 16 == 0,
                 "latent columns in 32-column blocks, each warp's P V columns inside one scale group");
@@ -118,7 +118,8 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
     return v;
   };
   const u32 sP = sKV + STAGES * Tile::kStageBytes;  // group k's P at sP + k * kPBytes
-  const u32 sQRope = sP + Tile::kPSwapBytes;
+  const u32 sSwap = sP + Tile::kGroups * Tile::kPBytes;
+  const u32 sQRope = sSwap + Tile::kSwapBytes;
   float* sRed = reinterpret_cast<float*>(smem + (sQRope + Tile::kRopeBytes - sKV));
   // Slot t % 2: the first row of tile t if it is whole in one block (else 0),
   // written by thread 0 one tile before its copy is issued.
@@ -328,12 +329,11 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
           T::mma(sp[j], a, b0, b1);
         }
       }
-      // Swap through P's space (free until this tile's P is written, after
-      // the next barrier): slot (warp, j) holds this warp's sums of tile j;
-      // warp w adds up tile kq of its quad's four warps.
+      // Swap: slot (warp, j) holds this warp's sums of tile j; warp w adds
+      // up tile kq of its quad's four warps.
       float s[4] = {0.f, 0.f, 0.f, 0.f};
       {
-        auto slot = [&](int w, int j) { return sP + (4 * w + j) * 512 + lane * 16; };
+        auto slot = [&](int w, int j) { return sSwap + (4 * w + j) * 512 + lane * 16; };
 #pragma unroll
         for (int j = 0; j < 4; ++j)
           asm volatile("st.shared.v4.f32 [%0], {%1,%2,%3,%4};" ::"r"(slot(warp, j)), "f"(sp[j][0]), "f"(sp[j][1]),
@@ -374,8 +374,7 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
 
       if (threadIdx.x == 0) sAhead[next_t % 2] = ahead_row<BN>(p, cache, b, next_t, next_whole, next_blk, kRowWidth);
 
-      // Mask invisible tokens; row max over this warp's tokens, then across warps.
-      // Tiles past the lowest bound any row can have need the mask.
+      // Mask invisible tokens. Tiles past the lowest bound any row can have need the mask.
       if ((t + 1) * BN > n - (p.causal ? p.q_len - 1 : 0)) {
         int limit[2];
 #pragma unroll
@@ -384,41 +383,62 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
         for (int e = 0; e < 4; ++e)
           if (t * BN + 8 * warp + 2 * tq + (e & 1) >= limit[e / 2]) s[e] = CUMLA_NEG_INF;
       }
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float m = fmaxf(s[2 * h], s[2 * h + 1]);
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-        if (tq == 0) sRed[warp * BM + g + 8 * h] = m;
-      }
-      __syncthreads();
-      // Every warp reads a row's maxima from the same shared memory and so
-      // moves its base (and rescales its accumulators) alike.
-      float alpha[2], base[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float m = CUMLA_NEG_INF;
-#pragma unroll
-        for (int w = 0; w < Tile::kWarps; ++w) m = fmaxf(m, sRed[w * BM + g + 8 * h]);
-        alpha[h] = move_base(run_max[h], m, p.scale_log2);
-        run_sum[h] *= alpha[h];
-        base[h] = base_offset(run_max[h], p.scale_log2);
-      }
       // P of every scale group: exp2(s * scale_log2 - base) * scale / top, as f16
       // (2^-E is a power of two: the factor is exact in either order).
       float p_factor[Tile::kGroups][2];
 #pragma unroll
       for (int k = 0; k < Tile::kGroups; ++k)
         p_factor[k][0] = tok_scale[k][0] * inv_top[k], p_factor[k][1] = tok_scale[k][1] * inv_top[k];
+      float p_sum[2];  // this thread's share of the tile's row sums
+      auto write_p = [&] {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float base = base_offset(run_max[h], p.scale_log2);
+          const float p0 = fast_exp2(s[2 * h] * p.scale_log2 - base);
+          const float p1 = fast_exp2(s[2 * h + 1] * p.scale_log2 - base);
+          p_sum[h] = p0 + p1;
+#pragma unroll
+          for (int k = 0; k < Tile::kGroups; ++k)
+            store_pair<f16_t, BN / 8>(sP + k * Tile::kPBytes, g + 8 * h, 8 * warp + 2 * tq,
+                                      p0 * p_factor[k][0], p1 * p_factor[k][1]);
+        }
+      };
+      // The bases move only where a score passes its row's base by the slack
+      // (base_moves), which each thread tells of its own scores; the vote
+      // rides on the barrier after P. Only then are the tile's row maxima
+      // exchanged across warps, the bases moved and P written again: the
+      // bases an exchange every tile gives, for one barrier less in the
+      // tiles where no base moves.
+      bool passes = false;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) passes |= base_moves(run_max[e / 2], s[e], p.scale_log2);
+      write_p();
+      float alpha[2] = {1.f, 1.f};
+      if (__syncthreads_or(passes)) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float m = fmaxf(s[2 * h], s[2 * h + 1]);
+          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+          if (tq == 0) sRed[warp * BM + g + 8 * h] = m;
+        }
+        __syncthreads();
+        // Every warp reads a row's maxima from the same shared memory and so
+        // moves its base (and rescales its accumulators) alike.
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float m = CUMLA_NEG_INF;
+#pragma unroll
+          for (int w = 0; w < Tile::kWarps; ++w) m = fmaxf(m, sRed[w * BM + g + 8 * h]);
+          alpha[h] = move_base(run_max[h], m, p.scale_log2);
+        }
+        write_p();
+        __syncthreads();  // P complete
+      }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const float p0 = fast_exp2(s[2 * h] * p.scale_log2 - base[h]);
-        const float p1 = fast_exp2(s[2 * h + 1] * p.scale_log2 - base[h]);
-        run_sum[h] += p0 + p1;
-#pragma unroll
-        for (int k = 0; k < Tile::kGroups; ++k)
-          store_pair<f16_t, BN / 8>(sP + k * Tile::kPBytes, g + 8 * h, 8 * warp + 2 * tq,
-                                    p0 * p_factor[k][0], p1 * p_factor[k][1]);
+        run_sum[h] *= alpha[h];
+        run_sum[h] += p_sum[h];
       }
       // The accumulators move to this tile's factor (a tile whose group
       // scales are all zero keeps the last one: its P is zero).
@@ -434,7 +454,6 @@ __global__ void __launch_bounds__(256, 2) latent_attention_fp8_fragments(const _
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[c][j][e] *= rescale[e / 2];
       }
-      __syncthreads();  // P complete
 
       // O += P V over this warp's columns.
 #pragma unroll

@@ -174,10 +174,10 @@ def _fp8_fragment_kernel(dtype: np.dtype, fmt: Any, arch: str, smem_limit: int) 
     if (element == "f32_t" or _arch_number(arch) < 89 or not fp8_in_kernel(fmt, latent) or latent % 256
             or latent > 512 or group % 32 or group % (latent // 8) or rope % 16):
         return None
-    # P per scale group or the score swap (8 warps x 4 tiles x 512 bytes), the
+    # P per scale group, the score swap (8 warps x 4 tiles x 512 bytes), the
     # queries' RoPE columns, row reductions, two tile addresses, the stages'
     # mbarriers
-    fixed = (max(fmt.groups * 16 * 64 * 2, 8 * 4 * 512) + 16 * -(-rope // 64) * 128 + 8 * 16 * 4 + 16
+    fixed = (fmt.groups * 16 * 64 * 2 + 8 * 4 * 512 + 16 * -(-rope // 64) * 128 + 8 * 16 * 4 + 16
              + 8 * FP8_FRAGMENT_STAGES)
     smem = fixed + FP8_FRAGMENT_STAGES * 64 * fmt.row_bytes
     limit = min(smem_limit, SMEM_LIMIT)

@@ -398,8 +398,8 @@ def test_fp8_fragment_kernel_applies_where_its_layout_and_arch_allow():
     pick = _kernels.fp8_fragment_kernel
     spec = pick(cumla.bfloat16, flashmla, 16, "sm_90a")
     assert spec.name == "latent_attention_fp8_fragments<bf16_t, 512, 64, 128, 2>" and spec.rows == 16
-    # stages, P or the swap, RoPE queries, row sums, tile addresses, mbarriers
-    assert spec.smem == 2 * 64 * 656 + 8 * 4 * 512 + 2048 + 512 + 16 + 16
+    # stages, P (four groups), the swap, RoPE queries, row sums, tile addresses, mbarriers
+    assert spec.smem == 2 * 64 * 656 + 4 * 2048 + 8 * 4 * 512 + 2048 + 512 + 16 + 16
     assert spec.per_sm == 2 and pick(np.dtype(np.float16), flashmla, 1, "sm_89", 163 * 1024).per_sm == 1
     assert pick(cumla.bfloat16, cumla.fp8_format(256, 32, 64), 8, "sm_100").name.endswith("256, 32, 64, 2>")
     for refused in [(cumla.bfloat16, flashmla, 17, "sm_90a"), (np.dtype(np.float32), flashmla, 16, "sm_90a"),
