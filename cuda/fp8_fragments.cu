@@ -71,7 +71,9 @@ struct Fp8FragmentTile {
   // their swaps (no barrier between them where no base moves).
   static constexpr int kSmemBytes =
       STAGES * kStageBytes + kGroups * kPBytes + kSwapBytes + kRopeBytes + kRedBytes + kAheadBytes + kBarBytes;
-  static_assert(L <= 512, "a thread's query quarter and accumulators fill its 128 registers at L = 512");
+  // L/16 query words, L/16 accumulators and five values per scale group a
+  // thread (_kernels.FP8_FRAGMENT_VALUES): more may spill its 128 registers.
+  static_assert(L / 8 + 5 * kGroups <= 84, "more values a thread than 128 registers hold (L = 512, 4 groups)");
   static_assert(L % 256 == 0 && G % 32 == 0 && G % kCols == 0 && L % G == 0 && R % 16 == 0,
                 "latent columns in 32-column blocks, each warp's P V columns inside one scale group");
   static_assert(kRope % 16 == 0 && kRawBytes % 16 == 0, "16-byte aligned RoPE and rows");

@@ -150,14 +150,26 @@ def _arch_number(arch: str) -> int:
     return int(re.sub(r"\D", "", arch))
 
 
+#: What a thread of the fragment kernel holds beside its addresses and
+#: softmax state within its 128 registers: L/16 query words and L/16
+#: accumulators, and five values per scale group (the tile's largest scale,
+#: two tokens' scales, two P factors). L = 512 with four groups (FlashMLA's
+#: rows) takes all 84; more may spill (L = 512 with eight groups and no
+#: RoPE did, by 4-8 bytes under NVRTC 13.0; with RoPE they fit, narrowly).
+#: Mirrored by a static_assert in cuda/fp8_fragments.cu.
+FP8_FRAGMENT_VALUES = 84
+
+
 def fp8_fragment_kernel(dtype: np.dtype, fmt: Any, rows: int, arch: str,
                         smem_limit: int = SMEM_LIMIT) -> LatentKernel | None:
     """The kernel that reads FP8 rows of layout ``fmt`` straight into its MMA
     fragments, or None where it does not apply: more than 16 query rows,
     float32, GPUs before sm_89 (no e4m3 conversion instruction), layouts
-    ``fp8_in_kernel`` refuses, L not a multiple of 256 or above 512, scale groups not
+    ``fp8_in_kernel`` refuses, L not a multiple of 256, scale groups not
     multiples of 32 or of L / 8 (a warp's output columns), R not a multiple
-    of 16, or two 64-token raw stages more than ``smem_limit``. Two CTAs
+    of 16, more values a thread than ``FP8_FRAGMENT_VALUES`` (L = 512 with
+    more than four groups, or wider rows), or two 64-token raw stages more
+    than ``smem_limit``. Two CTAs
     share an SM where twice its shared memory fits."""
     if not USE_FP8_FRAGMENTS or rows > FP8_FRAGMENT_ROWS:
         return None
@@ -169,10 +181,9 @@ def _fp8_fragment_kernel(dtype: np.dtype, fmt: Any, arch: str, smem_limit: int) 
     """fp8_fragment_kernel's choice for M <= 16; cached: decode asks every call."""
     latent, rope, group = fmt.latent_dim, fmt.rope_dim, fmt.group
     element = element_of(dtype)
-    # A thread's quarter of the queries and its accumulators fill its 128
-    # registers at L = 512: wider rows would spill.
     if (element == "f32_t" or _arch_number(arch) < 89 or not fp8_in_kernel(fmt, latent) or latent % 256
-            or latent > 512 or group % 32 or group % (latent // 8) or rope % 16):
+            or group % 32 or group % (latent // 8) or rope % 16
+            or latent // 8 + 5 * fmt.groups > FP8_FRAGMENT_VALUES):
         return None
     # P per scale group, the score swap (8 warps x 4 tiles x 512 bytes), the
     # queries' RoPE columns, row reductions, two tile addresses, the stages'

@@ -391,9 +391,10 @@ def test_hopper_fp8_kernel_applies_where_its_layout_and_pages_allow():
 
 
 def test_fp8_fragment_kernel_applies_where_its_layout_and_arch_allow():
-    """The fragment kernel: M <= 16, 16-bit queries, sm_89 on, L 256 or 512,
-    groups multiples of 32 and of L / 8, R a multiple of 16; two raw
-    stages, two CTAs per SM where the shared memory holds both."""
+    """The fragment kernel: M <= 16, 16-bit queries, sm_89 on, L 256 or 512
+    (at most four groups), groups multiples of 32 and of L / 8, R a multiple
+    of 16; two raw stages, two CTAs per SM where the shared memory holds
+    both."""
     flashmla = cumla.fp8_format(512, 64, 128)
     pick = _kernels.fp8_fragment_kernel
     spec = pick(cumla.bfloat16, flashmla, 16, "sm_90a")
@@ -408,6 +409,7 @@ def test_fp8_fragment_kernel_applies_where_its_layout_and_arch_allow():
                     (cumla.bfloat16, cumla.fp8_format(512, 64, 512), 16, "sm_90a"),  # 644-byte rows
                     (cumla.bfloat16, cumla.fp8_format(128, 64, 128), 16, "sm_90a"),  # L < 256
                     (cumla.bfloat16, cumla.fp8_format(1024, 64, 128), 16, "sm_90a"),  # L > 512: would spill
+                    (cumla.bfloat16, cumla.fp8_format(512, 0, 64), 16, "sm_90a"),  # eight groups: would spill
                     (cumla.bfloat16, cumla.fp8_format(512, 8, 128), 16, "sm_90a")]:  # R not a multiple of 16
         assert pick(*refused) is None, refused
     assert pick(cumla.bfloat16, flashmla, 16, "sm_90a", 99 * 1024) is None  # two stages do not fit

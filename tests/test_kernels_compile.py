@@ -4,6 +4,7 @@ Needs no GPU: pip's nvidia-cuda-nvrtc (a test dependency) provides NVRTC.
 Registers, shared memory and spills are reported (``pytest -s``); a spill,
 a local-memory stack frame or a compiler warning in a kernel fails the test.
 """
+import itertools
 import re
 
 import pytest
@@ -46,6 +47,34 @@ def test_every_hopper_specialisation_the_selection_admits_compiles():
                                      names)
     assert result.ok, result.log
     assert "C7519" not in result.log, result.log
+
+
+@pytest.mark.parametrize("arch,smem_limit", [("sm_90a", _kernels.SMEM_LIMIT), ("sm_89", 99 * 1024)])
+def test_every_fp8_fragment_specialisation_the_selection_admits_compiles_without_spills(arch, smem_limit):
+    """Each FP8 row layout (L, R, group) for which the selection picks the
+    fragment kernel builds without spills (L = 1024, or L = 512 with eight
+    groups, would spill: refused)."""
+    specs = {}
+    for latent, rope, group in itertools.product((256, 512, 768, 1024), (0, 16, 32, 48, 64, 128),
+                                                 (32, 64, 128, 256, 512)):
+        if latent % group == 0:
+            spec = _kernels.fp8_fragment_kernel(_kernels.BFLOAT16, cumla.fp8_format(latent, rope, group), 16, arch,
+                                                smem_limit)
+            if spec is not None:
+                specs[spec.name] = spec
+    assert "latent_attention_fp8_fragments<bf16_t, 256, 32, 32, 2>" in specs
+    if arch == "sm_90a":
+        assert "latent_attention_fp8_fragments<bf16_t, 512, 64, 128, 2>" in specs
+        assert "latent_attention_fp8_fragments<bf16_t, 512, 128, 128, 2>" in specs  # one CTA an SM
+    assert not any(", 1024, " in name or name.endswith(", 64, 2>") and ", 512, " in name for name in specs)
+    names = tuple(sorted(specs))
+    result = _compile.compile_source(NVRTC, _kernels.source("fp8_fragments.cu"), _kernels.options(arch), names)
+    assert result.ok, result.log
+    report = re.findall(r"Compiling entry function '(\S+)'.*?(\d+) bytes stack frame, (\d+) bytes spill stores",
+                        result.log, re.S)
+    assert len(report) == len(names), result.log
+    for function, stack, spills in report:
+        assert int(spills) == 0 and int(stack) == 0, f"{function} spills on {arch}:\n{result.log}"
 
 
 def test_every_cuda_source_is_checked():
