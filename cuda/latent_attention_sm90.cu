@@ -170,6 +170,8 @@ struct Fp8Parts {
   static constexpr int kScales = kPartBlocks / kBlocksPerScale;
   static constexpr int kOwnRope = kRopeBlocks > 0 ? kRopeBlocks : 1;
   static_assert((G & (G - 1)) == 0 && kHB % kParts == 0, "scale groups of a power of two, whole parts");
+  // A second scale per row and part (_kernels.hopper_fp8_kernel) spills.
+  static_assert(kScales == 1, "one scale per row and part: groups of at least 64 * kPartBlocks values");
 
   struct Latent {
     uint4 codes[kPartBlocks][2];

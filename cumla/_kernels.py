@@ -267,8 +267,9 @@ def hopper_fp8_kernel(dtype: np.dtype, fmt: Any, arch: str, block_size: int | No
     kernel switched off, pages that are not whole 64-token tiles (the
     producer reads a tile's rows as one run), layouts ``fp8_in_kernel``
     refuses, scale groups not a multiple of 16 values (a thread's 16-code
-    load), R not a multiple of 64 (whole RoPE blocks), or dims the 16-bit
-    Hopper kernel does not take. Any M = Sq*H: 64 query rows per CTA."""
+    load) or, at L = 512, under 128 (one scale per row and part), R not a
+    multiple of 64 (whole RoPE blocks), or dims the 16-bit Hopper kernel does
+    not take. Any M = Sq*H: 64 query rows per CTA."""
     if arch != "sm_90a" or not USE_HOPPER_KERNEL or (block_size is not None and block_size % 64):
         return None
     return _hopper_fp8_kernel(np.dtype(dtype), fmt, smem_limit)
@@ -277,7 +278,12 @@ def hopper_fp8_kernel(dtype: np.dtype, fmt: Any, arch: str, block_size: int | No
 @lru_cache(maxsize=None)
 def _hopper_fp8_kernel(dtype: np.dtype, fmt: Any, smem_limit: int) -> LatentKernel | None:
     """hopper_fp8_kernel's choice for the layout; cached: decode asks every call."""
-    if not fp8_in_kernel(fmt, fmt.latent_dim) or fmt.group % 16 or fmt.rope_dim % 64:
+    # A producer thread holds one scale per row and part of a group: at L =
+    # 512 (parts of two 64-column blocks) groups under 128 values would need
+    # two, and the kernel spills (8-12 bytes under NVRTC 13.0).
+    part_blocks = max(1, fmt.latent_dim // 256)  # Fp8Parts::kPartBlocks
+    if (not fp8_in_kernel(fmt, fmt.latent_dim) or fmt.group % 16 or fmt.rope_dim % 64
+            or (part_blocks > 1 and fmt.group < 64 * part_blocks)):
         return None
     # Whole tiles only, so its producer warpgroup (block_size None) converts them.
     return hopper_kernel(dtype, fmt.width, fmt.latent_dim, None, smem_limit, group=fmt.group)

@@ -368,7 +368,8 @@ def test_fp8_cache_reaches_the_kernel_raw(cp, heads, fragments, hopper, name, mo
 def test_hopper_fp8_kernel_applies_where_its_layout_and_pages_allow():
     """The Hopper kernel over FP8 rows: sm_90a with the Hopper kernel on,
     whole 64-token tiles (pages of 64 tokens or more, or a contiguous cache),
-    scale groups of a multiple of 16 values, R a multiple of 64, dims the
+    scale groups of a multiple of 16 values (of 128 or more at L = 512), R a
+    multiple of 64, dims the
     16-bit Hopper kernel takes; its tile, threads and shared memory are that
     kernel's, and the values reach the MMAs rounded to the query dtype."""
     flashmla = cumla.fp8_format(512, 64, 128)
@@ -385,6 +386,7 @@ def test_hopper_fp8_kernel_applies_where_its_layout_and_pages_allow():
                     (cumla.bfloat16, cumla.fp8_format(512, 64, 8), "sm_90a", 64),  # 8-value groups
                     (cumla.bfloat16, cumla.fp8_format(512, 32, 128), "sm_90a", 64),  # R = 32
                     (cumla.bfloat16, cumla.fp8_format(384, 64, 128), "sm_90a", 64),  # L / 2 = 192
+                    (cumla.bfloat16, cumla.fp8_format(512, 64, 64), "sm_90a", 64),  # two scales a part: would spill
                     (cumla.bfloat16, cumla.fp8_format(512, 64, 512), "sm_90a", 64)]:  # 644-byte rows
         assert pick(*refused) is None, refused
     assert pick(cumla.bfloat16, flashmla, "sm_90a", 64, _kernels.A100_SMEM) is None

@@ -77,6 +77,30 @@ def test_every_fp8_fragment_specialisation_the_selection_admits_compiles_without
         assert int(spills) == 0 and int(stack) == 0, f"{function} spills on {arch}:\n{result.log}"
 
 
+def test_every_hopper_fp8_specialisation_the_selection_admits_compiles_without_spills():
+    """Each FP8 row layout for which the selection picks the Hopper kernel
+    with its converting producer builds without spills (L = 512 with groups
+    under 128 values would spill: refused)."""
+    names = set()
+    for latent, rope, group in itertools.product((128, 256, 384, 512), (0, 64), (16, 32, 64, 128)):
+        if latent % group == 0:
+            spec = _kernels.hopper_fp8_kernel(_kernels.BFLOAT16, cumla.fp8_format(latent, rope, group), "sm_90a")
+            if spec is not None:
+                names.update(spec.module)
+    assert "latent_attention_sm90<bf16_t, 576, 512, true, 128>" in names
+    assert "latent_attention_sm90<bf16_t, 192, 128, true, 16>" in names
+    assert not any(name.startswith(("latent_attention_sm90<bf16_t, 576, 512", "latent_attention_sm90<bf16_t, 512, 512"))
+                   and not name.endswith(", 128>") for name in names)
+    result = _compile.compile_source(NVRTC, _kernels.source("latent_attention_sm90.cu"), _kernels.options("sm_90a"),
+                                     tuple(sorted(names)))
+    assert result.ok, result.log
+    report = re.findall(r"Compiling entry function '(\S+)'.*?(\d+) bytes stack frame, (\d+) bytes spill stores",
+                        result.log, re.S)
+    assert len(report) == len(names), result.log
+    for function, stack, spills in report:
+        assert int(spills) == 0 and int(stack) == 0, f"{function} spills:\n{result.log}"
+
+
 def test_every_cuda_source_is_checked():
     sources = {p.name for p in _kernels.source_dir().glob("*.cu")}
     assert sources == {f for f, _, _ in _kernels.check_matrix()}
