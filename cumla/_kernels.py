@@ -393,13 +393,16 @@ def _rows_bytes(rows: int, width: int) -> int:
     return rows * (-(-width // 64) * 64) * 2
 
 
-def decompresses_on_wgmma(dtype: np.dtype, latent: int, nope: int, v_dim: int, arch: str) -> bool:
+def decompresses_on_wgmma(dtype: np.dtype, latent: int, rope: int, nope: int, v_dim: int, arch: str) -> bool:
     """Whether the decompressed kernel runs on warpgroup MMAs (its decompression
     and its attention): Hopper, 16-bit inputs, at least two 64-wide latent
     slices (the ring's two stages), an even number of 64-column passes and
-    Dv of 64 or 128 (the output's registers); DeepSeek's dims among them."""
+    Dv of 64 or 128 (the output's registers), at Dv = 128 with Dn + R of 192
+    or more (narrower keys spilled 16-24 bytes under NVRTC 13.0); DeepSeek's
+    dims among them."""
     return (arch == "sm_90a" and USE_HOPPER_KERNEL and element_of(dtype) != "f32_t" and latent % 64 == 0
-            and latent >= 128 and nope % 64 == 0 and v_dim in (64, 128) and (nope // 64 + v_dim // 64) % 2 == 0)
+            and latent >= 128 and nope % 64 == 0 and v_dim in (64, 128) and (nope // 64 + v_dim // 64) % 2 == 0
+            and (v_dim == 64 or nope + rope >= 192))
 
 
 def decompressed_kernel(dtype: np.dtype, latent: int, rope: int, nope: int, v_dim: int,
@@ -409,7 +412,7 @@ def decompressed_kernel(dtype: np.dtype, latent: int, rope: int, nope: int, v_di
     on Hopper where :func:`decompresses_on_wgmma`), CUDA cores in float32 for
     float32 inputs (any dims)."""
     return _decompressed_kernel(np.dtype(dtype), latent, rope, nope, v_dim,
-                                decompresses_on_wgmma(dtype, latent, nope, v_dim, arch))
+                                decompresses_on_wgmma(dtype, latent, rope, nope, v_dim, arch))
 
 
 @lru_cache(maxsize=None)

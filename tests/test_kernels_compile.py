@@ -101,6 +101,28 @@ def test_every_hopper_fp8_specialisation_the_selection_admits_compiles_without_s
         assert int(spills) == 0 and int(stack) == 0, f"{function} spills:\n{result.log}"
 
 
+def test_every_warpgroup_decompressed_specialisation_the_selection_admits_compiles_without_spills():
+    """Each (L, R, Dn, Dv) for which the decompressed kernel runs on warpgroup
+    MMAs builds without spills (at Dv = 128, Dn + R under 192 would spill:
+    those run the mma.sync form)."""
+    names = set()
+    for latent, rope, (nope, v_dim) in itertools.product((128, 256, 512), (0, 16, 32, 64, 128),
+                                                         ((64, 64), (128, 128), (64, 128))):
+        spec = _kernels.decompressed_kernel(_kernels.BFLOAT16, latent, rope, nope, v_dim, "sm_90a")
+        if spec.name.endswith(", true>") and spec.smem <= _kernels.SMEM_LIMIT:
+            names.add(spec.name)
+    assert "decompressed_attention<bf16_t, 512, 64, 128, 128, 64, 3, true>" in names
+    assert not _kernels.decompressed_kernel(_kernels.BFLOAT16, 512, 16, 128, 128, "sm_90a").name.endswith("true>")
+    result = _compile.compile_source(NVRTC, _kernels.source("decompressed.cu"), _kernels.options("sm_90a"),
+                                     tuple(sorted(names)))
+    assert result.ok, result.log
+    report = re.findall(r"Compiling entry function '(\S+)'.*?(\d+) bytes stack frame, (\d+) bytes spill stores",
+                        result.log, re.S)
+    assert len(report) == len(names), result.log
+    for function, stack, spills in report:
+        assert int(spills) == 0 and int(stack) == 0, f"{function} spills:\n{result.log}"
+
+
 def test_every_cuda_source_is_checked():
     sources = {p.name for p in _kernels.source_dir().glob("*.cu")}
     assert sources == {f for f, _, _ in _kernels.check_matrix()}
