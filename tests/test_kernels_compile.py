@@ -35,8 +35,9 @@ def test_kernel_compiles(file, names, arch):
 
 
 def test_every_hopper_specialisation_the_selection_admits_compiles():
-    """Each (L+R, L) for which the selection picks the Hopper kernel builds
-    (e.g. L = 384 needs a 192-wide MMA that is not specialised: portable)."""
+    """Each (L+R, L) for which the selection picks the Hopper kernel builds,
+    without spills (e.g. L = 384 needs a 192-wide MMA that is not
+    specialised: portable)."""
     names = tuple(spec.name for dim in range(64, 577, 64) for v_dim in range(128, dim + 1, 128)
                   for rows, block in _kernels.HOPPER_PRODUCER_CHOICES
                   if (spec := _kernels.hopper_kernel(_kernels.BFLOAT16, dim, v_dim, block, rows=rows)) is not None)
@@ -47,6 +48,10 @@ def test_every_hopper_specialisation_the_selection_admits_compiles():
                                      names)
     assert result.ok, result.log
     assert "C7519" not in result.log, result.log
+    spills = re.findall(r"Compiling entry function '(\S+)'.*?(\d+) bytes stack frame, (\d+) bytes spill stores",
+                        result.log, re.S)
+    assert len(spills) == len(set(names)), result.log
+    assert all(stack == spilled == "0" for _, stack, spilled in spills), result.log
 
 
 @pytest.mark.parametrize("arch,smem_limit", [("sm_90a", _kernels.SMEM_LIMIT), ("sm_89", 99 * 1024)])
