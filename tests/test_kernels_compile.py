@@ -34,6 +34,20 @@ def test_kernel_compiles(file, names, arch):
         assert int(stack) == 0, f"{function} keeps a {stack}-byte stack frame (local memory) on {arch}"
 
 
+def assert_builds_without_spills(file: str, arch: str, names) -> str:
+    """Builds ``names`` of cuda/``file`` for ``arch`` as one module and fails on an
+    error, a spill or a stack frame in any of them; returns the build log."""
+    names = tuple(sorted(set(names)))
+    result = _compile.compile_source(NVRTC, _kernels.source(file), _kernels.options(arch), names)
+    assert result.ok, result.log
+    report = re.findall(r"Compiling entry function '(\S+)'.*?(\d+) bytes stack frame, (\d+) bytes spill stores",
+                        result.log, re.S)
+    assert len(report) == len(names), result.log
+    for function, stack, spills in report:
+        assert int(spills) == 0 and int(stack) == 0, f"{function} spills on {arch}:\n{result.log}"
+    return result.log
+
+
 def test_every_hopper_specialisation_the_selection_admits_compiles():
     """Each (L+R, L) for which the selection picks the Hopper kernel builds,
     without spills (e.g. L = 384 needs a 192-wide MMA that is not
@@ -44,14 +58,7 @@ def test_every_hopper_specialisation_the_selection_admits_compiles():
     assert {f"latent_attention_sm90<bf16_t, 576, 512, {flag}>" for flag in ("false", "true")} <= set(names)
     assert len(names) >= 20
     assert _kernels.hopper_kernel(_kernels.BFLOAT16, 448, 384) is None
-    result = _compile.compile_source(NVRTC, _kernels.source("latent_attention_sm90.cu"), _kernels.options("sm_90a"),
-                                     names)
-    assert result.ok, result.log
-    assert "C7519" not in result.log, result.log
-    spills = re.findall(r"Compiling entry function '(\S+)'.*?(\d+) bytes stack frame, (\d+) bytes spill stores",
-                        result.log, re.S)
-    assert len(spills) == len(set(names)), result.log
-    assert all(stack == spilled == "0" for _, stack, spilled in spills), result.log
+    assert "C7519" not in assert_builds_without_spills("latent_attention_sm90.cu", "sm_90a", names)
 
 
 @pytest.mark.parametrize("arch,smem_limit", [("sm_90a", _kernels.SMEM_LIMIT), ("sm_89", 99 * 1024)])
@@ -72,14 +79,7 @@ def test_every_fp8_fragment_specialisation_the_selection_admits_compiles_without
         assert "latent_attention_fp8_fragments<bf16_t, 512, 64, 128, 2>" in specs
         assert "latent_attention_fp8_fragments<bf16_t, 512, 128, 128, 2>" in specs  # one CTA an SM
     assert not any(", 1024, " in name or name.endswith(", 64, 2>") and ", 512, " in name for name in specs)
-    names = tuple(sorted(specs))
-    result = _compile.compile_source(NVRTC, _kernels.source("fp8_fragments.cu"), _kernels.options(arch), names)
-    assert result.ok, result.log
-    report = re.findall(r"Compiling entry function '(\S+)'.*?(\d+) bytes stack frame, (\d+) bytes spill stores",
-                        result.log, re.S)
-    assert len(report) == len(names), result.log
-    for function, stack, spills in report:
-        assert int(spills) == 0 and int(stack) == 0, f"{function} spills on {arch}:\n{result.log}"
+    assert_builds_without_spills("fp8_fragments.cu", arch, specs)
 
 
 def test_every_hopper_fp8_specialisation_the_selection_admits_compiles_without_spills():
@@ -96,14 +96,7 @@ def test_every_hopper_fp8_specialisation_the_selection_admits_compiles_without_s
     assert "latent_attention_sm90<bf16_t, 192, 128, true, 16>" in names
     assert not any(name.startswith(("latent_attention_sm90<bf16_t, 576, 512", "latent_attention_sm90<bf16_t, 512, 512"))
                    and not name.endswith(", 128>") for name in names)
-    result = _compile.compile_source(NVRTC, _kernels.source("latent_attention_sm90.cu"), _kernels.options("sm_90a"),
-                                     tuple(sorted(names)))
-    assert result.ok, result.log
-    report = re.findall(r"Compiling entry function '(\S+)'.*?(\d+) bytes stack frame, (\d+) bytes spill stores",
-                        result.log, re.S)
-    assert len(report) == len(names), result.log
-    for function, stack, spills in report:
-        assert int(spills) == 0 and int(stack) == 0, f"{function} spills:\n{result.log}"
+    assert_builds_without_spills("latent_attention_sm90.cu", "sm_90a", names)
 
 
 def test_every_warpgroup_decompressed_specialisation_the_selection_admits_compiles_without_spills():
@@ -118,14 +111,7 @@ def test_every_warpgroup_decompressed_specialisation_the_selection_admits_compil
             names.add(spec.name)
     assert "decompressed_attention<bf16_t, 512, 64, 128, 128, 64, 3, true>" in names
     assert not _kernels.decompressed_kernel(_kernels.BFLOAT16, 512, 16, 128, 128, "sm_90a").name.endswith("true>")
-    result = _compile.compile_source(NVRTC, _kernels.source("decompressed.cu"), _kernels.options("sm_90a"),
-                                     tuple(sorted(names)))
-    assert result.ok, result.log
-    report = re.findall(r"Compiling entry function '(\S+)'.*?(\d+) bytes stack frame, (\d+) bytes spill stores",
-                        result.log, re.S)
-    assert len(report) == len(names), result.log
-    for function, stack, spills in report:
-        assert int(spills) == 0 and int(stack) == 0, f"{function} spills:\n{result.log}"
+    assert_builds_without_spills("decompressed.cu", "sm_90a", names)
 
 
 def test_every_cuda_source_is_checked():
