@@ -8,30 +8,31 @@ from hypothesis import assume, given, settings, strategies as st
 import cumla
 from cumla import _kernels, reference
 from cumla.testing import (
-    MLACase, assert_close, fp8_reference_cache, make_inputs, make_latent_inputs, mla_cases, to_numpy,
+    MLACase, assert_close, fp8_reference_cache, make_latent_inputs, mla_cases, to_numpy,
 )
 
 pytestmark = pytest.mark.gpu
 
 
-def fp8_inputs(case, group):
-    """latent_attention arguments whose cache is FP8 rows of ``group`` values per
-    scale, and the reference's arguments over those rows dequantised to what
-    the kernel that reads them takes in (``fp8_reference_cache``)."""
+def fp8_inputs(case, group, args=None):
+    """latent_attention arguments (``args``, else ``make_latent_inputs``' for the
+    case) whose cache is made FP8 rows of ``group`` values per scale, and the
+    reference's arguments over those rows dequantised to what the kernel that
+    reads them takes in (``fp8_reference_cache``)."""
     import cupy as cp
 
     fmt = cumla.fp8_format(case.latent_dim, case.rope_dim, group)
-    args = make_latent_inputs(case, cp)
+    args = make_latent_inputs(case, cp) if args is None else args
     rows = fmt.quantize(args["cache"])
     host = {k: to_numpy(v) if hasattr(v, "__cuda_array_interface__") else v for k, v in args.items()}
     host["cache"] = fp8_reference_cache(rows, fmt, case)
     return dict(args, cache=rows, cache_format=fmt), host
 
 
-def check(case, group, **extra):
+def check(case, group, args=None, **extra):
     import cupy as cp
 
-    args, host = fp8_inputs(case, group)
+    args, host = fp8_inputs(case, group, args)
     out = cp.full(args["q_latent"].shape[:-1] + (case.latent_dim,), np.nan, dtype=case.np_dtype)
     o, lse = cumla.latent_attention(**args, out=out, return_lse=True, **extra)
     ref_o, ref_lse = reference.latent_attention(**host)
@@ -174,17 +175,14 @@ def test_fp8_scores_that_keep_rising_move_the_bases_tile_after_tile(heads, q_len
     case = MLACase(len(seqlens), q_len, heads, latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128,
                    seqlens=seqlens, capacity=max(seqlens), block_size=None, causal=True, dtype="bfloat16",
                    scale=8 / np.sqrt(576), squeeze=False, seed=11)
-    fmt = cumla.fp8_format(512, 64, 128)
     args = make_latent_inputs(case, cp)
     level = 1 + 0.5 * (cp.arange(case.capacity) // 128)
     args["cache"] = (args["cache"].astype(cp.float32) * level[None, :, None]).astype(args["cache"].dtype)
-    rows = fmt.quantize(args["cache"])
-    host = {k: to_numpy(v) if hasattr(v, "__cuda_array_interface__") else v for k, v in args.items()}
-    host["cache"] = fp8_reference_cache(rows, fmt, case)
     # What the docstring says of request 0's first row over its first ten
     # tiles (all visible): its lazy base moves in several tiles past the
     # first, and stays in others.
-    scores = host["cache"][0, :640] @ host["q_latent"][0, 0, 0].astype(np.float64) * case.scale * np.log2(np.e)
+    keys, query = (to_numpy(x).astype(np.float64) for x in (args["cache"][0, :640], args["q_latent"][0, 0, 0]))
+    scores = keys @ query * case.scale * np.log2(np.e)
     base, moves = -np.inf, []
     for tile_max in scores.reshape(10, 64).max(axis=1):
         moves.append(tile_max > base + 8)
@@ -192,6 +190,4 @@ def test_fp8_scores_that_keep_rising_move_the_bases_tile_after_tile(heads, q_len
     assert sum(moves[1:]) >= 3 and not all(moves[1:]), moves
     plan = None if parts is None else cumla.plan(cp.asarray(np.array(seqlens, np.int32)), heads=heads, q_len=q_len,
                                                  v_dim=512, num_parts=parts)
-    o, lse = cumla.latent_attention(**dict(args, cache=rows), cache_format=fmt, plan=plan, return_lse=True)
-    ref_o, ref_lse = reference.latent_attention(**host)
-    assert_close(o, ref_o, case.dtype, lse, ref_lse)
+    check(case, 128, args, plan=plan)
