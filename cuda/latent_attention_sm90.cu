@@ -164,18 +164,17 @@ struct Fp8Parts {
   static constexpr int kHB = Tile::kHalfBlocks, kLatent = DV / 64, kRopeBlocks = (D - DV) / 64;
   static constexpr int kRaw = fp8_row_bytes(DV, D - DV, G), kRope = fp8_rope_offset(DV, G);
   static constexpr int kParts = kHB >= 2 ? 2 : 1, kPartBlocks = kHB / kParts;
-  // A part's latent blocks are kPartBlocks consecutive ones from a multiple
-  // of kPartBlocks, so runs of min(G / 64, kPartBlocks) share their rows' scales.
-  static constexpr int kBlocksPerScale = G >= 64 ? (G / 64 < kPartBlocks ? G / 64 : kPartBlocks) : 1;
-  static constexpr int kScales = kPartBlocks / kBlocksPerScale;
   static constexpr int kOwnRope = kRopeBlocks > 0 ? kRopeBlocks : 1;
   static_assert((G & (G - 1)) == 0 && kHB % kParts == 0, "scale groups of a power of two, whole parts");
-  // A second scale per row and part (_kernels.hopper_fp8_kernel) spills.
-  static_assert(kScales == 1, "one scale per row and part: groups of at least 64 * kPartBlocks values");
+  // A part's latent blocks (kPartBlocks consecutive ones from a multiple of
+  // kPartBlocks) share their rows' scales, a thread's codes in each lying in
+  // one group: a second scale per row and part spilled
+  // (_kernels.hopper_fp8_kernel refuses those groups).
+  static_assert(kPartBlocks == 1 || G >= 64 * kPartBlocks, "one scale per row and part");
 
   struct Latent {
     uint4 codes[kPartBlocks][2];
-    float scale[kScales][2];
+    float scale[2];  // rows pt / 4 and pt / 4 + 32
   };
   struct Rope {
     uint4 v[kOwnRope][4];
@@ -197,9 +196,9 @@ struct Fp8Parts {
       constexpr int col = 64 * latent_block<K, H>(J), row = 32 * kRaw;
       x.codes[J][0] = ld_global_nc_if<col>(codes, in0);
       x.codes[J][1] = ld_global_nc_if<row + col>(codes, in1);
-      if constexpr (J % kBlocksPerScale == 0) {
-        x.scale[J / kBlocksPerScale][0] = ld_global_nc_if_f32<4 * (col / G)>(scales, in0);
-        x.scale[J / kBlocksPerScale][1] = ld_global_nc_if_f32<row + 4 * (col / G)>(scales, in1);
+      if constexpr (J == 0) {
+        x.scale[0] = ld_global_nc_if_f32<4 * (col / G)>(scales, in0);
+        x.scale[1] = ld_global_nc_if_f32<row + 4 * (col / G)>(scales, in1);
       }
       load_latent<K, H, J + 1>(codes, scales, in0, in1, x);
     }
@@ -257,8 +256,8 @@ struct Fp8Parts {
   static __device__ __forceinline__ void store_latent(const Places& at, const Latent& x) {
     if constexpr (J < kPartBlocks) {
       constexpr int block = K / 2 * Tile::kTileBytes + latent_block<K, H>(J) * Rows::kBlockBytes;
-      store_codes<block>(at, x.codes[J][0], x.scale[J / kBlocksPerScale][0]);
-      store_codes<block + 32 * 128>(at, x.codes[J][1], x.scale[J / kBlocksPerScale][1]);
+      store_codes<block>(at, x.codes[J][0], x.scale[0]);
+      store_codes<block + 32 * 128>(at, x.codes[J][1], x.scale[1]);
       store_latent<K, H, J + 1>(at, x);
     }
   }
