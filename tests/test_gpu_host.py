@@ -369,9 +369,9 @@ def test_hopper_fp8_kernel_applies_where_its_layout_and_pages_allow():
     """The Hopper kernel over FP8 rows: sm_90a with the Hopper kernel on,
     whole 64-token tiles (pages of 64 tokens or more, or a contiguous cache),
     scale groups of a multiple of 16 values (of 128 or more at L = 512), R a
-    multiple of 64, dims the
-    16-bit Hopper kernel takes; its tile, threads and shared memory are that
-    kernel's, and the values reach the MMAs rounded to the query dtype."""
+    multiple of 64, dims the 16-bit Hopper kernel takes; its tile, threads and
+    shared memory are that kernel's, and the values reach the MMAs rounded to
+    the query dtype."""
     flashmla = cumla.fp8_format(512, 64, 128)
     pick = _kernels.hopper_fp8_kernel
     spec = pick(cumla.bfloat16, flashmla, "sm_90a", 64)
