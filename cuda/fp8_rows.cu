@@ -6,11 +6,23 @@
 
 // Warp w of block x writes output row r = 8x + w (of `rows`): raw row
 // blocks[r / block_size] * block_size + r % block_size (row r itself when
-// blocks is null: a contiguous cache). Lanes take every 32nd column, several
-// at a time in flight; bytes are read one by one, so rows need no alignment
-// (one scale per token makes rows of L + 4 + 2R bytes). The value is the
-// code's exact float times its group's scale, rounded once to T: bit for bit
-// cumla._fp8's dequantize.
+// blocks is null: a contiguous cache). The value is the code's exact float
+// times its group's scale, rounded once to T: bit for bit cumla._fp8's
+// dequantize. Where every field of the rows is 4-byte aligned (dims and
+// groups multiples of 4: FlashMLA's rows and one scale per token alike), a
+// lane reads 4 columns as one word and writes them as one vector (a warp
+// covers 128 columns a step); else bytes one by one, every 32nd column a
+// lane, so rows need no alignment.
+template <class T>
+__device__ __forceinline__ void store4(typename T::storage* dst, const float (&v)[4]) {
+  if constexpr (sizeof(typename T::storage) == 2) {  // from_float each: the byte path's very bits
+    auto pair = [&](int i) { return u32(T::from_float(v[i])) | (u32(T::from_float(v[i + 1])) << 16); };
+    *reinterpret_cast<uint2*>(dst) = make_uint2(pair(0), pair(2));
+  } else {
+    *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+  }
+}
+
 template <class T>
 __global__ void __launch_bounds__(256) dequantize_fp8_rows(const unsigned char* __restrict__ raw,
                                                            const int* __restrict__ blocks, long long rows,
@@ -19,10 +31,32 @@ __global__ void __launch_bounds__(256) dequantize_fp8_rows(const unsigned char* 
   const long long r = blockIdx.x * 8LL + threadIdx.x / 32;
   if (r >= rows) return;
   const long long src = blocks == nullptr ? r : static_cast<long long>(blocks[r / block_size]) * block_size + r % block_size;
-  const unsigned char* row = raw + src * fp8_row_bytes(latent, rope, group);
+  const int row_bytes = fp8_row_bytes(latent, rope, group);
+  const unsigned char* row = raw + src * row_bytes;
   const unsigned char* rope_bytes = row + fp8_rope_offset(latent, group);
   const int width = latent + rope;
   typename T::storage* dst = out + r * width;
+  const bool words = latent % 4 == 0 && rope % 4 == 0 && group % 4 == 0 && row_bytes % 4 == 0 &&
+                     reinterpret_cast<size_t>(raw) % 4 == 0 && reinterpret_cast<size_t>(out) % 16 == 0;
+  if (words) {
+#pragma unroll 5
+    for (int c = 4 * (threadIdx.x % 32); c < width; c += 128) {
+      float v[4];
+      if (c < latent) {
+        const u32 codes = *reinterpret_cast<const u32*>(row + c);
+        const float scale = *reinterpret_cast<const float*>(row + latent + 4 * (c / group));
+#pragma unroll
+        for (int i = 0; i < 4; ++i) v[i] = e4m3_value((codes >> (8 * i)) & 0xFFu) * scale;
+      } else {
+        const u32* h = reinterpret_cast<const u32*>(rope_bytes + 2 * (c - latent));
+        const u32 lo = h[0], hi = h[1];
+        v[0] = __uint_as_float(lo << 16), v[1] = __uint_as_float(lo & 0xFFFF0000u);
+        v[2] = __uint_as_float(hi << 16), v[3] = __uint_as_float(hi & 0xFFFF0000u);
+      }
+      store4<T>(dst + c, v);
+    }
+    return;
+  }
 #pragma unroll 6
   for (int c = threadIdx.x % 32; c < width; c += 32) {
     float v;

@@ -191,3 +191,29 @@ def test_fp8_scores_that_keep_rising_move_the_bases_tile_after_tile(heads, q_len
     plan = None if parts is None else cumla.plan(cp.asarray(np.array(seqlens, np.int32)), heads=heads, q_len=q_len,
                                                  v_dim=512, num_parts=parts)
     check(case, 128, args, plan=plan)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+@pytest.mark.parametrize("latent,rope,group", [(512, 64, 128), (512, 64, 512), (36, 4, 4), (40, 6, 8)])
+@pytest.mark.parametrize("paged", [False, True])
+def test_fp8_rows_dequantised_by_the_pass_match_the_format(dtype, latent, rope, group, paged):
+    """The pass that dequantises FP8 rows for the kernels that do not read them
+    (word by word where every field of a row is 4-byte aligned: FlashMLA's
+    rows, one scale per token, 80-byte rows of groups of 4; byte by byte
+    for 6 RoPE values) gives Fp8Format.dequantize's values exactly, a NaN
+    code included, from a contiguous cache or the blocks a table names."""
+    import cupy as cp
+    from cumla import _gpu
+
+    fmt = cumla.fp8_format(latent, rope, group)
+    np_dtype = cumla.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    rng = np.random.default_rng(7)
+    spread = np.logspace(-3, 3, latent + rope, dtype=np.float32)  # scales far apart across the groups
+    raw = fmt.quantize(rng.standard_normal((6 * 8, latent + rope), dtype=np.float32) * spread)
+    raw[5, 7] = 0x7F  # an e4m3 NaN code
+    blocks = np.array([4, 0, 2], np.int32) if paged else None  # three 8-row blocks, out of order
+    got = _gpu._dequantize_rows(fmt, cp.asarray(raw), None if blocks is None else cp.asarray(blocks), 8, np_dtype)
+    picked = raw if blocks is None else raw.reshape(6, 8, -1)[blocks].reshape(-1, raw.shape[-1])
+    want = fmt.dequantize(picked, np_dtype)
+    assert np.isnan(want).any() == (blocks is None or 0 in blocks)
+    np.testing.assert_array_equal(to_numpy(got).astype(np.float32), want.astype(np.float32))
