@@ -1,0 +1,70 @@
+"""Where the time of the dequantise-first FP8 path goes (layouts no kernel reads).
+
+At a fixed configuration's shape, over FP8 pools of one scale per token and
+of FlashMLA's 128-value groups: the dequantising pass alone (its bytes read
+and written per second), the bf16 core alone on the pass's output, and the
+eager call a user makes with the pool (one scale per token: pass, index
+arrays and bf16 core; 128-value groups: the FP8 kernel, no pass).
+
+    python bench/fp8_pass_cost.py [--config C] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+import cupy as cp
+import cumla
+from bench_gpu import BLOCK, CONFIGS, L, R, fp8_pool, make_config, time_us
+from cumla import _gpu
+from cumla._arrays import BFLOAT16
+
+
+def measure(name: str) -> list[dict]:
+    cfg = CONFIGS[name]
+    batch, q_len, heads, seq = cfg["batch"], cfg["q_len"], cfg["heads"], cfg["seq"]
+    q, cache, table, seqlens = make_config(batch, q_len, heads, seq, np.random.default_rng(0))
+    plan = cumla.plan(seqlens, heads=heads, q_len=q_len, v_dim=L)
+    out = cp.empty(q.shape[:-1] + (L,), dtype=BFLOAT16)
+    rows = []
+    for group in (L, 128):
+        fmt = cumla.fp8_format(L, R, group)
+        pool = fp8_pool(cache, fmt)
+        picked = cp.ascontiguousarray(table.ravel())
+        pass_us = time_us(lambda: _gpu._dequantize_rows(fmt, pool, picked, BLOCK, BFLOAT16), warmup=2, repeat=10)
+        dense = _gpu._dequantize_rows(fmt, pool, picked, BLOCK, BFLOAT16).reshape(picked.size, BLOCK, fmt.width)
+        dense_table = cp.arange(picked.size, dtype=np.int32).reshape(table.shape)
+        core_us = time_us(lambda: cumla.latent_attention(q, dense, v_dim=L, scale=0.1, seqlens=seqlens,
+                                                         block_table=dense_table, plan=plan, out=out, check=False))
+        # The call as a user makes it: one scale per token is dequantised first
+        # (the pass, index arrays, the bf16 core); 128-value groups are read by
+        # an FP8 kernel itself (no pass).
+        call_us = time_us(lambda: cumla.latent_attention(q, pool, v_dim=L, scale=0.1, seqlens=seqlens,
+                                                         block_table=table, plan=plan, out=out, check=False,
+                                                         cache_format=fmt), warmup=1, repeat=5, calls=3)
+        moved = picked.size * BLOCK * (fmt.row_bytes + 2 * fmt.width)
+        rows.append(dict(config=name, group=group, row_bytes=fmt.row_bytes, pass_us=pass_us,
+                         pass_tb_s=moved / pass_us / 1e6, core_on_pass_output_us=core_us, call_us=call_us))
+        print(json.dumps(rows[-1]), flush=True)
+        del pool, dense
+        cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="C")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    rows = measure(args.config)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "fp8-pass-cost.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
