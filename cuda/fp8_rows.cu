@@ -39,21 +39,39 @@ __global__ void __launch_bounds__(256) dequantize_fp8_rows(const unsigned char* 
   const bool words = latent % 4 == 0 && rope % 4 == 0 && group % 4 == 0 && row_bytes % 4 == 0 &&
                      reinterpret_cast<size_t>(raw) % 4 == 0 && reinterpret_cast<size_t>(out) % 16 == 0;
   if (words) {
-#pragma unroll 5
-    for (int c = 4 * (threadIdx.x % 32); c < width; c += 128) {
-      float v[4];
-      if (c < latent) {
-        const u32 codes = *reinterpret_cast<const u32*>(row + c);
-        const float scale = *reinterpret_cast<const float*>(row + latent + 4 * (c / group));
+    // A lane's words of kSteps steps (DeepSeek's 576 columns: one round) are
+    // all loaded before any value is stored: with a store between them the
+    // compiler issued each step's loads after the previous step's store, one
+    // DRAM round trip a step.
+    constexpr int kSteps = 5;
+    for (int c0 = 4 * (threadIdx.x % 32); c0 < width; c0 += 128 * kSteps) {
+      u32 first[kSteps] = {}, second[kSteps] = {};  // codes and the group's scale, or two RoPE pairs
 #pragma unroll
-        for (int i = 0; i < 4; ++i) v[i] = e4m3_value((codes >> (8 * i)) & 0xFFu) * scale;
-      } else {
-        const u32* h = reinterpret_cast<const u32*>(rope_bytes + 2 * (c - latent));
-        const u32 lo = h[0], hi = h[1];
-        v[0] = __uint_as_float(lo << 16), v[1] = __uint_as_float(lo & 0xFFFF0000u);
-        v[2] = __uint_as_float(hi << 16), v[3] = __uint_as_float(hi & 0xFFFF0000u);
+      for (int k = 0; k < kSteps; ++k) {
+        const int c = c0 + 128 * k;
+        if (c < latent) {
+          first[k] = *reinterpret_cast<const u32*>(row + c);
+          second[k] = *reinterpret_cast<const u32*>(row + latent + 4 * (c / group));
+        } else if (c < width) {
+          const u32* h = reinterpret_cast<const u32*>(rope_bytes + 2 * (c - latent));
+          first[k] = h[0], second[k] = h[1];
+        }
       }
-      store4<T>(dst + c, v);
+#pragma unroll
+      for (int k = 0; k < kSteps; ++k) {
+        const int c = c0 + 128 * k;
+        if (c >= width) break;
+        float v[4];
+        if (c < latent) {
+          const float scale = __uint_as_float(second[k]);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) v[i] = e4m3_value((first[k] >> (8 * i)) & 0xFFu) * scale;
+        } else {
+          v[0] = __uint_as_float(first[k] << 16), v[1] = __uint_as_float(first[k] & 0xFFFF0000u);
+          v[2] = __uint_as_float(second[k] << 16), v[3] = __uint_as_float(second[k] & 0xFFFF0000u);
+        }
+        store4<T>(dst + c, v);
+      }
     }
     return;
   }

@@ -194,14 +194,16 @@ def test_fp8_scores_that_keep_rising_move_the_bases_tile_after_tile(heads, q_len
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
-@pytest.mark.parametrize("latent,rope,group", [(512, 64, 128), (512, 64, 512), (36, 4, 4), (40, 6, 8)])
+@pytest.mark.parametrize("latent,rope,group",
+                         [(512, 64, 128), (512, 64, 512), (1024, 64, 256), (36, 4, 4), (40, 6, 8)])
 @pytest.mark.parametrize("paged", [False, True])
 def test_fp8_rows_dequantised_by_the_pass_match_the_format(dtype, latent, rope, group, paged):
     """The pass that dequantises FP8 rows for the kernels that do not read them
     (word by word where every field of a row is 4-byte aligned: FlashMLA's
-    rows, one scale per token, 80-byte rows of groups of 4; byte by byte
-    for 6 RoPE values) gives Fp8Format.dequantize's values exactly, a NaN
-    code included, from a contiguous cache or the blocks a table names."""
+    rows, one scale per token, 1168-byte rows wider than one round of a
+    lane's loads, 80-byte rows of groups of 4; byte by byte for 6 RoPE
+    values) gives Fp8Format.dequantize's values exactly, a NaN code
+    included, from a contiguous cache or the blocks a table names."""
     import cupy as cp
     from cumla import _gpu
 
