@@ -23,8 +23,10 @@ __device__ __forceinline__ void store4(typename T::storage* dst, const float (&v
   }
 }
 
+// Eight blocks an SM (32 registers a thread): a warp's loads are its only
+// latency cover, so the more rows in flight the better.
 template <class T>
-__global__ void __launch_bounds__(256) dequantize_fp8_rows(const unsigned char* __restrict__ raw,
+__global__ void __launch_bounds__(256, 8) dequantize_fp8_rows(const unsigned char* __restrict__ raw,
                                                            const int* __restrict__ blocks, long long rows,
                                                            int block_size, int latent, int rope, int group,
                                                            typename T::storage* __restrict__ out) {
