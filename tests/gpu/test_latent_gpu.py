@@ -209,8 +209,9 @@ def test_nan_in_a_visible_row_reaches_what_sees_it(kernel_family, parts):
 
 
 def test_every_kernel_small():
-    """One small call per kernel path (paged/contiguous, split/unsplit, both strategies):
-    the subset run under compute-sanitizer memcheck and racecheck."""
+    """One small call per kernel path (paged/contiguous, split/unsplit, both strategies,
+    the FP8 dequantising pass): the subset run under compute-sanitizer memcheck
+    and racecheck."""
     cp = cupy()
     for dtype in ("bfloat16", "float32"):
         for block, parts in ((None, 1), (16, 5)):
@@ -221,6 +222,8 @@ def test_every_kernel_small():
                 o = cumla.decode(**dargs, strategy="decompressed")
                 assert_close(o, reference.decode(**on_host(dargs))[0], dtype)
                 check_core(cp, case, parts, cumla.fp8_format(64, 64, 8))  # FP8 rows dequantised per tile
+            else:  # FP8 rows of one scale per token, dequantised first by a pass (fp8_rows.cu)
+                check_core(cp, case, parts, cumla.fp8_format(64, 64, 64))
     for block, parts in ((None, 1), (16, 5)):
         # The sm_90a kernel's dims (run by the wgmma kernel on Hopper): 80 rows = two CTA row tiles.
         check_core(cp, MLACase(2, 2, 40, latent_dim=128, rope_dim=64, nope_dim=32, v_dim=32, seqlens=(150, 40),
