@@ -4,7 +4,11 @@ At a fixed configuration's shape, over FP8 pools of one scale per token and
 of FlashMLA's 128-value groups: the dequantising pass alone (its bytes read
 and written per second), the bf16 core alone on the pass's output, and the
 eager call a user makes with the pool (one scale per token: pass, index
-arrays and bf16 core; 128-value groups: the FP8 kernel, no pass).
+arrays and bf16 core; 128-value groups: the FP8 kernel, no pass). Then the
+user's call over one-scale rows for the serving benchmark's batches (B=64,
+H=16, the same total tokens; their tables are padded to the longest
+request), where a pass over every block the table names would pay for the
+padding.
 
     python bench/fp8_pass_cost.py [--config C] [--out DIR]
 """
@@ -18,7 +22,7 @@ import numpy as np
 
 import cupy as cp
 import cumla
-from bench_gpu import BLOCK, CONFIGS, L, R, fp8_pool, make_config, time_us
+from bench_gpu import BLOCK, CONFIGS, L, R, fp8_pool, make_config, paged_inputs, serving_batches, time_us
 from cumla import _gpu
 from cumla._arrays import BFLOAT16
 
@@ -54,16 +58,37 @@ def measure(name: str) -> list[dict]:
     return rows
 
 
+def measure_batches(heads: int = 16) -> list[dict]:
+    """The user's call over one-scale rows for the serving batches."""
+    fmt = cumla.fp8_format(L, R, L)
+    rows = []
+    for name, lengths in serving_batches(np.random.default_rng(0)):
+        q, cache, table, seqlens = paged_inputs(lengths, heads, BLOCK, np.random.default_rng(1))
+        pool = fp8_pool(cache, fmt)
+        del cache
+        out = cp.empty(q.shape[:-1] + (L,), dtype=BFLOAT16)
+        plan = cumla.plan(seqlens, heads=heads, q_len=1, v_dim=L)
+        call_us = time_us(lambda: cumla.latent_attention(q, pool, v_dim=L, scale=0.1, seqlens=seqlens,
+                                                         block_table=table, plan=plan, out=out, check=False,
+                                                         cache_format=fmt), warmup=1, repeat=5, calls=3)
+        rows.append(dict(batch=name, heads=heads, tokens=int(lengths.sum()), blocks_named=int(table.size),
+                         call_us=call_us))
+        print(json.dumps(rows[-1]), flush=True)
+        del q, pool, table
+        cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="C")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    rows = measure(args.config)
+    result = dict(config=measure(args.config), batches=measure_batches())
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "fp8-pass-cost.json"), "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":
