@@ -10,7 +10,7 @@ H=16, the same total tokens; their tables are padded to the longest
 request), where a pass over every block the table names would pay for the
 padding.
 
-    python bench/fp8_pass_cost.py [--config C] [--out DIR]
+    python bench/fp8_pass_cost.py [--config C] [--sections config,batches] [--out DIR]
 """
 from __future__ import annotations
 
@@ -82,9 +82,15 @@ def measure_batches(heads: int = 16) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="C")
+    parser.add_argument("--sections", default="config,batches",
+                        help="comma-separated: config (the pass at --config), batches (the serving batches)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    result = dict(config=measure(args.config), batches=measure_batches())
+    sections = set(args.sections.split(","))
+    if sections - {"config", "batches"}:
+        parser.error(f"unknown sections {sorted(sections - {'config', 'batches'})}")
+    result = dict(config=measure(args.config) if "config" in sections else None,
+                  batches=measure_batches() if "batches" in sections else None)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "fp8-pass-cost.json"), "w") as f:
