@@ -480,9 +480,9 @@ def main(argv=None) -> int:
     date = datetime.date.today().isoformat()
     rows = []
     result = dict(date=date, gpu=gpu, copy_tb_s=copy_bw / 1e12, matmul_tflop_s=mm_rate / 1e12,
-                  matmul_burst_tflop_s=mm_burst / 1e12, matmul_via=via, cupy=cp.__version__, smem_limit=args.smem_limit, table=args.table, configs=rows,
-                  decompressed=None,
-                  serving=None, fp8=None)
+                  matmul_burst_tflop_s=mm_burst / 1e12, matmul_via=via, cupy=cp.__version__,
+                  smem_limit=args.smem_limit, table=args.table, configs=rows, decompressed=None, serving=None,
+                  fp8=None)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"{date}-{gpu.replace(' ', '-')}")
 
