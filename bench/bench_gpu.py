@@ -14,6 +14,7 @@ import argparse
 import datetime
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -103,11 +104,28 @@ def copy_bandwidth() -> float:
 SUSTAIN_S = 3.0
 
 
-def matmul_rates() -> tuple[float, float, str]:
+def clocks_under(run, calls: int = 200) -> dict | None:
+    """The SM clock (MHz) and power draw (W) nvidia-smi reports while ``calls``
+    calls of ``run`` keep the GPU busy (None where nvidia-smi cannot tell)."""
+    for _ in range(calls):
+        run()
+    try:
+        query = subprocess.run(["nvidia-smi", "-i", cp.cuda.Device().pci_bus_id, "--format=csv,noheader,nounits",
+                                "--query-gpu=clocks.sm,power.draw"], capture_output=True, text=True, timeout=10)
+        clock, power = (float(x) for x in query.stdout.strip().split(","))
+        return dict(sm_clock_mhz=clock, power_w=power)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+    finally:
+        cp.cuda.Device().synchronize()
+
+
+def matmul_rates() -> tuple[float, float, str, dict | None]:
     """bf16 8192^3 matmul FLOP/s on random data (CuPy; torch if CuPy cannot):
     sustained (timed after SUSTAIN_S seconds of back-to-back matmuls, the rate
     the card holds at its power cap: the roofline's) and burst (timed right
-    after a 3-call warm-up), and the library that ran them."""
+    after a 3-call warm-up), the library that ran them, and the SM clock and
+    power under the sustained load (:func:`clocks_under`)."""
     n = 8192
     try:
         a = cp.random.standard_normal((n, n), dtype=np.float32).astype(BFLOAT16)
@@ -128,7 +146,7 @@ def matmul_rates() -> tuple[float, float, str]:
             run()
         cp.cuda.Device().synchronize()
     sustained = flop / (time_us(run, warmup=0, repeat=10, calls=10) * 1e-6)
-    return sustained, burst, via
+    return sustained, burst, via, clocks_under(run)
 
 
 #: Block orders of the benchmarks' paged caches: a request's pages scattered
@@ -380,7 +398,9 @@ def markdown(result) -> str:
         f"bf16 matmul {result['matmul_tflop_s']:.0f} TFLOP/s "
         + (f"sustained ({result['matmul_via']}; {result['matmul_burst_tflop_s']:.0f} in a short burst; "
            "the roofline uses the sustained rate)." if "matmul_burst_tflop_s" in result  # older runs: one reading
-           else f"({result['matmul_via']})."),
+           else f"({result['matmul_via']}).")
+        + (f" Under the sustained load: SM clock {result['matmul_clocks']['sm_clock_mhz']:.0f} MHz, "
+           f"{result['matmul_clocks']['power_w']:.0f} W." if result.get("matmul_clocks") else ""),
         "",
         "| config | B | Sq | H | S | time µs | TB/s | TFLOP/s | roofline µs | % roofline | portable kernel µs "
         "| portable % roofline | CuPy baseline µs | speed-up | eager call µs | host µs | decode µs |",
@@ -474,13 +494,13 @@ def main(argv=None) -> int:
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     gpu = props["name"].decode()
     copy_bw = copy_bandwidth()
-    mm_rate, mm_burst, via = matmul_rates()
+    mm_rate, mm_burst, via, mm_clocks = matmul_rates()
     print(f"{gpu}: copy {copy_bw / 1e12:.2f} TB/s, bf16 matmul {mm_rate / 1e12:.0f} TFLOP/s sustained, "
-          f"{mm_burst / 1e12:.0f} in a burst ({via})", flush=True)
+          f"{mm_burst / 1e12:.0f} in a burst ({via}); under it {mm_clocks}", flush=True)
     date = datetime.date.today().isoformat()
     rows = []
     result = dict(date=date, gpu=gpu, copy_tb_s=copy_bw / 1e12, matmul_tflop_s=mm_rate / 1e12,
-                  matmul_burst_tflop_s=mm_burst / 1e12, matmul_via=via, cupy=cp.__version__,
+                  matmul_burst_tflop_s=mm_burst / 1e12, matmul_clocks=mm_clocks, matmul_via=via, cupy=cp.__version__,
                   smem_limit=args.smem_limit, table=args.table, configs=rows, decompressed=None, serving=None,
                   fp8=None)
     os.makedirs(args.out, exist_ok=True)
