@@ -6,7 +6,8 @@
 
 // Warp w of block x writes output row r = 8x + w (of `rows`): raw row
 // blocks[r / block_size] * block_size + r % block_size (row r itself when
-// blocks is null: a contiguous cache). The value is the code's exact float
+// blocks is null: a contiguous cache; nothing when the block is negative: one
+// no request reaches, fp8_block_lists). The value is the code's exact float
 // times its group's scale, rounded once to T: bit for bit cumla._fp8's
 // dequantize. Where every field of the rows is 4-byte aligned (dims and
 // groups multiples of 4: FlashMLA's rows and one scale per token alike), a
@@ -32,7 +33,9 @@ __global__ void __launch_bounds__(256, 8) dequantize_fp8_rows(const unsigned cha
                                                            typename T::storage* __restrict__ out) {
   const long long r = blockIdx.x * 8LL + threadIdx.x / 32;
   if (r >= rows) return;
-  const long long src = blocks == nullptr ? r : static_cast<long long>(blocks[r / block_size]) * block_size + r % block_size;
+  const long long block = blocks == nullptr ? 0 : blocks[r / block_size];
+  if (block < 0) return;
+  const long long src = blocks == nullptr ? r : block * block_size + r % block_size;
   const int row_bytes = fp8_row_bytes(latent, rope, group);
   const unsigned char* row = raw + src * row_bytes;
   const unsigned char* rope_bytes = row + fp8_rope_offset(latent, group);
@@ -90,4 +93,24 @@ __global__ void __launch_bounds__(256, 8) dequantize_fp8_rows(const unsigned cha
     }
     dst[c] = T::from_float(v);
   }
+}
+
+// The pass's block list for a paged cache's table (batch x max_blocks,
+// row-major): entry i keeps the table's block where that block holds tokens
+// of its request (a block id in [0, num_blocks) among the first
+// ceil(seqlens[b] / block_size) of row b), else -1, so a table padded for its
+// longest request costs the pass only the tokens there are; `renumbered`
+// holds i there (the block's place in the pass's output), else -1. One thread
+// an entry; one launch instead of a chain of array operations, whose host
+// time was most of a call's on this path.
+extern "C" __global__ void fp8_block_lists(const int* __restrict__ table, const int* __restrict__ seqlens,
+                                           int max_blocks, long long entries, int num_blocks, int block_size,
+                                           int capacity, int* __restrict__ picked, int* __restrict__ renumbered) {
+  const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+  if (i >= entries) return;
+  const long long length = min(max(seqlens[i / max_blocks], 0), capacity);
+  const int block = table[i];
+  const bool reached = block >= 0 && block < num_blocks && i % max_blocks < (length + block_size - 1) / block_size;
+  picked[i] = reached ? block : -1;
+  renumbered[i] = reached ? static_cast<int>(i) : -1;
 }

@@ -110,29 +110,40 @@ def merge_ranks(gathered, out, lse) -> None:
        (gathered, np.int32(world), np.int32(rows), np.int32(v_dim), out, lse))
 
 
-def _dense_cache(problem: Problem, cache, block_table):
+def _dense_cache(problem: Problem, cache, seqlens, block_table):
     """An FP8 cache as rows of the input dtype, for the kernels that do not read
     FP8 (decompressed, float32, layouts ``fp8_in_kernel`` refuses): the blocks the
-    block table names, renumbered in table order (every row of a contiguous
-    cache), dequantised by one kernel pass into a pool allocated here (so
-    this path cannot be captured in a CUDA graph)."""
+    block table names within each request's length, renumbered in table order
+    (every row of a contiguous cache), dequantised by one kernel pass into a
+    pool allocated here (so this path cannot be captured in a CUDA graph).
+    Blocks past a request's length are marked missing (-1) in the returned
+    table and not dequantised (one launch lists them: ``fp8_block_lists``), so
+    a table padded for its longest request costs the pass only the tokens
+    there are."""
     fmt = problem.cache_format
     if fmt is None:
         return problem, cache, block_table
     if block_table is None:
         dense = _dequantize_rows(fmt, cache, None, 1, problem.dtype)
         return replace(problem, cache_format=None), dense.reshape(cache.shape[:-1] + (fmt.width,)), None
-    named = (block_table >= 0) & (block_table < problem.num_blocks)
-    picked = cp.ascontiguousarray(cp.where(named, block_table, 0).ravel().astype(np.int32))
+    table = cp.ascontiguousarray(block_table)
+    picked = cp.empty(table.size, dtype=np.int32)
+    renumbered = cp.empty(table.shape, dtype=np.int32)
+    if table.size:
+        lists = kernel("fp8_rows.cu", FP8_ROWS_NAMES, "fp8_block_lists")
+        lists((math.ceil(table.size / THREADS),), (THREADS,),
+              (table, cp.ascontiguousarray(seqlens), np.int32(table.shape[1]), np.int64(table.size),
+               np.int32(problem.num_blocks), np.int32(problem.block_size), np.int32(problem.capacity), picked,
+               renumbered))
     dense = _dequantize_rows(fmt, cache, picked, problem.block_size, problem.dtype)
-    table = cp.where(named, cp.arange(picked.size, dtype=np.int32).reshape(block_table.shape), -1)
     return (replace(problem, cache_format=None, num_blocks=int(picked.size)),
-            dense.reshape(picked.size, problem.block_size, fmt.width), table.astype(np.int32))
+            dense.reshape(picked.size, problem.block_size, fmt.width), renumbered)
 
 
 def _dequantize_rows(fmt, cache, blocks, block_size: int, dtype):
     """(rows, L+R) of ``dtype``: the FP8 rows of ``cache`` (C-contiguous uint8)
-    of blocks ``blocks`` (int32, block_size rows each), or all of them."""
+    of blocks ``blocks`` (int32, block_size rows each; the rows of a negative
+    entry are left unwritten), or all of them."""
     rows = (blocks.size * block_size) if blocks is not None else cache.size // fmt.row_bytes
     dense = cp.empty((rows, fmt.width), dtype=dtype)
     if rows:
@@ -229,7 +240,7 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
         spec = fp8_kernel(problem.dtype, problem.cache_format, v_dim, rows, problem.block_size if paged else None,
                           (arch, limit))
         if spec is None:
-            problem, cache, block_table = _dense_cache(problem, cache, block_table)
+            problem, cache, block_table = _dense_cache(problem, cache, seqlens, block_table)
     q = _on_16_bytes(cp.ascontiguousarray(q_lat.astype(problem.dtype, copy=False)))
     _check_aligned("cache", cache)
     seqlens, block_table = _index_arrays(problem, seqlens, block_table)
@@ -281,7 +292,7 @@ def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: flo
     lse = cp.empty((batch, q_len, heads), dtype=np.float32)
     if batch == 0:
         return o, lse
-    problem, cache, block_table = _dense_cache(problem, cache, block_table)
+    problem, cache, block_table = _dense_cache(problem, cache, seqlens, block_table)
     _check_aligned("cache", cache)
     seqlens, block_table = _index_arrays(problem, seqlens, block_table)
     q, w = _on_16_bytes(cp.ascontiguousarray(q)), _on_16_bytes(cp.ascontiguousarray(w))  # alive past the launches

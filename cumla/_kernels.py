@@ -454,8 +454,9 @@ SPLIT_KV_NAMES = ("make_schedule",) + tuple(f"{k}<{e}>" for k in ("combine_parti
 
 
 #: FP8 rows dequantised into a pool of 16-bit or float32 rows, for the kernels
-#: that do not read FP8: one specialisation per element type.
-FP8_ROWS_NAMES = tuple(f"dequantize_fp8_rows<{e}>" for e in ("bf16_t", "f16_t", "f32_t"))
+#: that do not read FP8: one specialisation per element type, and the kernel
+#: that lists the blocks to dequantise.
+FP8_ROWS_NAMES = tuple(f"dequantize_fp8_rows<{e}>" for e in ("bf16_t", "f16_t", "f32_t")) + ("fp8_block_lists",)
 
 
 def check_matrix() -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:

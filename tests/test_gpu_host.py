@@ -419,8 +419,8 @@ def test_fp8_fragment_kernel_applies_where_its_layout_and_arch_allow():
 
 def test_fp8_layouts_no_kernel_reads_are_dequantised_first(cp):
     """One scale per token (644-byte rows, not 16-byte aligned): the FP8 blocks the
-    table names are dequantised into a compact pool and the block table
-    renumbered (-1 kept for unused entries), then the 16-bit kernel runs."""
+    table names within the lengths are listed and dequantised into a compact
+    pool, the block table renumbered, then the 16-bit kernel runs on both."""
     args = inputs(cp)
     fmt = cumla.fp8_format(L, R, L)
     assert not _kernels.fp8_in_kernel(fmt, L) and _kernels.fp8_in_kernel(cumla.fp8_format(L, R, 128), L)
@@ -428,10 +428,12 @@ def test_fp8_layouts_no_kernel_reads_are_dequantised_first(cp):
     table = np.asarray(args["block_table"]).copy()
     table[2, 1:] = -1  # the empty request names one block only
     cumla.decode(**dict(args, cache=pool, block_table=device(cp, table)), cache_format=fmt, strategy="absorbed")
-    dequantize, attend = cp.launches[0], cp.launches[2]
+    lists, dequantize, attend = cp.launches[0], cp.launches[1], cp.launches[3]
+    assert lists.name == "fp8_block_lists" and dequantize.args[1] is lists.args[-2]
     assert dequantize.name == "dequantize_fp8_rows<bf16_t>" and dequantize.args[0] is pool
     assert attend.name == "latent_attention_sm90<bf16_t, 576, 512, true>"
     assert field(attend, "cache") == dequantize.args[-1].data.ptr != pool.data.ptr
+    assert field(attend, "block_table") == lists.args[-1].data.ptr
     assert field(attend, "num_blocks") == table.size
 
 
@@ -496,35 +498,39 @@ def test_a_cache_off_a_16_byte_boundary_is_refused(cp):
         cumla.decode(**dict(args, cache=shifted), strategy="decompressed")
 
 
-def test_dense_cache_renumbers_the_named_blocks(cp):
-    """The FP8 blocks the table names go through one dequantising launch (its
-    rows checked on the device, test_fp8_gpu.py) into a pool renumbered in
-    table order; -1 stays -1 and reads block 0."""
+def test_dense_cache_lists_then_dequantises_the_named_blocks(cp):
+    """A paged FP8 cache goes through two launches: one lists the blocks within
+    each request's length (its entries checked on the device,
+    test_fp8_gpu.py), one dequantises the listed blocks into a pool whose
+    renumbered table is the listing's second output."""
     import cumla._gpu as gpu
     from cumla._validate import check_decode
 
     args = inputs(cp)
     fmt = cumla.fp8_format(L, R, 128)
     pool = device(cp, fmt.quantize(np.asarray(args["cache"])))
-    table = np.asarray(args["block_table"]).copy()
-    table[2, 1:] = -1
-    problem = check_decode(args["q"], pool, args["w_kv"], R, args["seqlens"], device(cp, table), fmt)
-    dense_problem, dense, new_table = gpu._dense_cache(problem, pool, device(cp, table))
+    table = device(cp, np.asarray(args["block_table"])[:, ::-1])  # a strided view: copied for the launch
+    problem = check_decode(args["q"], pool, args["w_kv"], R, args["seqlens"], table, fmt)
+    dense_problem, dense, new_table = gpu._dense_cache(problem, pool, args["seqlens"], table)
     assert dense_problem.cache_format is None and dense_problem.num_blocks == table.size
     assert dense.dtype == cumla.bfloat16 and dense.shape == (table.size, 64, L + R)
-    renumbered = np.where(table >= 0, np.arange(table.size).reshape(table.shape), -1)
-    np.testing.assert_array_equal(np.asarray(new_table), renumbered)
-    (launch,) = cp.launches
-    raw, blocks, rows, block_size, latent, rope, group, out = launch.args
-    assert launch.name == "dequantize_fp8_rows<bf16_t>" and raw is pool and out.data.ptr == dense.data.ptr
-    np.testing.assert_array_equal(np.asarray(blocks), np.where(table >= 0, table, 0).ravel())
+    lists, rows_pass = cp.launches
+    listed, lengths, max_blocks, entries, num_blocks, block_size, capacity, picked, renumbered = lists.args
+    assert lists.name == "fp8_block_lists" and lists.grid == (1,) and lists.block == (256,)
+    np.testing.assert_array_equal(np.asarray(listed), np.asarray(table))
+    assert listed.flags.c_contiguous and lengths.data.ptr == args["seqlens"].data.ptr
+    assert (max_blocks, entries, num_blocks, block_size, capacity) == (5, 15, problem.num_blocks, 64, 320)
+    assert new_table is renumbered and renumbered.shape == table.shape and renumbered.dtype == np.int32
+    raw, blocks, rows, block_size, latent, rope, group, out = rows_pass.args
+    assert rows_pass.name == "dequantize_fp8_rows<bf16_t>" and raw is pool and out.data.ptr == dense.data.ptr
+    assert blocks is picked and picked.shape == (table.size,) and picked.dtype == np.int32
     assert (rows, block_size, latent, rope, group) == (table.size * 64, 64, L, R, 128)
-    assert launch.grid == (table.size * 64 // 8,) and launch.block == (256,)  # a warp per row
+    assert rows_pass.grid == (table.size * 64 // 8,) and rows_pass.block == (256,)  # a warp per row
     # A contiguous cache: every row, no block list.
     cp.launches.clear()
     contiguous = device(cp, fmt.quantize(np.zeros((2, 30, L + R), np.float32)))
     problem = check_decode(args["q"][:2], contiguous, args["w_kv"], R, None, None, fmt)
-    _, dense, _ = gpu._dense_cache(problem, contiguous, None)
+    _, dense, _ = gpu._dense_cache(problem, contiguous, None, None)
     (launch,) = cp.launches
     assert dense.shape == (2, 30, L + R) and launch.args[1] == 0 and launch.args[2] == 60
 

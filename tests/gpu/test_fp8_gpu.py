@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings, strategies as st
 import cumla
 from cumla import _kernels, reference
 from cumla.testing import (
-    MLACase, assert_close, fp8_reference_cache, make_latent_inputs, mla_cases, to_numpy,
+    MLACase, assert_close, fp8_reference_cache, make_inputs, make_latent_inputs, mla_cases, to_numpy,
 )
 
 pytestmark = pytest.mark.gpu
@@ -219,3 +219,53 @@ def test_fp8_rows_dequantised_by_the_pass_match_the_format(dtype, latent, rope, 
     want = fmt.dequantize(picked, np_dtype)
     assert np.isnan(want).any() == (blocks is None or 0 in blocks)
     np.testing.assert_array_equal(to_numpy(got).astype(np.float32), want.astype(np.float32))
+
+
+@pytest.mark.parametrize("block", [1, 16, 64])
+@pytest.mark.parametrize("dtype,strategy", [("bfloat16", "latent"), ("float32", "latent"), ("bfloat16", "decompressed")])
+def test_dequantise_first_takes_only_the_blocks_within_the_lengths(block, dtype, strategy, monkeypatch):
+    """Layouts no FP8 kernel reads are dequantised first, and only the blocks
+    within each request's length: with a table padded for its longest request
+    whose entries past the other lengths name spare blocks of NaN codes, the
+    pass is handed -1 for every entry past a length and the result is the
+    reference's."""
+    import cupy as cp
+    from cumla import _gpu
+
+    seqlens = (300, 17, 0, 129)
+    case = MLACase(len(seqlens), 1, 16, latent_dim=64, rope_dim=64, nope_dim=32, v_dim=32, seqlens=seqlens,
+                   capacity=320, block_size=block, causal=True, dtype=dtype, scale=None, squeeze=False, seed=11)
+    fmt = cumla.fp8_format(64, 64, 64)  # one scale per token: 196-byte rows, which no FP8 kernel reads
+    args = make_latent_inputs(case, cp) if strategy == "latent" else make_inputs(case, cp)
+    table = to_numpy(args["block_table"])
+    needed = [-(-n // block) for n in seqlens]
+    reached = {int(table[b, j]) for b in range(len(seqlens)) for j in range(needed[b])}
+    spare = [i for i in range(args["cache"].shape[0]) if i not in reached]  # garbage (NaN) blocks
+    for b in range(len(seqlens)):
+        for j in range(needed[b], table.shape[1]):
+            table[b, j] = spare[(b + j) % len(spare)]
+    rows = fmt.quantize(args["cache"])
+    host = {k: to_numpy(v) if hasattr(v, "__cuda_array_interface__") else v for k, v in args.items()}
+    host.update(cache=fp8_reference_cache(rows, fmt, case), block_table=table)
+    args.update(cache=rows, block_table=cp.asarray(table), cache_format=fmt)
+
+    handed = []
+    dequantize = _gpu._dequantize_rows
+
+    def recording(fmt, cache, blocks, *rest):
+        handed.append(to_numpy(blocks))
+        return dequantize(fmt, cache, blocks, *rest)
+
+    monkeypatch.setattr(_gpu, "_dequantize_rows", recording)
+    if strategy == "latent":
+        o, lse = cumla.latent_attention(**args, return_lse=True)
+        ref_o, ref_lse = reference.latent_attention(**host)
+    else:
+        o, lse = cumla.decode(**args, strategy="decompressed", return_lse=True)
+        ref_o, ref_lse = reference.decode(**host)
+    assert_close(o, ref_o, case.dtype, lse, ref_lse)
+    (blocks,) = handed
+    blocks = blocks.reshape(table.shape)
+    for b, need in enumerate(needed):
+        np.testing.assert_array_equal(blocks[b, :need], table[b, :need])
+        assert (blocks[b, need:] == -1).all()
