@@ -7,6 +7,7 @@ can draw problems with :func:`mla_cases`, build inputs with
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -18,6 +19,22 @@ except ImportError:  # only mla_cases needs it
     st = None
 
 from ._arrays import BFLOAT16
+
+def examples(count: int) -> int:
+    """A property test's example count: ``count`` times the positive integer in
+    the ``CUMLA_EXAMPLE_SCALE`` environment variable (1 when unset), so that a
+    longer hunt for rare failures needs no edit of the tests.
+
+    Raises
+    ------
+    ValueError
+        If ``CUMLA_EXAMPLE_SCALE`` is set to anything but a positive integer.
+    """
+    raw = os.environ.get("CUMLA_EXAMPLE_SCALE", "1")
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"CUMLA_EXAMPLE_SCALE must be a positive integer, got {raw!r}")
+    return count * int(raw)
+
 
 #: Relative error bound by dtype (DESIGN): ||out - ref|| / ||ref||.
 TOLERANCE = {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1e-2}

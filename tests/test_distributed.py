@@ -13,13 +13,13 @@ from hypothesis import given, settings, strategies as st
 import cumla
 from cumla.distributed import ShardedLatentCache, TokenSharding, local_partials, merge_partials, sharded_decode
 from cumla.launch import launch
-from cumla.testing import relative_error
+from cumla.testing import examples, relative_error
 
 shardings = st.builds(TokenSharding, world=st.integers(1, 4), layout=st.sampled_from(["round_robin", "contiguous"]),
                       stripe=st.integers(1, 8))
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(sharding=shardings, visible=st.integers(-3, 40))
 def test_local_count_is_the_rank_share_of_a_prefix(sharding, visible):
     capacity = sharding.world * sharding.stripe if sharding.layout == "contiguous" else 64
@@ -84,7 +84,7 @@ def test_sharded_append_checks_shapes_and_room():
     assert shard.length(seq) == 4 and shard.local.length(seq) == 2  # nothing written by the failed append
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(sharding=shardings, lengths=st.lists(st.integers(0, 30), min_size=1, max_size=3),
        q_len=st.integers(1, 3), causal=st.booleans(), seed=st.integers(0, 2**31))
 def test_merged_shards_equal_the_whole_cache(sharding, lengths, q_len, causal, seed):

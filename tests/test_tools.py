@@ -128,3 +128,16 @@ def test_example_needs_no_test_dependencies():
             f"runpy.run_path({str(ROOT / 'examples' / 'mla_decode.py')!r}, run_name='__main__')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "-> OK" in done.stdout, done.stderr
+
+
+def test_example_counts_scale_with_the_environment(monkeypatch):
+    from cumla.testing import examples
+
+    monkeypatch.delenv("CUMLA_EXAMPLE_SCALE", raising=False)
+    assert examples(40) == 40
+    monkeypatch.setenv("CUMLA_EXAMPLE_SCALE", "3")
+    assert examples(40) == 120
+    for bad in ("0", "-2", "1.5", "many", ""):
+        monkeypatch.setenv("CUMLA_EXAMPLE_SCALE", bad)
+        with pytest.raises(ValueError, match="positive integer"):
+            examples(40)

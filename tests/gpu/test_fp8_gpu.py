@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings, strategies as st
 import cumla
 from cumla import _kernels, reference
 from cumla.testing import (
-    MLACase, assert_close, fp8_reference_cache, make_inputs, make_latent_inputs, mla_cases, to_numpy,
+    MLACase, assert_close, examples, fp8_reference_cache, make_inputs, make_latent_inputs, mla_cases, to_numpy,
 )
 
 pytestmark = pytest.mark.gpu
@@ -40,7 +40,7 @@ def check(case, group, args=None, **extra):
 
 
 # Few dims and groups: each (dtype, L, R, group) is a kernel build on the device.
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(case=mla_cases(dims=(32, 64), rope_dims=(0, 16), dtypes=("bfloat16", "float16"), max_heads=40,
                       max_seq=200, max_batch=3),
        group=st.sampled_from([8, 16]))
@@ -109,7 +109,7 @@ def test_fp8_rows_in_the_kernel_are_deterministic(heads, hopper, name, monkeypat
 
 
 # Each (dtype, R, group) is a kernel build on the device: few of them.
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(case=mla_cases(dims=(256,), rope_dims=(0, 32), dtypes=("bfloat16", "float16"), max_heads=16,
                       max_seq=300, max_batch=3),
        group=st.sampled_from([32, 64]))
@@ -123,7 +123,7 @@ def test_fp8_rows_read_into_fragments_match_reference(case, group):
 
 
 # Each (dtype, L, R, group) is a kernel build on the device: few of them.
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(case=mla_cases(dims=(128,), rope_dims=(0, 64), dtypes=("bfloat16",), max_heads=40, max_seq=300,
                       max_batch=3, block_sizes=(64, 128)),
        group=st.sampled_from([16, 32]))

@@ -5,12 +5,12 @@ from hypothesis import given, settings, strategies as st
 
 import cumla
 from cumla._gemm import batched_matmul
-from cumla.testing import TOLERANCE, capture_graph, relative_error, to_numpy
+from cumla.testing import TOLERANCE, capture_graph, examples, relative_error, to_numpy
 
 pytestmark = pytest.mark.gpu
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(n=st.integers(1, 5), m=st.integers(1, 40), k=st.integers(1, 70), cols=st.integers(1, 50),
        dtype=st.sampled_from(["bfloat16", "float16", "float32"]), a_transposed=st.booleans(),
        b_transposed=st.booleans(), out_float32=st.booleans(), pad=st.integers(0, 3))

@@ -5,8 +5,8 @@ from hypothesis import given, settings, strategies as st
 
 import cumla
 from cumla import _kernels, reference
-from cumla.testing import (MLACase, assert_close, assert_nan_where_reference, capture_graph, fp8_reference_cache,
-                           make_inputs, make_latent_inputs, mla_cases, put_nan, to_numpy)
+from cumla.testing import (MLACase, assert_close, assert_nan_where_reference, capture_graph, examples,
+                           fp8_reference_cache, make_inputs, make_latent_inputs, mla_cases, put_nan, to_numpy)
 
 pytestmark = pytest.mark.gpu
 
@@ -44,7 +44,7 @@ def run_latent(args, case, **extra):
     return o, lse
 
 
-@settings(max_examples=60)
+@settings(max_examples=examples(60))
 @given(case=mla_cases(dims=(16, 32, 64), dtypes=DTYPES, max_heads=20, max_seq=300, max_batch=4))
 def test_latent_attention_matches_reference(case):
     args = make_latent_inputs(case, cupy())
@@ -53,7 +53,7 @@ def test_latent_attention_matches_reference(case):
     assert_close(o, ref_o, case.dtype, lse, ref_lse)
 
 
-@settings(max_examples=30)
+@settings(max_examples=examples(30))
 @given(case=mla_cases(dims=(16, 32), dtypes=DTYPES, max_heads=8, max_seq=200),
        strategy=st.sampled_from(["absorbed", "decompressed"]))
 def test_decode_matches_reference(case, strategy):
@@ -64,7 +64,7 @@ def test_decode_matches_reference(case, strategy):
     assert_close(o, ref_o, case.dtype, lse, ref_lse)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(case=mla_cases(dims=(128, 256), rope_dims=(0, 64), dtypes=("bfloat16", "float16"), max_heads=80,
                       max_seq=300, max_batch=3))
 def test_hopper_dims_match_reference(case):

@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 import cumla
 from cumla._kernels import SCHEDULE_TILE
+from cumla.testing import examples
 
 pytestmark = pytest.mark.gpu
 
@@ -27,7 +28,7 @@ def segments(work, first_part, piece_base, tiles):
     return out
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(lengths=st.lists(st.one_of(st.just(0), st.integers(1, 40 * SCHEDULE_TILE)), min_size=1, max_size=40),
        num_parts=st.integers(1, 70))
 def test_schedule_covers_every_tile_once(lengths, num_parts):
