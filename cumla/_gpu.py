@@ -196,6 +196,19 @@ def dependent_launches(device_id: int) -> bool:
     return int(cp.cuda.Device(device_id).compute_capability[:-1]) >= 9
 
 
+#: A launch grid's y and z dimensions hold at most this many blocks; the
+#: combine step's grid takes the batch as its y dimension.
+MAX_GRID_YZ = 65535
+
+
+def check_launch_limits(problem: Problem) -> None:
+    """Raise ValueError, before any work, where the GPU path's launch grids cannot
+    hold the call."""
+    if problem.batch > MAX_GRID_YZ:
+        raise ValueError(f"the GPU path takes at most {MAX_GRID_YZ} requests a call (its combine step's "
+                         f"launch grid), got B = {problem.batch}: split the batch")
+
+
 def _combine(name: str, params, rows: int, batch: int, v_dim: int) -> None:
     """Merge split requests' partials: one warp per query row and 128 output
     columns. From sm_90 on it is launched as the attention kernel's

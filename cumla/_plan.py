@@ -9,6 +9,9 @@ from ._arrays import ingest
 from ._validate import check_cache_format, check_index_array
 
 INT_MAX = 2**31 - 1
+#: The most CTA columns a plan may ask for: the Hopper kernel's launch grid
+#: takes them as its y dimension (at most 65535 blocks).
+MAX_PARTS = 65535
 
 
 class Plan:
@@ -88,9 +91,9 @@ def plan(seqlens: Any, *, heads: int, q_len: int = 1, v_dim: int = 512, num_part
     v_dim : int
         Width of the latent output (L; 512 for DeepSeek).
     num_parts : int, optional
-        CTA columns to spread the tiles over; default fills every SM once
-        (twice for the kernel that reads ``cache_format``'s FP8 rows where two
-        of its CTAs share an SM).
+        CTA columns to spread the tiles over, at most 65535; default fills
+        every SM once (twice for the kernel that reads ``cache_format``'s FP8
+        rows where two of its CTAs share an SM).
     cache_format : Fp8Format, optional
         The FP8 row layout of the cache the calls will read, if any: it picks
         the kernel whose CTAs the default ``num_parts`` counts.
@@ -119,12 +122,13 @@ def plan(seqlens: Any, *, heads: int, q_len: int = 1, v_dim: int = 512, num_part
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     rows = heads * q_len
     check_cache_format(cache_format)
+    if num_parts is not None and (isinstance(num_parts, bool) or not isinstance(num_parts, int)
+                                  or not 1 <= num_parts <= MAX_PARTS):
+        raise ValueError(f"num_parts must be an int in [1, {MAX_PARTS}], got {num_parts!r}")
     if xp is np:
         return Plan(np, seqlens.shape[0], rows, v_dim, 1)
     from ._gpu import default_parts
 
     if num_parts is None:
         num_parts = default_parts(rows, v_dim, cache_format=cache_format)
-    elif isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
-        raise ValueError(f"num_parts must be a positive int, got {num_parts!r}")
     return Plan(xp, seqlens.shape[0], rows, v_dim, num_parts).update(seqlens)

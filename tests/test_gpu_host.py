@@ -72,6 +72,22 @@ def field(launch, name):
     return launch.args[0][name]
 
 
+def test_batches_past_the_combine_grid_are_refused_before_any_launch(cp):
+    """The combine step's grid takes the batch as its y dimension (at most
+    65535 blocks): a larger batch raises ValueError before anything runs."""
+    batch, heads = 65536, 1
+    q = device(cp, np.zeros((batch, heads, 32), np.float16))  # Dn = R = 16
+    cache = device(cp, np.zeros((batch, 2, 32), np.float16))  # L = R = 16
+    w_kv = device(cp, np.zeros((16, heads * 32), np.float16))
+    with pytest.raises(ValueError, match="at most 65535 requests a call"):
+        cumla.decode(q, cache, w_kv, rope_dim=16)
+    with pytest.raises(ValueError, match="at most 65535 requests a call"):
+        cumla.latent_attention(device(cp, np.zeros((batch, heads, 32), np.float16)), cache, v_dim=16, scale=0.1)
+    assert cp.launches == [] and not getattr(cp, "gemms", [])
+    cumla.latent_attention(device(cp, np.zeros((65535, heads, 32), np.float16)), cache[:65535], v_dim=16, scale=0.1)
+    assert [launch.name for launch in cp.launches][-1] == "combine_partials<f16_t>"
+
+
 def test_absorbed_decode_launches(cp):
     args = inputs(cp)
     o = cumla.decode(**args, strategy="absorbed")

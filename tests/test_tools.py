@@ -69,6 +69,12 @@ def test_plan_on_numpy_is_checked_then_ignored():
     assert cumla.plan(lengths, heads=4, v_dim=16, cache_format=cumla.fp8_format(16, 8, 8)).num_parts == 1
     with pytest.raises(TypeError, match="cache_format must come from cumla.fp8_format"):
         cumla.plan(lengths, heads=4, cache_format="e4m3")
+    # num_parts: CTA columns, at most a launch grid's y dimension; checked on
+    # NumPy too, where a plan has one part.
+    assert cumla.plan(lengths, heads=4, num_parts=65535).num_parts == 1
+    for bad in (0, -3, 65536, True, 2.0, "8"):
+        with pytest.raises(ValueError, match=r"num_parts must be an int in \[1, 65535\]"):
+            cumla.plan(lengths, heads=4, num_parts=bad)
 
 
 def test_decode_plan_means_absorbed():
