@@ -1,6 +1,7 @@
 """Array-module dispatch and dtype helpers shared by every backend."""
 from __future__ import annotations
 
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -13,6 +14,9 @@ INDEX_DTYPE = np.dtype(np.int32)
 
 
 def _cupy() -> ModuleType | None:
+    loaded = sys.modules.get("cupy")  # every call asks: skip the import machinery once loaded
+    if loaded is not None:
+        return loaded
     try:
         import cupy
     except Exception:  # CuPy absent or broken: NumPy-only installation

@@ -14,6 +14,7 @@ ATTN_PARAMS = np.dtype(
 )
 assert ATTN_PARAMS.itemsize == 144
 _FIELDS = frozenset(ATTN_PARAMS.names)
+_LAYOUT = tuple((name, name in _POINTERS) for name in ATTN_PARAMS.names)  # (field, holds an address)
 
 
 def pointer(array) -> int:
@@ -28,6 +29,5 @@ def attn_params(**fields) -> np.void:
     unknown = fields.keys() - _FIELDS
     if unknown:
         raise ValueError(f"AttnParams has no field(s) {sorted(unknown)}")
-    values = tuple(pointer(fields.get(name)) if name in _POINTERS else fields.get(name, 0)
-                   for name in ATTN_PARAMS.names)
+    values = tuple(pointer(fields.get(name)) if address else fields.get(name, 0) for name, address in _LAYOUT)
     return np.array(values, dtype=ATTN_PARAMS)[()]
