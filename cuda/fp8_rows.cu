@@ -6,8 +6,8 @@
 
 // Warp w of block x writes output row r = 8x + w (of `rows`): raw row
 // blocks[r / block_size] * block_size + r % block_size (row r itself when
-// blocks is null: a contiguous cache; nothing when the block is negative: one
-// no request reaches, fp8_block_lists). The value is the code's exact float
+// blocks is null: a contiguous cache; nothing when the block is negative,
+// one that no request reaches: fp8_block_lists). The value is the code's exact float
 // times its group's scale, rounded once to T: bit for bit cumla._fp8's
 // dequantize. Where every field of the rows is 4-byte aligned (dims and
 // groups multiples of 4: FlashMLA's rows and one scale per token alike), a

@@ -20,6 +20,7 @@ except ImportError:  # only mla_cases needs it
 
 from ._arrays import BFLOAT16
 
+
 def examples(count: int) -> int:
     """A property test's example count: ``count`` times the positive integer in
     the ``CUMLA_EXAMPLE_SCALE`` environment variable (1 when unset), so that a
@@ -31,7 +32,7 @@ def examples(count: int) -> int:
         If ``CUMLA_EXAMPLE_SCALE`` is set to anything but a positive integer.
     """
     raw = os.environ.get("CUMLA_EXAMPLE_SCALE", "1")
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise ValueError(f"CUMLA_EXAMPLE_SCALE must be a positive integer, got {raw!r}")
     return count * int(raw)
 

@@ -143,7 +143,7 @@ def test_example_counts_scale_with_the_environment(monkeypatch):
     assert examples(40) == 40
     monkeypatch.setenv("CUMLA_EXAMPLE_SCALE", "3")
     assert examples(40) == 120
-    for bad in ("0", "-2", "1.5", "many", ""):
+    for bad in ("0", "-2", "1.5", "many", "", "\u00b2"):
         monkeypatch.setenv("CUMLA_EXAMPLE_SCALE", bad)
         with pytest.raises(ValueError, match="positive integer"):
             examples(40)
