@@ -122,3 +122,18 @@ def test_kernel_e4m3_bit_trick_gives_every_code_exactly():
     finite = ~np.isnan(E4M3_VALUES)
     np.testing.assert_array_equal(value[finite], E4M3_VALUES[finite])
     np.testing.assert_array_equal((half & 0x7FFF) == 0x3F80, ~finite)  # 0x7F and 0xFF, nothing else
+
+
+def test_e4m3_mma_operands_cost_more_accuracy_than_the_tolerance():
+    """bench/fp8_mma_accuracy.py's study, one small case: today's 16-bit queries
+    and P stay within bfloat16's tolerance of the reference over the
+    dequantised rows, while e4m3 queries or e4m3 P each exceed it."""
+    from bench_modules import bench_module
+
+    study = bench_module("fp8_mma_accuracy")
+    fmt = cumla.fp8_format(512, 64, 128)
+    q, cache = study.case("normal", 512, 8, np.random.default_rng(0))
+    results = study.paths(q, fmt.quantize(cache), fmt, mma_bits=0)
+    ref_o, _ = results["ref"]
+    error = {name: relative_error(results[key][0], ref_o) for name, key in study.PATHS.items()}
+    assert error["16-bit"] < 1e-2 < min(error["e4m3 scores"], error["e4m3 P V"], error["e4m3 both"])

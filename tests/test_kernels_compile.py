@@ -10,6 +10,7 @@ import re
 import pytest
 
 import cumla
+from bench_modules import bench_module
 from cumla import _compile, _kernels
 
 NVRTC = _compile.load_nvrtc()
@@ -225,18 +226,6 @@ def test_shared_memory_sizes_match_the_kernels():
         code = _kernels.source(file) + "".join(f'\nstatic_assert({c}, "{c}");' for c in checks)
         result = _compile.compile_source(NVRTC, code, _kernels.options("sm_90a"), (), verbose=False)
         assert result.ok, result.log
-
-
-def bench_module(name: str):
-    """bench/<name>.py, imported (the bench folder is not a package)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_mma_rate_benchmark_compiles_without_serialised_mmas():
