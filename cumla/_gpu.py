@@ -10,8 +10,8 @@ import cupy as cp
 import numpy as np
 
 from ._kernels import (
-    FP8_ROWS_NAMES, SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, LatentKernel, arch_for, decompressed_kernel, element_of,
-    latent_kernel, options, source,
+    FP8_ROWS_NAMES, MAX_GRID_YZ, SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, LatentKernel, arch_for, decompressed_kernel,
+    element_of, latent_kernel, options, source,
 )
 from . import _pdl, _tma
 from ._arrays import BFLOAT16
@@ -194,11 +194,6 @@ def _params(problem: Problem, plan: Plan, q, cache, seqlens, block_table, o, lse
 def dependent_launches(device_id: int) -> bool:
     """Whether the device runs programmatic dependent launches (compute capability 9.0+)."""
     return int(cp.cuda.Device(device_id).compute_capability[:-1]) >= 9
-
-
-#: A launch grid's y and z dimensions hold at most this many blocks; the
-#: combine step's grid takes the batch as its y dimension.
-MAX_GRID_YZ = 65535
 
 
 def check_launch_limits(problem: Problem) -> None:

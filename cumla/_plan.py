@@ -6,12 +6,10 @@ from typing import Any
 import numpy as np
 
 from ._arrays import ingest
+from ._kernels import MAX_GRID_YZ
 from ._validate import check_cache_format, check_index_array
 
 INT_MAX = 2**31 - 1
-#: The most CTA columns a plan may ask for: the Hopper kernel's launch grid
-#: takes them as its y dimension (at most 65535 blocks).
-MAX_PARTS = 65535
 
 
 class Plan:
@@ -123,8 +121,8 @@ def plan(seqlens: Any, *, heads: int, q_len: int = 1, v_dim: int = 512, num_part
     rows = heads * q_len
     check_cache_format(cache_format)
     if num_parts is not None and (isinstance(num_parts, bool) or not isinstance(num_parts, int)
-                                  or not 1 <= num_parts <= MAX_PARTS):
-        raise ValueError(f"num_parts must be an int in [1, {MAX_PARTS}], got {num_parts!r}")
+                                  or not 1 <= num_parts <= MAX_GRID_YZ):  # the Hopper kernel's grid y
+        raise ValueError(f"num_parts must be an int in [1, {MAX_GRID_YZ}], got {num_parts!r}")
     if xp is np:
         return Plan(np, seqlens.shape[0], rows, v_dim, 1)
     from ._gpu import default_parts
