@@ -5,6 +5,8 @@
 // OP 0: A and B from shared memory, B K-major (the scores: 64 query rows x N tokens);
 // OP 1: A from registers, B N-major (P V with P from registers);
 // OP 2: A and B from shared memory, B N-major (P V with P from shared memory);
+// OP 4: as OP 1, the MMAs alternating between two accumulators (two chains of
+//       dependent MMAs instead of one: a 64 x 2N product as two N halves);
 // OP 3: no MMA: bulk copies (the TMA's path) of 16 KB from global memory (an
 //       L2-resident buffer) into shared memory, two in flight (N unused).
 // Operand values do not matter for the rate, only the access pattern: both
@@ -38,9 +40,9 @@ __device__ __forceinline__ void run_ops(u32 region, int reps, float* sink) {
   const u64 da = wgmma_desc(region, 16, 1024);
   // K-major B: N rows of 128 bytes; N-major B: 64-column blocks of 64 K rows.
   const u64 db = OP == 0 ? wgmma_desc(region + kBOffset, 16, 1024) : wgmma_desc(region + kBOffset, 64 * 128, 1024);
-  float d[N / 2];
+  float d[N / 2], e[N / 2];
 #pragma unroll
-  for (int i = 0; i < N / 2; ++i) d[i] = 0.f;
+  for (int i = 0; i < N / 2; ++i) d[i] = e[i] = 0.f;
   for (int r = 0; r < reps; ++r) {
     wgmma_fence();
 #pragma unroll
@@ -50,13 +52,15 @@ __device__ __forceinline__ void run_ops(u32 region, int reps, float* sink) {
       if constexpr (OP == 0) Wgmma<N>::template run<bf16_t, 0>(d, da + k_step, db + k_step, 1);
       if constexpr (OP == 1) Wgmma<N>::template run<bf16_t, 1>(d, a, db + row_step, 1);
       if constexpr (OP == 2) Wgmma<N>::template run<bf16_t, 1>(d, da + k_step, db + row_step, 1);
+      if constexpr (OP == 4) Wgmma<N>::template run<bf16_t, 1>(k % 2 == 0 ? d : e, a, db + row_step, 1);
     }
     wgmma_commit();
     wgmma_wait<1>();
   }
   wgmma_wait<0>();
   fence_registers(d);
-  if (reps < 0) sink[threadIdx.x] = d[0];  // never: keeps the accumulators live
+  fence_registers(e);
+  if (reps < 0) sink[threadIdx.x] = d[0] + e[0];  // never: keeps the accumulators live
 }
 }  // namespace
 
