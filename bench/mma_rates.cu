@@ -7,6 +7,8 @@
 // OP 2: A and B from shared memory, B N-major (P V with P from shared memory);
 // OP 4: as OP 1, the MMAs alternating between two accumulators (two chains of
 //       dependent MMAs instead of one: a 64 x 2N product as two N halves);
+// OP 5: as OP 1, the accumulator switching every four MMAs (a 64 x 2N
+//       product over four k-steps as one N half, then the other);
 // OP 3: no MMA: bulk copies (the TMA's path) of 16 KB from global memory (an
 //       L2-resident buffer) into shared memory, two in flight (N unused).
 // Operand values do not matter for the rate, only the access pattern: both
@@ -53,6 +55,7 @@ __device__ __forceinline__ void run_ops(u32 region, int reps, float* sink) {
       if constexpr (OP == 1) Wgmma<N>::template run<bf16_t, 1>(d, a, db + row_step, 1);
       if constexpr (OP == 2) Wgmma<N>::template run<bf16_t, 1>(d, da + k_step, db + row_step, 1);
       if constexpr (OP == 4) Wgmma<N>::template run<bf16_t, 1>(k % 2 == 0 ? d : e, a, db + row_step, 1);
+      if constexpr (OP == 5) Wgmma<N>::template run<bf16_t, 1>(k % 8 < 4 ? d : e, a, db + row_step, 1);
     }
     wgmma_commit();
     wgmma_wait<1>();

@@ -37,7 +37,8 @@ BATCH = 16  # mma_rates.cu's kBatch
 COPY_BYTES = 16 * 1024  # mma_rates.cu's kCopyBytes
 COPIES = 3  # the OP that copies instead of multiplying
 OPS = {0: "scores (A, B K-major in smem)", 1: "P V (A in registers)", 2: "P V (A in smem)",
-       COPIES: "bulk copies global -> smem", 4: "P V (A in registers, two accumulator chains)"}
+       COPIES: "bulk copies global -> smem", 4: "P V (A in registers, two accumulator chains)",
+       5: "P V (A in registers, accumulator switched every 4 MMAs)"}
 
 # (name, warpgroup 0's (N, OP), warpgroup 1's or None)
 CASES = [
@@ -48,10 +49,13 @@ CASES = [
     ("P V from smem N=256", (256, 2), None),
     ("P V from registers N=128", (128, 1), None),
     ("P V from registers, N=256 as two N=128 chains", (128, 4), None),
+    ("P V from registers, N=256 as two N=128 chains in turn", (128, 5), None),
     ("scores N=64 + scores N=64", (64, 0), (64, 0)),
     ("scores N=64 + P V from registers", (64, 0), (256, 1)),
     ("scores N=64 + P V from smem", (64, 0), (256, 2)),
     ("scores N=64 + P V from registers, two N=128 chains", (64, 0), (128, 4)),
+    ("scores N=64 + P V from registers N=128", (64, 0), (128, 1)),
+    ("scores N=64 + P V from registers, two N=128 chains in turn", (64, 0), (128, 5)),
     ("scores N=128 + P V from registers", (128, 0), (256, 1)),
     ("P V from registers + P V from registers", (256, 1), (256, 1)),
     ("copies", (0, COPIES), None),
@@ -122,7 +126,7 @@ def smem_bytes_per_op(n: int, op: int) -> int:
     """Shared-memory bytes one MMA reads, or one copy writes."""
     if op == COPIES:
         return COPY_BYTES
-    a = 0 if op in (1, 4) else 64 * 16 * 2
+    a = 0 if op in (1, 4, 5) else 64 * 16 * 2
     return a + n * 16 * 2
 
 
