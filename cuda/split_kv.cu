@@ -187,12 +187,14 @@ __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of
   write(acc, safe, total);
 }
 
-// Grid (ceil(rows / 8), batch, ceil(dv / 128)), 256 threads: one warp per
-// query row and 128 output columns, 4 adjacent ones per lane.
+// Grid (ceil(rows / 8) * batch, ceil(dv / 128)), 256 threads: one warp per
+// query row and 128 output columns, 4 adjacent ones per lane; a request's
+// row blocks are adjacent in x, which holds any batch (y and z stop at 65535).
 template <class T>
 __global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ AttnParams p, int dv) {
-  const int b = blockIdx.y, r = blockIdx.x * 8 + threadIdx.x / 32;
-  const int c = blockIdx.z * 128 + 4 * (threadIdx.x % 32);
+  const int row_blocks = (p.rows + 7) / 8;
+  const int b = blockIdx.x / row_blocks, r = (blockIdx.x % row_blocks) * 8 + threadIdx.x / 32;
+  const int c = blockIdx.y * 128 + 4 * (threadIdx.x % 32);
   // piece_base comes from make_schedule, done before the attention kernel
   // started: readable before the wait below.
   const int pieces = p.sched.piece_base[b + 1] - p.sched.piece_base[b];
@@ -201,7 +203,7 @@ __global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ 
   // may start while that kernel runs: wait for its partials before reading
   // them. Idle warps leave at once, except block 0's, which wait too so that
   // this grid never completes before the attention kernel does.
-  if (idle && (blockIdx.x | blockIdx.y | blockIdx.z) != 0) return;
+  if (idle && (blockIdx.x | blockIdx.y) != 0) return;
   wait_for_previous_grid();
   if (idle) return;
   const size_t first = static_cast<size_t>(p.sched.piece_base[b]);
@@ -217,7 +219,7 @@ __global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ 
   // Lanes 0-3 each own one 128-byte line of this warp's 128 columns, where
   // rows are whole lines (dv % 32 == 0) so that no line holds another row.
   __syncwarp();
-  const int lane = threadIdx.x % 32, line = blockIdx.z * 128 + 32 * lane;
+  const int lane = threadIdx.x % 32, line = blockIdx.y * 128 + 32 * lane;
   if (dv % 32 == 0 && lane < 4 && line + 32 <= dv) {
     for (int k = 0; k < pieces; ++k)
       asm volatile("discard.global.L2 [%0], 128;" ::"l"(part + static_cast<size_t>(k) * p.rows * dv + line) : "memory");

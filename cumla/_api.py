@@ -79,10 +79,6 @@ def _check_common(xp, problem, seqlens, block_table, causal, return_lse, check, 
     check_flag("return_lse", return_lse)
     check_flag("check", check)
     check_out("out", out, xp, problem.out_shape, out_dtype)
-    if xp.__name__ == "cupy":
-        from ._gpu import check_launch_limits
-
-        check_launch_limits(problem)
     if check:
         check_indices(problem, seqlens, block_table, xp)
 
@@ -173,8 +169,7 @@ def decode(
         Lists or foreign objects, NumPy mixed with CuPy, wrong dtypes.
     ValueError
         Inconsistent shapes, out-of-range indices, non-finite scale, unknown
-        strategy, a wrong ``out``; on CuPy arrays, more than 65535 requests
-        (the combine step's launch grid).
+        strategy, a wrong ``out``.
 
     Examples
     --------

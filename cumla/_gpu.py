@@ -10,7 +10,7 @@ import cupy as cp
 import numpy as np
 
 from ._kernels import (
-    FP8_ROWS_NAMES, MAX_GRID_YZ, SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, LatentKernel, arch_for, decompressed_kernel,
+    FP8_ROWS_NAMES, SCHEDULE_TILE, SPLIT_KV_NAMES, THREADS, LatentKernel, arch_for, decompressed_kernel,
     element_of, latent_kernel, options, source,
 )
 from . import _pdl, _tma
@@ -196,21 +196,13 @@ def dependent_launches(device_id: int) -> bool:
     return int(cp.cuda.Device(device_id).compute_capability[:-1]) >= 9
 
 
-def check_launch_limits(problem: Problem) -> None:
-    """Raise ValueError, before any work, where the GPU path's launch grids cannot
-    hold the call."""
-    if problem.batch > MAX_GRID_YZ:
-        raise ValueError(f"the GPU path takes at most {MAX_GRID_YZ} requests a call (its combine step's "
-                         f"launch grid), got B = {problem.batch}: split the batch")
-
-
 def _combine(name: str, params, rows: int, batch: int, v_dim: int) -> None:
     """Merge split requests' partials: one warp per query row and 128 output
     columns. From sm_90 on it is launched as the attention kernel's
     programmatic dependent: with no request split it runs beside that kernel
     (an empty combine then costs nothing after it), else it is scheduled as
     the attention CTAs exit; its merges wait for that kernel's results."""
-    grid = (math.ceil(rows / 8), batch, math.ceil(v_dim / 128))
+    grid = (math.ceil(rows / 8) * batch, math.ceil(v_dim / 128))  # the batch in x: no 65535 limit
     fn = kernel("split_kv.cu", SPLIT_KV_NAMES, name)
     args = (params, np.int32(v_dim))
     if dependent_launches(cp.cuda.Device().id):

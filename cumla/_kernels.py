@@ -24,7 +24,7 @@ THREADS = 256
 SMEM_LIMIT = 227 * 1024  # opt-in shared memory per block on sm_90 (Hopper), the most any kernel takes
 A100_SMEM = 163 * 1024  # on sm_80 and sm_87 (sm_86/89: 99 KB)
 #: Blocks a launch grid's y and z dimensions hold at most (x holds 2^31 - 1): the
-#: combine step's grid takes the batch as y, the Hopper kernel's the plan's parts.
+#: Hopper kernel's grid takes the plan's parts as y.
 MAX_GRID_YZ = 65535
 DECOMPRESSED_STAGES = 4  # most latent/W slice stages the decompressed kernel keeps in flight
 

@@ -104,6 +104,30 @@ def test_deepseek_dims_with_every_split(dtype, heads, q_len, seqlens, block, par
     check_deepseek_dims(dtype, heads, q_len, seqlens, block, parts, seed=5)
 
 
+def test_batches_past_65535_requests_match_reference():
+    """The combine step takes its requests in the launch grid's x dimension (y
+    stops at 65535 blocks): 70000 requests, the last one split over parts and
+    merged past index 65535, match the reference."""
+    cp = cupy()
+    batch, block, long = 70000, 16, 2048
+    rng = np.random.default_rng(7)
+    lengths = rng.integers(0, block + 1, batch).astype(np.int32)
+    lengths[-1] = long
+    per = long // block
+    table = np.full((batch, per), -1, np.int32)
+    table[:-1, 0] = np.arange(batch - 1)
+    table[-1] = np.arange(batch - 1, batch - 1 + per)
+    pool = rng.standard_normal((batch - 1 + per, block, 32), dtype=np.float32).astype(np.float16)
+    q = rng.standard_normal((batch, 1, 1, 32), dtype=np.float32).astype(np.float16)
+    plan = cumla.plan(cp.asarray(lengths), heads=1, v_dim=16, num_parts=20000)
+    assert int(plan.piece_base[-1] - plan.piece_base[-2]) > 1  # the last request is split
+    out = poisoned((batch, 1, 1, 16), np.float16)
+    o, lse = cumla.latent_attention(cp.asarray(q), cp.asarray(pool), v_dim=16, scale=0.25, seqlens=cp.asarray(lengths),
+                                    block_table=cp.asarray(table), plan=plan, out=out, return_lse=True)
+    ref_o, ref_lse = reference.latent_attention(q, pool, v_dim=16, scale=0.25, seqlens=lengths, block_table=table)
+    assert_close(o, ref_o, "float16", lse, ref_lse)
+
+
 def check_deepseek_dims(dtype, heads, q_len, seqlens, block, parts, seed):
     """A causal DeepSeek-dims call (planned into ``parts`` parts unless None)
     against the float64 reference."""
