@@ -16,9 +16,8 @@
 // lane, so rows need no alignment.
 template <class T>
 __device__ __forceinline__ void store4(typename T::storage* dst, const float (&v)[4]) {
-  if constexpr (sizeof(typename T::storage) == 2) {  // from_float each: the byte path's very bits
-    auto pair = [&](int i) { return u32(T::from_float(v[i])) | (u32(T::from_float(v[i + 1])) << 16); };
-    *reinterpret_cast<uint2*>(dst) = make_uint2(pair(0), pair(2));
+  if constexpr (sizeof(typename T::storage) == 2) {  // pack rounds as from_float does: the byte path's bits
+    *reinterpret_cast<uint2*>(dst) = make_uint2(T::pack(v[0], v[1]), T::pack(v[2], v[3]));
   } else {
     *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
   }
@@ -96,21 +95,31 @@ __global__ void __launch_bounds__(256, 8) dequantize_fp8_rows(const unsigned cha
 }
 
 // The pass's block list for a paged cache's table (batch x max_blocks,
-// row-major): entry i keeps the table's block where that block holds tokens
-// of its request (a block id in [0, num_blocks) among the first
-// ceil(seqlens[b] / block_size) of row b), else -1, so a table padded for its
-// longest request costs the pass only the tokens there are; `renumbered`
-// holds i there (the block's place in the pass's output), else -1. One thread
-// an entry; one launch instead of a chain of array operations, whose host
-// time was most of a call's on this path.
+// row-major). Entry i is reached where its block holds tokens of its request
+// (a block id in [0, num_blocks) among the first ceil(seqlens[b] /
+// block_size) of row b), so a table padded for its longest request costs the
+// pass only the tokens there are. The output pool is the smaller of two
+// orders: table order (picked[i] = the block where reached, else -1;
+// renumbered[i] = i there, else -1), or, where the cache has fewer blocks
+// than the table entries (`by_pool`), the cache's own order (picked, filled
+// with -1 before, gets picked[block] = block for every reached block, the
+// same value from every entry naming it; renumbered[i] = the block where
+// reached, else -1). One thread an entry; one launch instead of a chain of
+// array operations, whose host time was most of a call's on this path.
 extern "C" __global__ void fp8_block_lists(const int* __restrict__ table, const int* __restrict__ seqlens,
                                            int max_blocks, long long entries, int num_blocks, int block_size,
-                                           int capacity, int* __restrict__ picked, int* __restrict__ renumbered) {
+                                           int capacity, int by_pool, int* __restrict__ picked,
+                                           int* __restrict__ renumbered) {
   const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
   if (i >= entries) return;
   const long long length = min(max(seqlens[i / max_blocks], 0), capacity);
   const int block = table[i];
   const bool reached = block >= 0 && block < num_blocks && i % max_blocks < (length + block_size - 1) / block_size;
-  picked[i] = reached ? block : -1;
-  renumbered[i] = reached ? static_cast<int>(i) : -1;
+  if (by_pool) {
+    if (reached) picked[block] = block;
+    renumbered[i] = reached ? block : -1;
+  } else {
+    picked[i] = reached ? block : -1;
+    renumbered[i] = reached ? static_cast<int>(i) : -1;
+  }
 }

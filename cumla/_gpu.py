@@ -113,13 +113,14 @@ def merge_ranks(gathered, out, lse) -> None:
 def _dense_cache(problem: Problem, cache, seqlens, block_table):
     """An FP8 cache as rows of the input dtype, for the kernels that do not read
     FP8 (decompressed, float32, layouts ``fp8_in_kernel`` refuses): the blocks the
-    block table names within each request's length, renumbered in table order
-    (every row of a contiguous cache), dequantised by one kernel pass into a
-    pool allocated here (so this path cannot be captured in a CUDA graph).
-    Blocks past a request's length are marked missing (-1) in the returned
-    table and not dequantised (one launch lists them: ``fp8_block_lists``), so
-    a table padded for its longest request costs the pass only the tokens
-    there are."""
+    block table names within each request's length (every row of a contiguous
+    cache), dequantised by one kernel pass into a pool allocated here (so this
+    path cannot be captured in a CUDA graph). The pool has the smaller of the
+    table's entry count and the cache's block count: table order with the
+    table renumbered, or the cache's own order. Blocks past a request's length
+    are marked missing (-1) in the returned table and not dequantised (one
+    launch lists them: ``fp8_block_lists``), so a table padded for its
+    longest request costs the pass only the tokens there are."""
     fmt = problem.cache_format
     if fmt is None:
         return problem, cache, block_table
@@ -127,14 +128,15 @@ def _dense_cache(problem: Problem, cache, seqlens, block_table):
         dense = _dequantize_rows(fmt, cache, None, 1, problem.dtype)
         return replace(problem, cache_format=None), dense.reshape(cache.shape[:-1] + (fmt.width,)), None
     table = cp.ascontiguousarray(block_table)
-    picked = cp.empty(table.size, dtype=np.int32)
+    by_pool = problem.num_blocks < table.size
+    picked = cp.full(problem.num_blocks, -1, dtype=np.int32) if by_pool else cp.empty(table.size, dtype=np.int32)
     renumbered = cp.empty(table.shape, dtype=np.int32)
     if table.size:
         lists = kernel("fp8_rows.cu", FP8_ROWS_NAMES, "fp8_block_lists")
         lists((math.ceil(table.size / THREADS),), (THREADS,),
               (table, cp.ascontiguousarray(seqlens), np.int32(table.shape[1]), np.int64(table.size),
-               np.int32(problem.num_blocks), np.int32(problem.block_size), np.int32(problem.capacity), picked,
-               renumbered))
+               np.int32(problem.num_blocks), np.int32(problem.block_size), np.int32(problem.capacity),
+               np.int32(by_pool), picked, renumbered))
     dense = _dequantize_rows(fmt, cache, picked, problem.block_size, problem.dtype)
     return (replace(problem, cache_format=None, num_blocks=int(picked.size)),
             dense.reshape(picked.size, problem.block_size, fmt.width), renumbered)

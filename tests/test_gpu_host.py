@@ -526,17 +526,30 @@ def test_dense_cache_lists_then_dequantises_the_named_blocks(cp):
     assert dense_problem.cache_format is None and dense_problem.num_blocks == table.size
     assert dense.dtype == cumla.bfloat16 and dense.shape == (table.size, 64, L + R)
     lists, rows_pass = cp.launches
-    listed, lengths, max_blocks, entries, num_blocks, block_size, capacity, picked, renumbered = lists.args
+    listed, lengths, max_blocks, entries, num_blocks, block_size, capacity, by_pool, picked, renumbered = lists.args
     assert lists.name == "fp8_block_lists" and lists.grid == (1,) and lists.block == (256,)
     np.testing.assert_array_equal(np.asarray(listed), np.asarray(table))
     assert listed.flags.c_contiguous and lengths.data.ptr == args["seqlens"].data.ptr
     assert (max_blocks, entries, num_blocks, block_size, capacity) == (5, 15, problem.num_blocks, 64, 320)
+    assert by_pool == 0  # as many cache blocks as table entries: the table's order
     assert new_table is renumbered and renumbered.shape == table.shape and renumbered.dtype == np.int32
     raw, blocks, rows, block_size, latent, rope, group, out = rows_pass.args
     assert rows_pass.name == "dequantize_fp8_rows<bf16_t>" and raw is pool and out.data.ptr == dense.data.ptr
     assert blocks is picked and picked.shape == (table.size,) and picked.dtype == np.int32
     assert (rows, block_size, latent, rope, group) == (table.size * 64, 64, L, R, 128)
     assert rows_pass.grid == (table.size * 64 // 8,) and rows_pass.block == (256,)  # a warp per row
+    # A table with more entries than the cache has blocks: the pool takes the
+    # cache's order and size, its list filled with -1 before the listing.
+    cp.launches.clear()
+    wide = device(cp, np.concatenate([np.asarray(table), np.full((3, 3), -1, np.int32)], axis=1))
+    problem = check_decode(args["q"], pool, args["w_kv"], R, args["seqlens"], wide, fmt)
+    dense_problem, dense, new_table = gpu._dense_cache(problem, pool, args["seqlens"], wide)
+    assert dense_problem.num_blocks == pool.shape[0] == 15 and dense.shape == (15, 64, L + R)
+    lists, rows_pass = cp.launches
+    *_, entries, num_blocks, _, capacity, by_pool, picked, renumbered = lists.args
+    assert (entries, num_blocks, capacity, by_pool) == (24, 15, 512, 1)
+    assert picked.shape == (15,) and (np.asarray(picked) == -1).all()  # nothing ran the listing here
+    assert rows_pass.args[1] is picked and rows_pass.args[2] == 15 * 64 and new_table is renumbered
     # A contiguous cache: every row, no block list.
     cp.launches.clear()
     contiguous = device(cp, fmt.quantize(np.zeros((2, 30, L + R), np.float32)))

@@ -221,14 +221,18 @@ def test_fp8_rows_dequantised_by_the_pass_match_the_format(dtype, latent, rope, 
     np.testing.assert_array_equal(to_numpy(got).astype(np.float32), want.astype(np.float32))
 
 
+@pytest.mark.parametrize("order", ["cache", "table"])
 @pytest.mark.parametrize("block", [1, 16, 64])
 @pytest.mark.parametrize("dtype,strategy", [("bfloat16", "latent"), ("float32", "latent"), ("bfloat16", "decompressed")])
-def test_dequantise_first_takes_only_the_blocks_within_the_lengths(block, dtype, strategy, monkeypatch):
+def test_dequantise_first_takes_only_the_blocks_within_the_lengths(block, dtype, strategy, order, monkeypatch):
     """Layouts no FP8 kernel reads are dequantised first, and only the blocks
     within each request's length: with a table padded for its longest request
     whose entries past the other lengths name spare blocks of NaN codes, the
-    pass is handed -1 for every entry past a length and the result is the
-    reference's."""
+    pass is handed exactly the blocks within the lengths (-1 elsewhere) and
+    the result is the reference's. The pass's output pool takes the cache's
+    order where the cache has fewer blocks than the table has entries, else
+    the table's; both are covered (a pool grown by NaN blocks for the
+    latter)."""
     import cupy as cp
     from cumla import _gpu
 
@@ -238,6 +242,11 @@ def test_dequantise_first_takes_only_the_blocks_within_the_lengths(block, dtype,
     fmt = cumla.fp8_format(64, 64, 64)  # one scale per token: 196-byte rows, which no FP8 kernel reads
     args = make_latent_inputs(case, cp) if strategy == "latent" else make_inputs(case, cp)
     table = to_numpy(args["block_table"])
+    if order == "table":
+        grown = table.size + 3 - args["cache"].shape[0]
+        args["cache"] = cp.concatenate([args["cache"], cp.full((grown,) + args["cache"].shape[1:], np.nan,
+                                                               dtype=args["cache"].dtype)])
+    assert (args["cache"].shape[0] < table.size) == (order == "cache")
     needed = [-(-n // block) for n in seqlens]
     reached = {int(table[b, j]) for b in range(len(seqlens)) for j in range(needed[b])}
     spare = [i for i in range(args["cache"].shape[0]) if i not in reached]  # garbage (NaN) blocks
@@ -265,7 +274,7 @@ def test_dequantise_first_takes_only_the_blocks_within_the_lengths(block, dtype,
         ref_o, ref_lse = reference.decode(**host)
     assert_close(o, ref_o, case.dtype, lse, ref_lse)
     (blocks,) = handed
-    blocks = blocks.reshape(table.shape)
-    for b, need in enumerate(needed):
-        np.testing.assert_array_equal(blocks[b, :need], table[b, :need])
-        assert (blocks[b, need:] == -1).all()
+    assert blocks.shape == (min(table.size, args["cache"].shape[0]),)
+    assert set(blocks[blocks >= 0].tolist()) == reached and set(blocks[blocks < 0].tolist()) <= {-1}
+    if order == "cache":
+        np.testing.assert_array_equal(blocks, [i if i in reached else -1 for i in range(blocks.size)])
