@@ -8,7 +8,10 @@ each alone, what two warpgroups issuing at once get, and what bulk copies
 into shared memory (the path of the kernel's TMA refills, from L2 here) do
 to them, one CTA per SM. On the H200 (2026-11-30): 32.1 cycles per score
 MMA, 185.4 per P V from registers (69% of the peak), 128.1 from shared
-memory; paired, the tensor pipe alternates the warpgroups' instructions:
+memory; paired, the tensor pipe alternates the warpgroups' instructions.
+With P from registers only a stream of one accumulator of N <= 128 runs at
+the peak (64.1 cycles at N = 128); two N = 128 accumulators in the stream,
+alternating or four MMAs each in turn, take 113.2 cycles each (57%):
 
     python bench/mma_rates.py [--out DIR]      # on a Hopper GPU; prints a table
 
