@@ -42,9 +42,12 @@ __device__ __forceinline__ void run_ops(u32 region, int reps, float* sink) {
   const u64 da = wgmma_desc(region, 16, 1024);
   // K-major B: N rows of 128 bytes; N-major B: 64-column blocks of 64 K rows.
   const u64 db = OP == 0 ? wgmma_desc(region + kBOffset, 16, 1024) : wgmma_desc(region + kBOffset, 64 * 128, 1024);
-  float d[N / 2], e[N / 2];
+  constexpr int kSecond = OP == 4 || OP == 5 ? N / 2 : 1;  // the second accumulator, where one is used
+  float d[N / 2], e[kSecond];
 #pragma unroll
-  for (int i = 0; i < N / 2; ++i) d[i] = e[i] = 0.f;
+  for (int i = 0; i < N / 2; ++i) d[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < kSecond; ++i) e[i] = 0.f;
   for (int r = 0; r < reps; ++r) {
     wgmma_fence();
 #pragma unroll
