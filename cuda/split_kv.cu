@@ -116,6 +116,9 @@ extern "C" __global__ void __launch_bounds__(1024) make_schedule(
 // of the general path's three dependent ones (LSE maximum, sum, weights)
 // before the values.
 constexpr int kFewPieces = 4;
+// More pieces (a long request over many parts: config D's ~16) are merged
+// in batches of this many pieces' values.
+constexpr int kMergeBatch = 6;
 
 // One warp merges `pieces` partial results of one query row by their LSE:
 // piece k has log-sum-exp lse_of(k) and values row_of(k)[0, dv). This lane
@@ -161,27 +164,39 @@ __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of
     write(acc, safe, total);
     return;
   }
+  // Lane l reads the LSEs of pieces l, l + 32, ...; the first in a register
+  // for all three passes below.
   const int lane = threadIdx.x % 32;
-  float peak = CUMLA_NEG_INF;
-  for (int k = lane; k < pieces; k += 32) peak = fmaxf(peak, lse_of(k));
+  const float first_lse = lane < pieces ? lse_of(lane) : CUMLA_NEG_INF;
+  float peak = first_lse;
+  for (int k = lane + 32; k < pieces; k += 32) peak = fmaxf(peak, lse_of(k));
   for (int off = 16; off > 0; off /= 2) peak = fmaxf(peak, __shfl_xor_sync(0xffffffffu, peak, off));
   const float safe = peak == CUMLA_NEG_INF ? 0.f : peak;
-  float total = 0.f;
-  for (int k = lane; k < pieces; k += 32) total += expf(lse_of(k) - safe);
+  float total = expf(first_lse - safe);  // 0 for no piece
+  for (int k = lane + 32; k < pieces; k += 32) total += expf(lse_of(k) - safe);
   for (int off = 16; off > 0; off /= 2) total += __shfl_xor_sync(0xffffffffu, total, off);
   const float inv = row_seen(total) ? 1.f / total : 0.f;
 
+  // The values in batches of kMergeBatch pieces, each batch's loads issued
+  // before its first use: a merge waits about pieces / kMergeBatch load
+  // latencies (one per piece or two when each load sat beside its FMAs).
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
   for (int k0 = 0; k0 < pieces; k0 += 32) {
-    const float mine = k0 + lane < pieces ? expf(lse_of(k0 + lane) - safe) * inv : 0.f;
+    const float lse_k = k0 == 0 ? first_lse : k0 + lane < pieces ? lse_of(k0 + lane) : CUMLA_NEG_INF;
+    const float mine = expf(lse_k - safe) * inv;  // 0 past the pieces
     const int count = min(32, pieces - k0);
-#pragma unroll 4
-    for (int j = 0; j < count; ++j) {
-      const float w = __shfl_sync(0xffffffffu, mine, j);
-      const float* v = row_of(k0 + j);
+    for (int j0 = 0; j0 < count; j0 += kMergeBatch) {
+      float v[kMergeBatch][4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        if (c + e < dv) acc[e] += w * v[c + e];
+      for (int j = 0; j < kMergeBatch; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[j][e] = j0 + j < count && c + e < dv ? row_of(k0 + j0 + j)[c + e] : 0.f;
+#pragma unroll
+      for (int j = 0; j < kMergeBatch; ++j) {
+        const float w = __shfl_sync(0xffffffffu, mine, (j0 + j) % 32);  // past count: times v = 0
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[e] += w * v[j][e];
+      }
     }
   }
   write(acc, safe, total);
