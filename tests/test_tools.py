@@ -1,4 +1,4 @@
-"""Cost model, memory report, CLI, plans on NumPy, combine, and the example script."""
+"""Cost model, memory report, CLI, plans on NumPy, combine, the example script and bench/part_costs.py."""
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import cumla
+from bench_modules import bench_module
 from cumla.__main__ import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,3 +148,28 @@ def test_example_counts_scale_with_the_environment(monkeypatch):
         monkeypatch.setenv("CUMLA_EXAMPLE_SCALE", bad)
         with pytest.raises(ValueError, match="positive integer"):
             examples(40)
+
+
+def test_part_costs_counts_pairs_and_fits_segment_costs():
+    """bench/part_costs.py: a part's pairs round each segment's tiles up (the
+    kernel walks whole pairs), the fit recovers known costs, and the summary
+    names the CTA that ended last and the part the plan rates busiest."""
+    costs = bench_module("part_costs")
+    lengths = np.array([5 * 64, 3 * 64 + 1, 2 * 64])  # 5, 4 and 2 tiles of 64 tokens
+    work = np.array([[0, 0, 1, 2],   # request 0 whole (5 tiles: 3 pairs), request 1's tiles 0-1
+                     [1, 2, 2, 2],   # request 1's tiles 2-3, request 2 whole
+                     [3, 0, 3, 0]])  # past the batch: no work
+    assert costs.part_work(work, lengths, 64).tolist() == [[7, 4, 2], [4, 2, 2], [0, 0, 0]]
+
+    pairs, segments = np.array([4, 2, 9, 3, 7]), np.array([2, 2, 1, 3, 1])
+    fit = costs.fit_costs(2.0 * pairs + 3.0 * segments + 1.0, pairs, segments)
+    assert fit["us_per_pair"] == pytest.approx(2.0) and fit["us_per_segment"] == pytest.approx(3.0)
+    assert fit["us_fixed"] == pytest.approx(1.0) and fit["pairs_per_segment"] == pytest.approx(1.5)
+    assert fit["r2"] == pytest.approx(1.0)
+
+    parts = np.array([[7, 4, 2], [4, 2, 2]])  # part 0 the busiest: 7 + 2 x 3 tiles
+    spans = np.array([[0, 9000], [100, 9500], [0, 12000], [50, 6000]])  # two row-group CTAs a part
+    summary = costs.batch_summary("t", spans, parts)
+    assert summary["last"] == {"cta": 2, "pairs": 2, "segments": 2, "us": 12.0}
+    assert summary["busiest"] == {"cta": 1, "pairs": 4, "segments": 2, "us": 9.4}
+    assert summary["span_us"] == 12.0 and summary["median_us"] == pytest.approx(9.2)

@@ -1,0 +1,164 @@
+"""What a schedule part's work costs on the Hopper kernel: each CTA's time against its planned pairs and segments.
+
+Runs the kernel's profiling build (``CUMLA_TIMELINE=1``, as bench/timeline.py)
+on configurations and bench_gpu's serving batches (B=64, H=128, 64 x 4096
+tokens: even, lengths drawn from 1..2S, one request 10x longer), reads every
+CTA's start and end (%globaltimer) and its part's work in the plan: pairs
+(each segment's tiles in pairs, rounded up, as the kernel walks them) and
+segments (the requests' pieces the part walks, each paying Q's load, the
+first pair's copies and an epilogue). Over the CTAs of every batch it fits
+
+    CTA time = a * pairs + b * segments + c
+
+and prints a, b, c and b / a, what a segment costs in pairs (make_schedule
+charges kSegmentCost = 3 tiles, 1.5 pairs). Per batch it prints the kernel's
+span, the CTA that ended last and the part the plan rates busiest (tiles +
+kSegmentCost per segment), each with its work and time: whether the uneven
+batches lose their time in the busiest part or elsewhere.
+
+    python bench/part_costs.py [--batches D even random one] [--out DIR]   # Hopper, from bench/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+ROWS_PER_CTA = 64  # query rows of a CTA (a row group; Tile::BM)
+SEGMENT_COST = 3  # tiles' worth a segment costs in make_schedule (kSegmentCost in cuda/split_kv.cu)
+SERVING = {"even": "even", "random": "random 1..2S", "one": "one 10x longer"}  # bench_gpu's serving batch names
+
+
+def part_work(work: np.ndarray, lengths: np.ndarray, tile: int) -> np.ndarray:
+    """(tiles, pairs, segments) of each part: ``work`` holds the plan's rows
+    (first request, its first tile, last request, the tile it ends before)."""
+    tiles_of = -(-np.asarray(lengths, np.int64) // tile)
+    rows = []
+    for b0, t_begin, b1, t_end in np.asarray(work, np.int64):
+        tiles = pairs = segments = 0
+        for b in range(b0, min(b1, len(tiles_of) - 1) + 1):
+            first = t_begin if b == b0 else 0
+            last = min(t_end, tiles_of[b]) if b == b1 else tiles_of[b]
+            if last > first:
+                tiles, pairs, segments = tiles + last - first, pairs + -(-(last - first) // 2), segments + 1
+        rows.append((tiles, pairs, segments))
+    return np.array(rows, np.int64).reshape(-1, 3)
+
+
+def fit_costs(times_us: np.ndarray, pairs: np.ndarray, segments: np.ndarray) -> dict:
+    """Least-squares a, b, c of time = a * pairs + b * segments + c, with R^2."""
+    design = np.column_stack([pairs, segments, np.ones(len(pairs))]).astype(np.float64)
+    times = np.asarray(times_us, np.float64)
+    (a, b, c), *_ = np.linalg.lstsq(design, times, rcond=None)
+    residual = times - design @ np.array([a, b, c])
+    spread = ((times - times.mean()) ** 2).sum()
+    r2 = 1.0 - (residual**2).sum() / spread if spread > 0 else float("nan")
+    return {"us_per_pair": float(a), "us_per_segment": float(b), "us_fixed": float(c),
+            "pairs_per_segment": float(b / a) if a else float("nan"), "r2": float(r2)}
+
+
+def batch_summary(name: str, spans_ns: np.ndarray, work: np.ndarray) -> dict:
+    """One batch's CTAs: ``spans_ns`` (CTAs, 2) start and end in ns, CTA i in
+    part i // (CTAs / parts); ``work`` its parts' (tiles, pairs, segments)."""
+    per_part = len(spans_ns) // len(work)
+    cta_work = np.repeat(work, per_part, axis=0)
+    times = (spans_ns[:, 1] - spans_ns[:, 0]) / 1e3
+    last = int(np.argmax(spans_ns[:, 1]))
+    busiest = int(np.argmax(work[:, 0] + SEGMENT_COST * work[:, 2])) * per_part
+    busiest = busiest + int(np.argmax(times[busiest:busiest + per_part]))
+
+    def cta(i: int) -> dict:
+        return {"cta": i, "pairs": int(cta_work[i, 1]), "segments": int(cta_work[i, 2]), "us": float(times[i])}
+
+    return {"batch": name, "ctas": len(times), "span_us": float((spans_ns[:, 1].max() - spans_ns[:, 0].min()) / 1e3),
+            "median_us": float(np.median(times)), "last": cta(last), "busiest": cta(busiest),
+            "times_us": times.tolist(), "pairs": cta_work[:, 1].tolist(), "segments": cta_work[:, 2].tolist()}
+
+
+def run_batch(lengths: np.ndarray, heads: int, q_len: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """The CTA spans (CTAs, 2) in ns and the parts' work of one planned call
+    in the profiling build, after warm-up calls."""
+    import cupy as cp
+    import cumla
+    from bench_gpu import BLOCK, L, R, paged_inputs
+    from cumla import _gpu, _kernels
+    from cumla._arrays import BFLOAT16
+    from cumla._kernels import SCHEDULE_TILE
+    from timeline import CTAS
+
+    q, cache, table, seqlens = paged_inputs(lengths, heads, BLOCK, rng, q_len)
+    plan = cumla.plan(seqlens, heads=heads, q_len=q_len, v_dim=L)
+    out = cp.empty(q.shape[:-1] + (L,), dtype=BFLOAT16)
+
+    def call():
+        cumla.latent_attention(q, cache, v_dim=L, scale=0.1, seqlens=seqlens, block_table=table, plan=plan,
+                               out=out, check=False)
+
+    for _ in range(3):
+        call()
+    spec = _kernels.hopper_kernel(BFLOAT16, L + R, L, BLOCK, rows=heads * q_len)
+    module = _gpu._module(spec.file, spec.module, _gpu._arch_of(cp.cuda.Device().id))
+    spans = cp.ndarray((CTAS, 5), dtype=cp.int64, memptr=module.get_global("cumla_cta_span"))
+    spans.fill(0)
+    call()
+    cp.cuda.Device().synchronize()
+    work = part_work(cp.asnumpy(plan.work), lengths, SCHEDULE_TILE)
+    ctas = len(work) * -(-heads * q_len // ROWS_PER_CTA)  # the grid: parts x row groups
+    ran = spans.get()[:ctas, :2]
+    if ctas > CTAS or not ran[:, 1].all():
+        raise SystemExit(f"{int(np.count_nonzero(ran[:, 1]))} of {ctas} CTAs stamped (the build stamps {CTAS})")
+    return ran, work
+
+
+def main() -> None:
+    os.environ["CUMLA_TIMELINE"] = "1"  # before cumla compiles anything
+    import cupy as cp
+    from bench_gpu import CONFIGS, serving_batches
+    from cumla import _gpu
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", nargs="*", default=["D", *SERVING],
+                        help=f"configs of {''.join(CONFIGS)} and serving batches {list(SERVING)}")
+    parser.add_argument("--out", help="folder for part-costs.json")
+    args = parser.parse_args()
+    unknown = sorted(set(args.batches) - set(CONFIGS) - set(SERVING))
+    if unknown:
+        parser.error(f"unknown batches {unknown}")
+    if _gpu._arch_of(cp.cuda.Device().id) != "sm_90a":
+        raise SystemExit("part_costs.py reads the Hopper kernel's CTA spans: it needs a Hopper GPU (sm_90a)")
+    rng = np.random.default_rng(0)
+    serving = dict(serving_batches(rng))
+    rows = []
+    for name in args.batches:
+        if name in CONFIGS:
+            cfg = CONFIGS[name]
+            lengths, heads, q_len = np.full(cfg["batch"], cfg["seq"], np.int32), cfg["heads"], cfg["q_len"]
+        else:
+            lengths, heads, q_len = serving[SERVING[name]], 128, 1
+        spans, work = run_batch(lengths, heads, q_len, rng)
+        rows.append(batch_summary(name, spans, work))
+        cp.get_default_memory_pool().free_all_blocks()
+    fit = fit_costs(np.concatenate([r["times_us"] for r in rows]), np.concatenate([r["pairs"] for r in rows]),
+                    np.concatenate([r["segments"] for r in rows]))
+    print("| batch | CTAs | kernel span µs | median CTA µs | last CTA: pairs + segments, µs |"
+          " planned busiest: pairs + segments, µs |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        last, busiest = r["last"], r["busiest"]
+        print(f"| {r['batch']} | {r['ctas']} | {r['span_us']:.1f} | {r['median_us']:.1f} |"
+              f" {last['pairs']} + {last['segments']}, {last['us']:.1f} |"
+              f" {busiest['pairs']} + {busiest['segments']}, {busiest['us']:.1f} |")
+    print(f"fit over {sum(r['ctas'] for r in rows)} CTAs: {fit['us_per_pair']:.3f} µs a pair,"
+          f" {fit['us_per_segment']:.2f} µs a segment ({fit['pairs_per_segment']:.2f} pairs),"
+          f" {fit['us_fixed']:.2f} µs fixed; R^2 {fit['r2']:.3f}")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "part-costs.json"), "w") as f:
+            json.dump({"gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(), "fit": fit, "batches": rows},
+                      f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
