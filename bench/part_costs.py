@@ -81,21 +81,14 @@ def run_batch(lengths: np.ndarray, heads: int, q_len: int, rng) -> tuple[np.ndar
     """The CTA spans (CTAs, 2) in ns and the parts' work of one planned call
     in the profiling build, after warm-up calls."""
     import cupy as cp
-    import cumla
-    from bench_gpu import BLOCK, L, R, paged_inputs
+    from bench_gpu import BLOCK, L, R
     from cumla import _gpu, _kernels
     from cumla._arrays import BFLOAT16
     from cumla._kernels import SCHEDULE_TILE
+    from split_costs import planned_call
     from timeline import CTAS
 
-    q, cache, table, seqlens = paged_inputs(lengths, heads, BLOCK, rng, q_len)
-    plan = cumla.plan(seqlens, heads=heads, q_len=q_len, v_dim=L)
-    out = cp.empty(q.shape[:-1] + (L,), dtype=BFLOAT16)
-
-    def call():
-        cumla.latent_attention(q, cache, v_dim=L, scale=0.1, seqlens=seqlens, block_table=table, plan=plan,
-                               out=out, check=False)
-
+    call, plan = planned_call(lengths, heads, q_len, rng)
     for _ in range(3):
         call()
     spec = _kernels.hopper_kernel(BFLOAT16, L + R, L, BLOCK, rows=heads * q_len)

@@ -26,8 +26,8 @@ from cumla import _gpu
 from cumla._arrays import BFLOAT16
 from cumla._kernels import SCHEDULE_TILE
 from cumla.testing import capture_graph
+from part_costs import SEGMENT_COST, part_work
 
-SEGMENT_COST = 3  # tiles' worth a segment costs in make_schedule (kSegmentCost in cuda/split_kv.cu)
 CALLS, ROUNDS = 10, 15  # calls per graph, alternating replays of the two graphs
 
 
@@ -43,22 +43,9 @@ def paired_times_us(first, second) -> tuple[float, float]:
     return float(np.median(times[0])), float(np.median(times[1]))
 
 
-def part_loads(plan, lengths) -> list[tuple[int, int]]:
-    """(tiles, segments) of each part of ``plan``, read from its work table."""
-    tiles = -(-np.asarray(lengths) // SCHEDULE_TILE)
-    loads = []
-    for b0, t_begin, b1, t_end in cp.asnumpy(plan.work):
-        count = segments = 0
-        for b in range(b0, min(b1, len(tiles) - 1) + 1):
-            first = t_begin if b == b0 else 0
-            last = min(t_end, tiles[b]) if b == b1 else tiles[b]
-            if last > first:
-                count, segments = count + last - first, segments + 1
-        loads.append((count, segments))
-    return loads
-
-
-def measure(name: str, lengths, rng, heads: int = 128, q_len: int = 1) -> dict:
+def planned_call(lengths, heads: int, q_len: int, rng):
+    """A planned core call over a paged cache of ``lengths`` (bench_gpu's
+    inputs), ready to repeat, and its plan."""
     q, cache, table, seqlens = paged_inputs(lengths, heads, BLOCK, rng, q_len)
     plan = cumla.plan(seqlens, heads=heads, q_len=q_len, v_dim=L)
     out = cp.empty(q.shape[:-1] + (L,), dtype=BFLOAT16)
@@ -66,6 +53,12 @@ def measure(name: str, lengths, rng, heads: int = 128, q_len: int = 1) -> dict:
     def call():
         cumla.latent_attention(q, cache, v_dim=L, scale=0.1, seqlens=seqlens, block_table=table, plan=plan,
                                out=out, check=False)
+
+    return call, plan
+
+
+def measure(name: str, lengths, rng, heads: int = 128, q_len: int = 1) -> dict:
+    call, plan = planned_call(lengths, heads, q_len, rng)
 
     def attention_only():
         combine = _gpu._combine
@@ -77,7 +70,7 @@ def measure(name: str, lengths, rng, heads: int = 128, q_len: int = 1) -> dict:
 
     full, attention = paired_times_us(call, attention_only)
     pieces = np.diff(cp.asnumpy(plan.piece_base))
-    loads = np.array(part_loads(plan, lengths))
+    loads = part_work(cp.asnumpy(plan.work), lengths, SCHEDULE_TILE)[:, [0, 2]]  # tiles, segments
     busiest = int(np.argmax(loads[:, 0] + SEGMENT_COST * loads[:, 1]))
     return dict(batch=name, full_us=full, attention_us=attention, combine_us=full - attention,
                 pieces=int(pieces.sum()), split_requests=int((pieces > 1).sum()),
