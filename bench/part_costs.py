@@ -81,25 +81,15 @@ def run_batch(lengths: np.ndarray, heads: int, q_len: int, rng) -> tuple[np.ndar
     """The CTA spans (CTAs, 2) in ns and the parts' work of one planned call
     in the profiling build, after warm-up calls."""
     import cupy as cp
-    from bench_gpu import BLOCK, L, R
-    from cumla import _gpu, _kernels
-    from cumla._arrays import BFLOAT16
     from cumla._kernels import SCHEDULE_TILE
     from split_costs import planned_call
-    from timeline import CTAS
+    from timeline import CTAS, stamped
 
     call, plan = planned_call(lengths, heads, q_len, rng)
-    for _ in range(3):
-        call()
-    spec = _kernels.hopper_kernel(BFLOAT16, L + R, L, BLOCK, rows=heads * q_len)
-    module = _gpu._module(spec.file, spec.module, _gpu._arch_of(cp.cuda.Device().id))
-    spans = cp.ndarray((CTAS, 5), dtype=cp.int64, memptr=module.get_global("cumla_cta_span"))
-    spans.fill(0)
-    call()
-    cp.cuda.Device().synchronize()
+    _, spans = stamped(call, heads * q_len)
     work = part_work(cp.asnumpy(plan.work), lengths, SCHEDULE_TILE)
     ctas = len(work) * -(-heads * q_len // ROWS_PER_CTA)  # the grid: parts x row groups
-    ran = spans.get()[:ctas, :2]
+    ran = spans[:ctas, :2]
     if ctas > CTAS or not ran[:, 1].all():
         raise SystemExit(f"{int(np.count_nonzero(ran[:, 1]))} of {ctas} CTAs stamped (the build stamps {CTAS})")
     return ran, work

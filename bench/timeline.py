@@ -78,14 +78,13 @@ REFILLS = (
 )
 
 
-def run(config: str, batch: int | None = None, order: str = "shuffled") -> tuple[np.ndarray, np.ndarray]:
-    """The stamps (PAIRS, 2, STEPS) and the CTA spans (CTAS, 5) of one planned
-    call of ``config`` (``batch`` requests on as many parts if given; the
-    cache's blocks in ``order``) after warm-up calls."""
-    call = core_call(config, batch=batch, num_parts=batch, order=order)
+def stamped(call, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The stamps (PAIRS, 2, STEPS) and the CTA spans (CTAS, 5) of one run of
+    ``call`` (a planned call over ``rows`` query rows a request, on the bf16
+    Hopper kernel at DeepSeek dims) after warm-up calls."""
     for _ in range(3):
         call()
-    spec = _kernels.hopper_kernel(BFLOAT16, L + R, L, BLOCK, rows=CONFIGS[config]["heads"] * CONFIGS[config]["q_len"])
+    spec = _kernels.hopper_kernel(BFLOAT16, L + R, L, BLOCK, rows=rows)
     module = _gpu._module(spec.file, spec.module, _gpu._arch_of(cp.cuda.Device().id))
     stamps = cp.ndarray((PAIRS, 2, STEPS), dtype=cp.int64, memptr=module.get_global("cumla_timeline"))
     spans = cp.ndarray((CTAS, 5), dtype=cp.int64, memptr=module.get_global("cumla_cta_span"))
@@ -94,6 +93,13 @@ def run(config: str, batch: int | None = None, order: str = "shuffled") -> tuple
     call()
     cp.cuda.Device().synchronize()
     return stamps.get(), spans.get()
+
+
+def run(config: str, batch: int | None = None, order: str = "shuffled") -> tuple[np.ndarray, np.ndarray]:
+    """``stamped`` for one planned call of ``config`` (``batch`` requests on as
+    many parts if given; the cache's blocks in ``order``)."""
+    call = core_call(config, batch=batch, num_parts=batch, order=order)
+    return stamped(call, CONFIGS[config]["heads"] * CONFIGS[config]["q_len"])
 
 
 def summarise_ctas(spans: np.ndarray) -> dict:
