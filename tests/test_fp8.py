@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import cumla
+from bench_modules import bench_module
 from cumla import reference
 from cumla.testing import MLACase, assert_close, make_inputs, relative_error
 
@@ -128,8 +129,6 @@ def test_e4m3_mma_operands_cost_more_accuracy_than_the_tolerance():
     """bench/fp8_mma_accuracy.py's study, one small case: today's 16-bit queries
     and P stay within bfloat16's tolerance of the reference over the
     dequantised rows, while e4m3 queries or e4m3 P each exceed it."""
-    from bench_modules import bench_module
-
     study = bench_module("fp8_mma_accuracy")
     fmt = cumla.fp8_format(512, 64, 128)
     q, cache = study.case("normal", 512, 8, np.random.default_rng(0))
