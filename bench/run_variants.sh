@@ -15,7 +15,8 @@
 # every_kernel or graph"; add "or fp8" for kernels that read FP8; "none" runs
 # no tests, for timing ablations whose results are wrong on purpose);
 # TESTS_S the tests' time limit (default 260 s: the 214 tests of "latent or
-# fp8 or every_kernel or graph" took over 200 s in session 15); SPLIT_COSTS=X
+# fp8 or every_kernel or graph" took over 200 s in session 15); BENCH_S the
+# benchmark's (default 300 s; ~90 s bounds timing-only calls); SPLIT_COSTS=X
 # runs bench/split_costs.py at configs X (and the serving batches) on each
 # variant's install; RACECHECK=N runs compute-sanitizer racecheck N times on the small
 # every-kernel test of each variant (its summaries are printed); TIMELINE=X
@@ -56,8 +57,12 @@ run_variant() {  # name, tree
     (cd "$tree/tests" && PYTHONPATH=$site timeout 120 compute-sanitizer --tool racecheck python3 -m pytest -q \
        -p no:cacheprovider -m gpu gpu -k test_every_kernel_small 2>&1) | grep "RACECHECK SUMMARY" | sed "s|^|$name |"
   done
-  (cd "$tree" && PYTHONPATH=$site timeout 300 python3 bench/bench_gpu.py ${BENCH_ARGS:---core-only --no-baseline} \
-     --configs "$configs" --out "$stem" 2>&1) | grep -E "^\| ([A-F]|even|random|one|[0-9]+\.[0-9]) " | sed "s|^|$name |"
+  # BENCH_S bounds the benchmark: a kernel that hangs would hold it to the
+  # limit (session 32 lost 300 s of a call to one), and the hang is said.
+  (cd "$tree" && PYTHONPATH=$site timeout "${BENCH_S:-300}" python3 bench/bench_gpu.py \
+     ${BENCH_ARGS:---core-only --no-baseline} --configs "$configs" --out "$stem" 2>&1
+   [ $? = 124 ] && echo "| benchmark stopped at BENCH_S=${BENCH_S:-300} s: a hang?") \
+    | grep -E "^\| ([A-F]|even|random|one|[0-9]+\.[0-9]|benchmark stopped) " | sed "s|^|$name |"
   if [ -n "${SPLIT_COSTS:-}" ]; then
     (cd "$tree/bench" && PYTHONPATH=$site timeout 150 python3 split_costs.py --configs "$SPLIT_COSTS" \
        --out "$stem-split" 2>&1) | tail -n 25 | sed "s|^|$name |"
