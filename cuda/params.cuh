@@ -6,7 +6,8 @@
 // tiles from (work[4p], work[4p+1]) up to, not including, (work[4p+2],
 // work[4p+3]) in (request, tile) order. Request b's pieces are the parts
 // first_part[b] .. first_part[b] + n, n = piece_base[b+1] - piece_base[b];
-// piece k of b keeps its partial result in slot piece_base[b] + k.
+// piece k of b keeps its partial result in slot piece_base[b] + k. Every
+// piece holds at least one tile and starts at an even one (make_schedule).
 // Tokens per schedule tile: the unit of the work ranges (kernels with smaller
 // tiles split each one). Defined by cumla/_kernels.options from SCHEDULE_TILE,
 // the tile the host gives make_schedule, so the two cannot disagree.

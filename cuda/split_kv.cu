@@ -41,14 +41,21 @@ __device__ int block_scan(int batch, F f, int* out, int* scan, int* carry) {
 // combine step and the extra partial traffic cost about that much.
 //
 // The split counts each request as kSegmentCost fixed units followed by its
-// tiles and cuts that line into equal parts. The fixed units stand for what
-// a segment costs beyond its tiles: the query load, the first copies' latency
-// and the output or partial write. A part that starts several short requests
-// then gets fewer tiles than one inside a long request. Request b's tiles
-// occupy the cost range [prefix[b] + kSegmentCost, prefix[b + 1]).
+// tiles rounded up to whole pairs and cuts that line into equal parts. The
+// fixed units stand for what a segment costs beyond its tiles: the query
+// load, the first copies' latency and the output or partial write. A part
+// that starts several short requests then gets fewer tiles than one inside a
+// long request. Request b's tiles occupy the cost range
+// [prefix[b] + kSegmentCost, prefix[b + 1]).
 // Measured on the H200 (B=64 uneven batches, same call): 2 -> 1.18x / 1.17x of
-// the even batch, 3 -> 1.12x / 1.14x, 4 -> 1.12x / 1.13x; D unchanged.
+// the even batch, 3 -> 1.12x / 1.14x, 4 -> 1.12x / 1.13x; D unchanged. The
+// Hopper kernel's CTA times fit 1.59 pairs a segment (bench/part_costs.py).
 constexpr int kSegmentCost = 3;  // tiles' worth
+// The Hopper kernel walks a segment's tiles in pairs from its first one, a
+// lone last tile costing a pair: cuts inside a request fall on even tiles
+// (a cost position rounds down to one), so only a request's own odd end
+// pays the half-empty pair, and the line charges it.
+__device__ __forceinline__ int whole_pairs(int tiles) { return (tiles + 1) & ~1; }
 extern "C" __global__ void __launch_bounds__(1024) make_schedule(
     const int* seqlens, int batch, int capacity, int tile, int num_parts, int* work,
     int* first_part, int* piece_base, int* prefix /* (batch + 1) */) {
@@ -79,14 +86,19 @@ extern "C" __global__ void __launch_bounds__(1024) make_schedule(
   // From here prefix[] holds cost positions; empty requests cost nothing.
   const int cost = block_scan(batch, [&](int b) {
     const int tiles = tiles_of(b);
-    return tiles > 0 ? tiles + kSegmentCost : 0;
+    return tiles > 0 ? whole_pairs(tiles) + kSegmentCost : 0;
   }, prefix, scan, &carry);
-  const int cost_quota = max(1, (cost + num_parts - 1) / num_parts);
+  // A quota of two or more positions leaves every part that reaches past a
+  // request's position lo + 1 at least one of its tiles: pieces are the parts
+  // holding positions lo + 1 .. hi - 1.
+  const int cost_quota = max(2, (cost + num_parts - 1) / num_parts);
+  // The tile boundary of cost position x in request b's range.
+  auto cut = [&](int b, int x) { return min(tiles_of(b), max(0, x - prefix[b] - kSegmentCost) & ~1); };
   for (int b = threadIdx.x; b < batch; b += blockDim.x)
-    first_part[b] = prefix[b + 1] > prefix[b] ? (prefix[b] + kSegmentCost) / cost_quota : 0;
+    first_part[b] = prefix[b + 1] > prefix[b] ? (prefix[b] + kSegmentCost + 1) / cost_quota : 0;
   block_scan(batch, [&](int b) {
     const int lo = prefix[b] + kSegmentCost, hi = prefix[b + 1];
-    return hi > lo ? (hi - 1) / cost_quota - lo / cost_quota + 1 : 0;
+    return hi > lo ? (hi - 1) / cost_quota - (lo + 1) / cost_quota + 1 : 0;
   }, piece_base, scan, &carry);
   for (int part = threadIdx.x; part < num_parts; part += blockDim.x) {
     const int begin = part * cost_quota, end = min(cost, begin + cost_quota);
@@ -101,12 +113,12 @@ extern "C" __global__ void __launch_bounds__(1024) make_schedule(
       return lo;
     };
     const int b0 = owner(begin);
-    int b1 = owner(end - 1), tile_end = end - prefix[b1] - kSegmentCost;
-    if (tile_end <= 0) {  // the part ends inside b1's fixed units: its last tiles are b1 - 1's
+    int b1 = owner(end - 1), tile_end = cut(b1, end);
+    if (tile_end <= 0) {  // the part ends before b1's first pair: its last tiles are b1 - 1's
       --b1;
       tile_end = b1 >= 0 ? tiles_of(b1) : 0;
     }
-    w[0] = b0; w[1] = max(0, begin - prefix[b0] - kSegmentCost);
+    w[0] = b0; w[1] = cut(b0, begin);
     w[2] = b1; w[3] = tile_end;
   }
 }

@@ -1,6 +1,7 @@
 """The device split-KV schedule (cumla.plan on CuPy) against its contract in
 cuda/params.cuh: every cache tile of every request is in exactly one part,
-and every piece slot is written by exactly one segment (run on a GPU)."""
+every piece holds tiles from an even one on, and every piece slot is written
+by exactly one segment (run on a GPU)."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -41,6 +42,8 @@ def test_schedule_covers_every_tile_once(lengths, num_parts):
     segs = segments(work, first_part, piece_base, tiles)
     covered = {}
     for part, b, t0, t1, _ in segs:
+        assert t1 > t0, f"part {part} holds an empty piece [{t0}, {t1}) of request {b} ({tiles[b]} tiles)"
+        assert t0 % 2 == 0, f"part {part} starts request {b} at odd tile {t0}: the Hopper kernel walks pairs"
         for t in range(t0, t1):
             assert (b, t) not in covered, f"tile {t} of request {b} in parts {covered[b, t]} and {part}"
             covered[b, t] = part
