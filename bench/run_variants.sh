@@ -58,11 +58,17 @@ run_variant() {  # name, tree
        -p no:cacheprovider -m gpu gpu -k test_every_kernel_small 2>&1) | grep "RACECHECK SUMMARY" | sed "s|^|$name |"
   done
   # BENCH_S bounds the benchmark: a kernel that hangs would hold it to the
-  # limit (session 32 lost 300 s of a call to one), and the hang is said.
+  # limit (session 32 lost 300 s of a call to one). Its log is kept; a run
+  # that stops or fails shows its end.
+  local rc=0
   (cd "$tree" && PYTHONPATH=$site timeout "${BENCH_S:-300}" python3 bench/bench_gpu.py \
-     ${BENCH_ARGS:---core-only --no-baseline} --configs "$configs" --out "$stem" 2>&1
-   [ $? = 124 ] && echo "| benchmark stopped at BENCH_S=${BENCH_S:-300} s: a hang?") \
-    | grep -E "^\| ([A-F]|even|random|one|[0-9]+\.[0-9]|benchmark stopped) " | sed "s|^|$name |"
+     ${BENCH_ARGS:---core-only --no-baseline} --configs "$configs" --out "$stem") >"$stem-bench.log" 2>&1 || rc=$?
+  grep -E "^\| ([A-F]|even|random|one|[0-9]+\.[0-9]) " "$stem-bench.log" | sed "s|^|$name |"
+  if [ "$rc" = 124 ]; then
+    echo "$name: benchmark stopped at BENCH_S=${BENCH_S:-300} s (a hang?)"
+  elif [ "$rc" != 0 ]; then
+    echo "$name: benchmark failed (rc $rc):"; tail -n 5 "$stem-bench.log"
+  fi
   if [ -n "${SPLIT_COSTS:-}" ]; then
     (cd "$tree/bench" && PYTHONPATH=$site timeout 150 python3 split_costs.py --configs "$SPLIT_COSTS" \
        --out "$stem-split" 2>&1) | tail -n 25 | sed "s|^|$name |"
