@@ -12,9 +12,9 @@ first pair's copies and an epilogue). Over the CTAs of every batch it fits
 
 and prints a, b, c and b / a, what a segment costs in pairs (make_schedule
 charges kSegmentCost = 3 tiles, 1.5 pairs). Per batch it prints the kernel's
-span, the CTA that ended last and the part the plan rates busiest (tiles +
-kSegmentCost per segment), each with its work and time: whether the uneven
-batches lose their time in the busiest part or elsewhere.
+span, the CTA that ended last and the part the plan rates busiest (its tiles
+in whole pairs + kSegmentCost per segment), each with its work and time:
+whether the uneven batches lose their time in the busiest part or elsewhere.
 
     python bench/part_costs.py [--batches D even random one] [--out DIR]   # Hopper, from bench/
 """
@@ -47,6 +47,14 @@ def part_work(work: np.ndarray, lengths: np.ndarray, tile: int) -> np.ndarray:
     return np.array(rows, np.int64).reshape(-1, 3)
 
 
+def planned_cost(work: np.ndarray) -> np.ndarray:
+    """What make_schedule charges each part of ``work`` (rows of part_work):
+    its segments' tiles in whole pairs (every segment starts at an even tile)
+    and SEGMENT_COST per segment."""
+    work = np.asarray(work, np.int64).reshape(-1, 3)
+    return 2 * work[:, 1] + SEGMENT_COST * work[:, 2]
+
+
 def fit_costs(times_us: np.ndarray, pairs: np.ndarray, segments: np.ndarray) -> dict:
     """Least-squares a, b, c of time = a * pairs + b * segments + c, with R^2."""
     design = np.column_stack([pairs, segments, np.ones(len(pairs))]).astype(np.float64)
@@ -66,7 +74,7 @@ def batch_summary(name: str, spans_ns: np.ndarray, work: np.ndarray) -> dict:
     cta_work = np.repeat(work, per_part, axis=0)
     times = (spans_ns[:, 1] - spans_ns[:, 0]) / 1e3
     last = int(np.argmax(spans_ns[:, 1]))
-    busiest = int(np.argmax(work[:, 0] + SEGMENT_COST * work[:, 2])) * per_part
+    busiest = int(np.argmax(planned_cost(work))) * per_part
     busiest = busiest + int(np.argmax(times[busiest:busiest + per_part]))
 
     def cta(i: int) -> dict:

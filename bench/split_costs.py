@@ -26,7 +26,7 @@ from cumla import _gpu
 from cumla._arrays import BFLOAT16
 from cumla._kernels import SCHEDULE_TILE
 from cumla.testing import capture_graph
-from part_costs import SEGMENT_COST, part_work
+from part_costs import part_work, planned_cost
 
 CALLS, ROUNDS = 10, 15  # calls per graph, alternating replays of the two graphs
 
@@ -70,8 +70,9 @@ def measure(name: str, lengths, rng, heads: int = 128, q_len: int = 1) -> dict:
 
     full, attention = paired_times_us(call, attention_only)
     pieces = np.diff(cp.asnumpy(plan.piece_base))
-    loads = part_work(cp.asnumpy(plan.work), lengths, SCHEDULE_TILE)[:, [0, 2]]  # tiles, segments
-    busiest = int(np.argmax(loads[:, 0] + SEGMENT_COST * loads[:, 1]))
+    work = part_work(cp.asnumpy(plan.work), lengths, SCHEDULE_TILE)
+    loads = work[:, [0, 2]]  # tiles, segments
+    busiest = int(np.argmax(planned_cost(work)))
     return dict(batch=name, full_us=full, attention_us=attention, combine_us=full - attention,
                 pieces=int(pieces.sum()), split_requests=int((pieces > 1).sum()),
                 busiest_tiles=int(loads[busiest, 0]), busiest_segments=int(loads[busiest, 1]),

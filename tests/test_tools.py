@@ -152,8 +152,9 @@ def test_example_counts_scale_with_the_environment(monkeypatch):
 
 def test_part_costs_counts_pairs_and_fits_segment_costs():
     """bench/part_costs.py: a part's pairs round each segment's tiles up (the
-    kernel walks whole pairs), the fit recovers known costs, and the summary
-    names the CTA that ended last and the part the plan rates busiest."""
+    kernel walks whole pairs), the plan's cost of a part counts them, the fit
+    recovers known costs, and the summary names the CTA that ended last and
+    the part the plan rates busiest."""
     costs = bench_module("part_costs")
     lengths = np.array([5 * 64, 3 * 64 + 1, 2 * 64])  # 5, 4 and 2 tiles of 64 tokens
     work = np.array([[0, 0, 1, 2],   # request 0 whole (5 tiles: 3 pairs), request 1's tiles 0-1
@@ -167,7 +168,10 @@ def test_part_costs_counts_pairs_and_fits_segment_costs():
     assert fit["us_fixed"] == pytest.approx(1.0) and fit["pairs_per_segment"] == pytest.approx(1.5)
     assert fit["r2"] == pytest.approx(1.0)
 
-    parts = np.array([[7, 4, 2], [4, 2, 2]])  # part 0 the busiest: 7 + 2 x 3 tiles
+    # The plan's cost counts whole pairs: three one-tile segments (3 pairs)
+    # outweigh 8 tiles in 2 segments, though they hold fewer tiles.
+    assert costs.planned_cost([[3, 3, 3], [8, 4, 2]]).tolist() == [15, 14]
+    parts = np.array([[7, 4, 2], [4, 2, 2]])  # part 0 the busiest: 4 pairs + 2 segments, 2 x 4 + 2 x 3
     spans = np.array([[0, 9000], [100, 9500], [0, 12000], [50, 6000]])  # two row-group CTAs a part
     summary = costs.batch_summary("t", spans, parts)
     assert summary["last"] == {"cta": 2, "pairs": 2, "segments": 2, "us": 12.0}
