@@ -228,6 +228,22 @@ def test_shared_memory_sizes_match_the_kernels():
         assert result.ok, result.log
 
 
+def test_parameter_block_matches_the_kernels():
+    """Every field of the host's AttnParams block (cumla/_launch.py) sits at
+    the offset the kernels' struct gives it (cuda/params.cuh), checked by
+    static_assert; the schedule's arrays are the nested Schedule's."""
+    from cumla._launch import ATTN_PARAMS
+
+    schedule = ("work", "first_part", "piece_base")
+    checks = [f"__builtin_offsetof(AttnParams, sched) + __builtin_offsetof(Schedule, {name}) == {offset}"
+              if name in schedule else f"__builtin_offsetof(AttnParams, {name}) == {offset}"
+              for name, (_, offset) in ATTN_PARAMS.fields.items()]
+    checks.append(f"sizeof(AttnParams) == {ATTN_PARAMS.itemsize}")
+    code = _kernels.source("split_kv.cu") + "".join(f'\nstatic_assert({c}, "{c}");' for c in checks)
+    result = _compile.compile_source(NVRTC, code, _kernels.options("sm_90a"), (), verbose=False)
+    assert result.ok, result.log
+
+
 def test_mma_rate_benchmark_compiles_without_serialised_mmas():
     """bench/mma_rates.py's kernels build, and ptxas keeps their MMAs
     asynchronous (C7519 reports a wgmma pipeline it serialised)."""
