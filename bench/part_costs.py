@@ -120,7 +120,7 @@ def main() -> None:
     if _gpu._arch_of(cp.cuda.Device().id) != "sm_90a":
         raise SystemExit("part_costs.py reads the Hopper kernel's CTA spans: it needs a Hopper GPU (sm_90a)")
     rng = np.random.default_rng(0)
-    serving = dict(serving_batches(rng))
+    serving = dict(serving_batches())
     rows = []
     for name in args.batches:
         if name in CONFIGS:

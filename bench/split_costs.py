@@ -87,7 +87,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     batches = [(name, np.full(CONFIGS[name]["batch"], CONFIGS[name]["seq"], np.int32),
                 dict(heads=CONFIGS[name]["heads"], q_len=CONFIGS[name]["q_len"])) for name in args.configs]
-    batches += [(name, lengths, {}) for name, lengths in serving_batches(rng)]
+    batches += [(name, lengths, {}) for name, lengths in serving_batches()]
     rows = []
     print("| batch | full µs | attention µs | combine µs | pieces | split requests | busiest part tiles + segments |"
           " most tiles | most segments |")
