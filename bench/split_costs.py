@@ -70,13 +70,12 @@ def measure(name: str, lengths, rng, heads: int = 128, q_len: int = 1) -> dict:
 
     full, attention = paired_times_us(call, attention_only)
     pieces = np.diff(cp.asnumpy(plan.piece_base))
-    work = part_work(cp.asnumpy(plan.work), lengths, SCHEDULE_TILE)
-    loads = work[:, [0, 2]]  # tiles, segments
+    work = part_work(cp.asnumpy(plan.work), lengths, SCHEDULE_TILE)  # (tiles, pairs, segments) a part
     busiest = int(np.argmax(planned_cost(work)))
     return dict(batch=name, full_us=full, attention_us=attention, combine_us=full - attention,
                 pieces=int(pieces.sum()), split_requests=int((pieces > 1).sum()),
-                busiest_tiles=int(loads[busiest, 0]), busiest_segments=int(loads[busiest, 1]),
-                max_tiles=int(loads[:, 0].max()), max_segments=int(loads[:, 1].max()))
+                busiest_tiles=int(work[busiest, 0]), busiest_segments=int(work[busiest, 2]),
+                max_tiles=int(work[:, 0].max()), max_segments=int(work[:, 2].max()))
 
 
 def main() -> None:
