@@ -35,9 +35,12 @@
 // a lookup; setmaxnreg moves the producer's registers to the consumers.
 // Without it (a tile of several pages' boxes, read by one row group: the
 // consumers' warps issue them sooner than one producer warp) warp 0 of the
-// releasing warpgroup refills it. The scores of a tile walk group A's
-// blocks first. P of a stage goes to its RoPE block (past DV, unused once
-// the scores are done) when there is one.
+// releasing warpgroup refills it. The scores of a tile walk first the
+// group its stage frees first: group A of stage 0 (released by warpgroup
+// 0's P0 V0_L), group B of stage 1 (warpgroup 0's P1 V1_L, before warpgroup
+// 1's P1 V1_R; FP8 rows: group A, as the converting producer fills it
+// first). P of a stage goes to its RoPE block (past DV, unused once the
+// scores are done) when there is one.
 //
 // FP8 rows (G > 0, fp8.cuh's layout; whole 64-token tiles of consecutive
 // rows): the producer warpgroup, all four warps, fills each group by
@@ -92,10 +95,30 @@ struct HopperTile {
   static __device__ __forceinline__ u32 full_bar(u32 bars, int s, int g) { return bars + 8 * (2 * s + g); }
   static __device__ __forceinline__ u32 xbar(u32 bars, int x) { return bars + 32 + 8 * x; }
   static __device__ __forceinline__ u32 empty_bar(u32 bars, int s, int g) { return bars + 80 + 8 * (2 * s + g); }
-  // Block idx of warpgroup w's scoring order: its own V half (group A), then the rest (group B).
-  static __device__ __forceinline__ int block_at(int w, int idx) {
-    if (w == 0) return idx;
-    return idx < kHalfBlocks ? kHalfBlocks + idx : idx < 2 * kHalfBlocks ? idx - kHalfBlocks : idx;
+  // Warpgroup w scores first group first_group(w, b1) of its tile, then the
+  // other; with b1, warpgroup 1 starts with group B, the group of stage 1
+  // released first in the pair before (warpgroup 0's P1 V1_L, ~600 cycles
+  // before warpgroup 1's own product frees group A), else with group A as
+  // warpgroup 0 does (stage 0's group A is released ~1.5k cycles before its
+  // B). The k-th fill of a pair is group fill_group(k, b1) of stage k / 2:
+  // each stage's first-scored group first.
+  static __host__ __device__ constexpr int first_group(int w, bool b1) { return w == 1 && b1 ? 1 : 0; }
+  static __host__ __device__ constexpr int fill_group(int k, bool b1) { return (k % 2) ^ first_group(k / 2, b1); }
+  // Blocks of warpgroup w's first group, scored before the other group's.
+  static __device__ __forceinline__ int first_blocks(int w, bool b1) {
+    return first_group(w, b1) == 0 ? kHalfBlocks : kBlocks - kHalfBlocks;
+  }
+  // Block idx of warpgroup w's scoring order. Group A of stage s: the blocks
+  // of warpgroup s's V half; group B: every other block (the other V half,
+  // then the RoPE blocks).
+  static __device__ __forceinline__ int block_at(int w, int idx, bool b1) {
+    const int own = w * kHalfBlocks;  // group A of stage w
+    if (first_group(w, b1) == 0) return idx < kHalfBlocks ? own + idx : group_b_block(w, idx - kHalfBlocks);
+    return idx < kBlocks - kHalfBlocks ? group_b_block(w, idx) : own + idx - (kBlocks - kHalfBlocks);
+  }
+  // Block j of group B of stage s.
+  static __device__ __forceinline__ int group_b_block(int s, int j) {
+    return j < kHalfBlocks ? (1 - s) * kHalfBlocks + j : kHalfBlocks + j;
   }
 };
 
@@ -380,6 +403,9 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
   using Rows = typename Tile::Rows;
   constexpr int kHalf = Tile::kHalf, kHB = Tile::kHalfBlocks, kBlock = Rows::kBlockBytes;
   constexpr bool kFp8 = G > 0;  // FP8 rows, converted by the producer (the maps are unused)
+  // Warpgroup 1 scores group B first (HopperTile::first_group); the
+  // converting producer fills group A first (in B, A order it spills).
+  constexpr bool kB1 = !kFp8;
   static_assert(!kFp8 || (kProducer && G % 16 == 0 && DV % G == 0 && (D - DV) % 64 == 0),
                 "FP8 rows: a producer, 16-code loads inside one scale group, whole RoPE blocks");
 
@@ -498,9 +524,9 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
       if (warp != 0) return;
       // The producer warp walks the consumers' requests and pairs; for each
       // pair it fills the four groups in a fixed order, stage 0's (which
-      // warpgroup 0's next scores need first) before stage 1's, each once its
-      // last reader of the pair before has released it. Stage 1's group B is
-      // released before stage 0's B and waits behind it (timeline, v34).
+      // warpgroup 0's next scores need first) before stage 1's, each stage's
+      // first-scored group first, each once its last reader of the pair
+      // before has released it.
       u32 fills = 0;
       for (int b = work.first(); b <= work.last(p.batch); ++b) {
         Segment seg;
@@ -510,7 +536,7 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
           const int y[2] = {page_row(b, n, t1, i), page_row(b, n, t1, i + 1)};
 #pragma unroll
           for (int k = 0; k < 4; ++k) {
-            const int st = k / 2, g = k % 2;
+            const int st = k / 2, g = Tile::fill_group(k, kB1);
             if (fills > 0) mbar_wait(empty_bar(st, g), (fills - 1) & 1);
             fill_group(st, g, y[st]);
             // (the refill's stamps as before: by the warpgroup that released the group, in the pair before)
@@ -537,7 +563,8 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
     named_sync(BAR_CONSUMERS, kConsumerThreads);  // the previous request is done with shared memory
     if (issuer && threadIdx.x < 32 && t0 < t1) {  // without a producer: the first pair, whole
       const int y0 = page_row(b, n, t1, t0), y1 = page_row(b, n, t1, t0 + 1);
-      fill_group(0, 0, y0), fill_group(0, 1, y0), fill_group(1, 0, y1), fill_group(1, 1, y1);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) fill_group(k / 2, Tile::fill_group(k, kB1), k < 2 ? y0 : y1);
     }
     const u16* q_rows = q + (static_cast<size_t>(b) * p.rows + row0) * D;
     const int live_rows = min(Tile::BM, p.rows - row0);
@@ -588,9 +615,10 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
           fence_async_shared();
           named_sync(BAR_OWN + wg, kGroupThreads);
         }
-        // S = Q K^T over the tile's 64 tokens, group A's blocks first.
+        // S = Q K^T over the tile's 64 tokens, its first group's blocks first.
         // Descriptors advance by adding the byte offset / 16 to their address field.
         const u64 k_desc = wgmma_desc(sK, 16, 1024);
+        const int first_g = Tile::first_group(wg, kB1), second_at = Tile::first_blocks(wg, kB1);
         // Scores in turn: warpgroup 1's start once warpgroup 0's are issued,
         // so that the tensor pipe runs S0 first and warpgroup 0's softmax
         // overlaps S1 instead of both softmaxes leaving the pipe idle.
@@ -601,16 +629,16 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
           // inserts its own and serialises the MMAs.
           if (idx == 0) {
             TIMELINE_STAMP(pairs, wg, 12);  // this warp is at the wait (not held by earlier loads)
-            mbar_wait(full_bar(wg, 0), phase);
+            mbar_wait(full_bar(wg, first_g), phase);
             TIMELINE_STAMP(pairs, wg, 1);
             wgmma_fence();
           }
-          if (idx == kHB) {
-            mbar_wait(full_bar(wg, 1), phase);
+          if (idx == second_at) {
+            mbar_wait(full_bar(wg, 1 - first_g), phase);
             TIMELINE_STAMP(pairs, wg, 2);
             wgmma_fence();
           }
-          const int blk = Tile::block_at(wg, idx);
+          const int blk = Tile::block_at(wg, idx, kB1);
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk) {
             const u32 step = (blk * kBlock + kk * 32) >> 4;
