@@ -619,6 +619,9 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
         // Descriptors advance by adding the byte offset / 16 to their address field.
         const u64 k_desc = wgmma_desc(sK, 16, 1024);
         const int first_g = Tile::first_group(wg, kB1), second_at = Tile::first_blocks(wg, kB1);
+        // Waits at fixed blocks only (at a position that depends on wg ptxas
+        // serialises the MMAs, C7519): at both places where a second group
+        // can start, the earlier one finding warpgroup 1's first group complete.
         // Scores in turn: warpgroup 1's start once warpgroup 0's are issued,
         // so that the tensor pipe runs S0 first and warpgroup 0's softmax
         // overlaps S1 instead of both softmaxes leaving the pipe idle.
@@ -633,9 +636,9 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
             TIMELINE_STAMP(pairs, wg, 1);
             wgmma_fence();
           }
-          if (idx == second_at) {
-            mbar_wait(full_bar(wg, 1 - first_g), phase);
-            TIMELINE_STAMP(pairs, wg, 2);
+          if (idx == kHB || (kB1 && idx == Tile::kBlocks - kHB)) {
+            mbar_wait(full_bar(wg, idx < second_at ? first_g : 1 - first_g), phase);
+            if (idx == second_at) TIMELINE_STAMP(pairs, wg, 2);
             wgmma_fence();
           }
           const int blk = Tile::block_at(wg, idx, kB1);
