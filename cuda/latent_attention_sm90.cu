@@ -39,8 +39,10 @@
 // group its stage frees first: group A of stage 0 (released by warpgroup
 // 0's P0 V0_L), group B of stage 1 (warpgroup 0's P1 V1_L, before warpgroup
 // 1's P1 V1_R; FP8 rows: group A, as the converting producer fills it
-// first). P of a stage goes to its RoPE block (past DV, unused once the
-// scores are done) when there is one.
+// first). P1 goes to stage 1's RoPE block (past DV, unused once the scores
+// are done) when there is one, P0 to a tile of its own: stage 0's RoPE
+// blocks are then a third group (C) of 16-bit rows, refilled once
+// warpgroup 0's scores are done, scored between its groups A and B.
 //
 // FP8 rows (G > 0, fp8.cuh's layout; whole 64-token tiles of consecutive
 // rows): the producer warpgroup, all four warps, fills each group by
@@ -82,19 +84,24 @@ struct HopperTile {
   using Rows = Swizzle128<64>;
   static constexpr int kTileBytes = Rows::bytes(kBlocks);  // Q, or one cache stage
   static constexpr int kPBytes = Rows::bytes(1);            // P: 64 x 64 16-bit values
-  static constexpr bool kPInStage = D - DV >= 64;           // a block past DV holds P
-  static constexpr int kOwnPBytes = kPInStage ? 0 : 2 * kPBytes;
+  static constexpr int kRopeBlocks = (D - DV) / 64;         // whole blocks past DV
+  static constexpr bool kPInStage = kRopeBlocks > 0;        // P1 in stage 1's last block, P0 in a tile of its own
+  static constexpr int kOwnPBytes = kPInStage ? kPBytes : 2 * kPBytes;
   static constexpr int kRedBytes = 6 * BM * 4;              // m0, m1; both warpgroups' row sums, two buffers
-  static constexpr int kBarBytes = 14 * 8;                  // mbarriers: 4 full, 6 for exchanges, 4 empty
+  static constexpr int kBarBytes = 16 * 8;                  // mbarriers: 5 full, 6 for exchanges, 5 empty
   static constexpr int kSmemBytes = 1024 + 3 * kTileBytes + kOwnPBytes + kRedBytes + kBarBytes;  // 1024: alignment
   static_assert(D % 64 == 0 && DV <= D && (kHalf == 64 || kHalf == 128 || kHalf == 256),
                 "dims outside the Hopper kernel's range (the MMA widths hopper.cuh specialises)");
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in shared memory");
   static_assert(BN == kScheduleTile, "the kernel's tiles are the schedule's");
-  // mbarriers from `bars`: [stage][group] full, six exchanges, [stage][group] empty.
-  static __device__ __forceinline__ u32 full_bar(u32 bars, int s, int g) { return bars + 8 * (2 * s + g); }
-  static __device__ __forceinline__ u32 xbar(u32 bars, int x) { return bars + 32 + 8 * x; }
-  static __device__ __forceinline__ u32 empty_bar(u32 bars, int s, int g) { return bars + 80 + 8 * (2 * s + g); }
+  // mbarriers from `bars`: full ([stage][group A, B], then stage 0's group
+  // C), six exchanges, empty (the same order). Group C (g = 2): stage 0's
+  // RoPE blocks where they are a group of their own (see first_group).
+  static __device__ __forceinline__ u32 full_bar(u32 bars, int s, int g) { return bars + 8 * (g == 2 ? 4 : 2 * s + g); }
+  static __device__ __forceinline__ u32 xbar(u32 bars, int x) { return bars + 40 + 8 * x; }
+  static __device__ __forceinline__ u32 empty_bar(u32 bars, int s, int g) {
+    return bars + 88 + 8 * (g == 2 ? 4 : 2 * s + g);
+  }
   // Warpgroup w scores first group first_group(w, b1) of its tile, then the
   // other; with b1, warpgroup 1 starts with group B, the group of stage 1
   // released first in the pair before (warpgroup 0's P1 V1_L, ~600 cycles
@@ -104,16 +111,27 @@ struct HopperTile {
   // each stage's first-scored group first.
   static __host__ __device__ constexpr int first_group(int w, bool b1) { return w == 1 && b1 ? 1 : 0; }
   static __host__ __device__ constexpr int fill_group(int k, bool b1) { return (k % 2) ^ first_group(k / 2, b1); }
-  // Blocks of warpgroup w's first group, scored before the other group's.
-  static __device__ __forceinline__ int first_blocks(int w, bool b1) {
-    return first_group(w, b1) == 0 ? kHalfBlocks : kBlocks - kHalfBlocks;
+  // With c, stage 0's RoPE blocks are group C, refilled once warpgroup 0's
+  // scores are done (P0 lives in a tile of its own), and warpgroup 0 scores
+  // A, C, then B: its group B (the other V half, released last, by
+  // warpgroup 1's P0 V0_R) is 8 KB smaller and needed four k-steps later.
+  // Without c group B holds them (and P0).
+  // The group (0 A, 1 B, 2 C) of block idx of warpgroup w's scoring order.
+  static __device__ __forceinline__ int group_at(int w, int idx, bool b1, bool c) {
+    if (first_group(w, b1) == 1) return idx < kBlocks - kHalfBlocks ? 1 : 0;
+    return idx < kHalfBlocks ? 0 : c && w == 0 && idx < kHalfBlocks + kRopeBlocks ? 2 : 1;
   }
   // Block idx of warpgroup w's scoring order. Group A of stage s: the blocks
   // of warpgroup s's V half; group B: every other block (the other V half,
-  // then the RoPE blocks).
-  static __device__ __forceinline__ int block_at(int w, int idx, bool b1) {
+  // then the RoPE blocks) but group C's.
+  static __device__ __forceinline__ int block_at(int w, int idx, bool b1, bool c) {
     const int own = w * kHalfBlocks;  // group A of stage w
-    if (first_group(w, b1) == 0) return idx < kHalfBlocks ? own + idx : group_b_block(w, idx - kHalfBlocks);
+    if (first_group(w, b1) == 0) {
+      if (idx < kHalfBlocks) return own + idx;
+      const int j = idx - kHalfBlocks;
+      if (c && w == 0) return j < kRopeBlocks ? 2 * kHalfBlocks + j : kHalfBlocks + j - kRopeBlocks;
+      return group_b_block(w, j);
+    }
     return idx < kBlocks - kHalfBlocks ? group_b_block(w, idx) : own + idx - (kBlocks - kHalfBlocks);
   }
   // Block j of group B of stage s.
@@ -406,6 +424,9 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
   // Warpgroup 1 scores group B first (HopperTile::first_group); the
   // converting producer fills group A first (in B, A order it spills).
   constexpr bool kB1 = !kFp8;
+  // Stage 0's RoPE blocks a group of their own (HopperTile::group_at); the
+  // converting producer keeps them in group B.
+  constexpr bool kRopeC = kB1 && Tile::kPInStage;
   static_assert(!kFp8 || (kProducer && G % 16 == 0 && DV % G == 0 && (D - DV) % 64 == 0),
                 "FP8 rows: a producer, 16-code loads inside one scale group, whole RoPE blocks");
 
@@ -420,8 +441,8 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
   float* sSums = sM + 2 * Tile::BM;  // [request parity][warpgroup][BM]: a request's sums never overwrite the last one's
   const u32 sBar = sOwnP + Tile::kOwnPBytes + Tile::kRedBytes;  // [stage][group] full, exchanges, [stage][group] empty
   auto stage_at = [&](int s) { return sKV + s * Tile::kTileBytes; };
-  auto p_at = [&](int s) {  // where P of stage s's tile goes
-    return Tile::kPInStage ? stage_at(s) + (Tile::kBlocks - 1) * kBlock : sOwnP + s * Tile::kPBytes;
+  auto p_at = [&](int s) {  // where P of stage s's tile goes: P1 in stage 1's last block where there is one
+    return Tile::kPInStage && s == 1 ? stage_at(1) + (Tile::kBlocks - 1) * kBlock : sOwnP + s * Tile::kPBytes;
   };
   auto full_bar = [&](int s, int g) { return Tile::full_bar(sBar, s, g); };
   auto xbar = [&](int x) { return Tile::xbar(sBar, x); };
@@ -448,6 +469,7 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
       mbar_init(full_bar(i / 2, i % 2), kFp8 ? kGroupThreads : 1), mbar_init(xbar(i), kGroupThreads);
       mbar_init(empty_bar(i / 2, i % 2), kGroupThreads);  // every thread of the releasing warpgroup
     }
+    mbar_init(full_bar(0, 2), 1), mbar_init(empty_bar(0, 2), kGroupThreads);  // group C (one TMA issue)
     mbar_init(xbar(X_SUMS), 2 * kGroupThreads);
     mbar_init(xbar(X_S0), kGroupThreads);
     mbar_init_fence();
@@ -488,20 +510,24 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
   // (596-660 us against 597-610; a guess: a 3-D box walks DRAM block by
   // block, single boxes in flight together interleave the blocks of a row).
   const bool wide = kHB > 1 && pages == 1 && gridDim.x > 1;
-  // Group A of stage s: warpgroup s's V half; group B: every other block.
+  // Group A of stage s: warpgroup s's V half; group B: every other block
+  // but group C's (stage 0's RoPE blocks, with kRopeC).
   auto fill_group = [&](int s, int g, int y_of_my_page) {
     const u32 bar = full_bar(s, g);
-    const int blocks = g == 0 ? kHB : Tile::kBlocks - kHB;
+    const int b_end = kRopeC && s == 0 ? 2 * kHB : Tile::kBlocks;  // group B's blocks past the V halves end here
+    const int blocks = g == 0 ? kHB : g == 2 ? Tile::kRopeBlocks : b_end - kHB;
     if (lane == 0) mbar_expect_bytes(bar, blocks * kBlock);
     __syncwarp();
-    if (wide) {
+    if (g == 2) {
+      copy_blocks(0, 2 * kHB, Tile::kBlocks, y_of_my_page, bar);
+    } else if (wide) {
       const int half = (g == 0 ? s : 1 - s) * kHB;
       if (lane == 0) tma_load_3d(stage_at(s) + half * kBlock, half_map, 0, y_of_my_page, half, bar);
-      if (g == 1 && 2 * kHB < Tile::kBlocks) copy_blocks(s, 2 * kHB, Tile::kBlocks, y_of_my_page, bar);
+      if (g == 1 && 2 * kHB < b_end) copy_blocks(s, 2 * kHB, b_end, y_of_my_page, bar);
     } else if (g == 0) {
       copy_blocks(s, s * kHB, s * kHB + kHB, y_of_my_page, bar);
     } else if (s == 0) {
-      copy_blocks(s, kHB, Tile::kBlocks, y_of_my_page, bar);
+      copy_blocks(s, kHB, b_end, y_of_my_page, bar);
     } else {
       copy_blocks(s, 0, kHB, y_of_my_page, bar);
       copy_blocks(s, 2 * kHB, Tile::kBlocks, y_of_my_page, bar);
@@ -534,6 +560,10 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
         const int n = seg.n, t0 = seg.t0, t1 = seg.t1;
         for (int i = t0; i < t1; i += 2, ++fills) {
           const int y[2] = {page_row(b, n, t1, i), page_row(b, n, t1, i + 1)};
+          if constexpr (kRopeC) {  // group C, released first (warpgroup 0's scores)
+            if (fills > 0) mbar_wait(empty_bar(0, 2), (fills - 1) & 1);
+            fill_group(0, 2, y[0]);
+          }
 #pragma unroll
           for (int k = 0; k < 4; ++k) {
             const int st = k / 2, g = Tile::fill_group(k, kB1);
@@ -563,6 +593,7 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
     named_sync(BAR_CONSUMERS, kConsumerThreads);  // the previous request is done with shared memory
     if (issuer && threadIdx.x < 32 && t0 < t1) {  // without a producer: the first pair, whole
       const int y0 = page_row(b, n, t1, t0), y1 = page_row(b, n, t1, t0 + 1);
+      if (kRopeC) fill_group(0, 2, y0);
 #pragma unroll
       for (int k = 0; k < 4; ++k) fill_group(k / 2, Tile::fill_group(k, kB1), k < 2 ? y0 : y1);
     }
@@ -607,6 +638,7 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
           // there (NaN included); zero them so that P = 0 times V stays 0.
           mbar_wait(full_bar(wg, 0), phase);
           mbar_wait(full_bar(wg, 1), phase);
+          if (kRopeC && wg == 0) mbar_wait(full_bar(0, 2), phase);
           const int first = valid > 0 ? valid : 0;
           for (int c = threadIdx.x % 128; c < (Tile::BN - first) * Tile::kChunks; c += kGroupThreads) {
             const int r = first + c / Tile::kChunks, chunk = c % Tile::kChunks;
@@ -618,10 +650,9 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
         // S = Q K^T over the tile's 64 tokens, its first group's blocks first.
         // Descriptors advance by adding the byte offset / 16 to their address field.
         const u64 k_desc = wgmma_desc(sK, 16, 1024);
-        const int first_g = Tile::first_group(wg, kB1), second_at = Tile::first_blocks(wg, kB1);
         // Waits at fixed blocks only (at a position that depends on wg ptxas
-        // serialises the MMAs, C7519): at both places where a second group
-        // can start, the earlier one finding warpgroup 1's first group complete.
+        // serialises the MMAs, C7519): at every place where a group can
+        // start, one finding warpgroup 1's first group complete.
         // Scores in turn: warpgroup 1's start once warpgroup 0's are issued,
         // so that the tensor pipe runs S0 first and warpgroup 0's softmax
         // overlaps S1 instead of both softmaxes leaving the pipe idle.
@@ -630,18 +661,15 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
         for (int idx = 0; idx < Tile::kBlocks; ++idx) {
           // After a wait (a divergent spin), wgmma.fence again: else ptxas
           // inserts its own and serialises the MMAs.
-          if (idx == 0) {
-            TIMELINE_STAMP(pairs, wg, 12);  // this warp is at the wait (not held by earlier loads)
-            mbar_wait(full_bar(wg, first_g), phase);
-            TIMELINE_STAMP(pairs, wg, 1);
+          if (idx == 0 || idx == kHB || (kB1 && idx == Tile::kBlocks - kHB)) {
+            const int g = Tile::group_at(wg, idx, kB1, kRopeC);
+            if (idx == 0) TIMELINE_STAMP(pairs, wg, 12);  // this warp is at the wait (not held by earlier loads)
+            mbar_wait(full_bar(wg, g), phase);
+            if (idx == 0) TIMELINE_STAMP(pairs, wg, 1);
+            if (idx != 0 && g != 2) TIMELINE_STAMP(pairs, wg, 2);  // (warpgroup 1's last one: its group A)
             wgmma_fence();
           }
-          if (idx == kHB || (kB1 && idx == Tile::kBlocks - kHB)) {
-            mbar_wait(full_bar(wg, idx < second_at ? first_g : 1 - first_g), phase);
-            if (idx == second_at) TIMELINE_STAMP(pairs, wg, 2);
-            wgmma_fence();
-          }
-          const int blk = Tile::block_at(wg, idx, kB1);
+          const int blk = Tile::block_at(wg, idx, kB1, kRopeC);
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk) {
             const u32 step = (blk * kBlock + kk * 32) >> 4;
@@ -772,6 +800,7 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
       };
 
       if (wg == 0) {
+        if (kRopeC) release(0, 2, y_next[0]);  // group C: read by the scores only
         // P0 = exp(S0 - m0); O_L = O_L * scale0 + P0 V0_L.
 #pragma unroll
         for (int h = 0; h < 2; ++h) base[h] = offset_of(m0[h]), run_sum[h] *= scale0[h];

@@ -205,10 +205,10 @@ def _fp8_fragment_kernel(dtype: np.dtype, fmt: Any, arch: str, smem_limit: int) 
 
 def _hopper_smem(dim: int, v_dim: int) -> int:
     """Mirror of HopperTile::kSmemBytes (cuda/latent_attention_sm90.cu): Q and two
-    stages, two P tiles unless a block past v_dim holds them, row maxima, row sums
-    (two buffers), fourteen mbarriers."""
-    own_p = 0 if dim - v_dim >= 64 else 2 * 64 * 64 * 2
-    return 1024 + 3 * 64 * dim * 2 + own_p + 6 * 64 * 4 + 14 * 8
+    stages, two P tiles (one where a block past v_dim holds P1), row maxima,
+    row sums (two buffers), sixteen mbarriers."""
+    own_p = 64 * 64 * 2 if dim - v_dim >= 64 else 2 * 64 * 64 * 2
+    return 1024 + 3 * 64 * dim * 2 + own_p + 6 * 64 * 4 + 16 * 8
 
 
 #: Threads of a Hopper kernel CTA with a producer warpgroup beside the two
