@@ -96,7 +96,7 @@ struct HopperTile {
   static_assert(BN == kScheduleTile, "the kernel's tiles are the schedule's");
   // mbarriers from `bars`: full ([stage][group A, B], then stage 0's group
   // C), six exchanges, empty (the same order). Group C (g = 2): stage 0's
-  // RoPE blocks where they are a group of their own (see first_group).
+  // RoPE blocks where they are a group of their own (see group_at).
   static __device__ __forceinline__ u32 full_bar(u32 bars, int s, int g) { return bars + 8 * (g == 2 ? 4 : 2 * s + g); }
   static __device__ __forceinline__ u32 xbar(u32 bars, int x) { return bars + 40 + 8 * x; }
   static __device__ __forceinline__ u32 empty_bar(u32 bars, int s, int g) {
@@ -469,7 +469,7 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
       mbar_init(full_bar(i / 2, i % 2), kFp8 ? kGroupThreads : 1), mbar_init(xbar(i), kGroupThreads);
       mbar_init(empty_bar(i / 2, i % 2), kGroupThreads);  // every thread of the releasing warpgroup
     }
-    mbar_init(full_bar(0, 2), 1), mbar_init(empty_bar(0, 2), kGroupThreads);  // group C (one TMA issue)
+    if (kRopeC) mbar_init(full_bar(0, 2), 1), mbar_init(empty_bar(0, 2), kGroupThreads);  // group C (one TMA issue)
     mbar_init(xbar(X_SUMS), 2 * kGroupThreads);
     mbar_init(xbar(X_S0), kGroupThreads);
     mbar_init_fence();
