@@ -21,7 +21,9 @@
 # variant's install; RACECHECK=N runs compute-sanitizer racecheck N times on the small
 # every-kernel test of each variant (its summaries are printed); TIMELINE=X
 # prints each variant's Hopper timeline at config X (bench/timeline.py's
-# arguments: "A C --table sequential" runs A and C with that option). Writes
+# arguments: "A C --table sequential" runs A and C with that option); TESTED
+# names the variants that run TESTS and RACECHECK, each the first time it
+# runs (default: every variant, every time), the others are timed only. Writes
 # $OUT/<variant>/ (benchmark .md/.json; "_" for the "+" of a+b) and prints one table per variant; a
 # variant whose tests fail is not benchmarked. A variant is started only
 # while VARIANT_S seconds (default 160: tests, one racecheck and the FP8
@@ -44,7 +46,11 @@ run_variant() {  # name, tree
     echo "$name: install failed"
     return
   fi
-  if [ "${TESTS:-}" = none ]; then
+  local tests=${TESTS:-}
+  if [ -n "${TESTED+x}" ]; then
+    case " $TESTED " in *" $name "*) TESTED=$(echo " $TESTED " | sed "s| $name | |") ;; *) tests=none ;; esac
+  fi
+  if [ "$tests" = none ]; then
     echo "$name: no tests (timing only)"
   elif ! (cd "$tree/tests" && PYTHONPATH=$site timeout "${TESTS_S:-260}" python3 -m pytest -q -x -p no:cacheprovider -m gpu gpu \
           -k "${TESTS:-hopper or every_kernel or graph}" >"$stem-tests.log" 2>&1); then
@@ -53,7 +59,7 @@ run_variant() {  # name, tree
   else
     echo "$name: $(tail -n 1 "$stem-tests.log")"
   fi
-  for _ in $(seq "${RACECHECK:-0}"); do
+  [ "$tests" = none ] || for _ in $(seq "${RACECHECK:-0}"); do
     (cd "$tree/tests" && PYTHONPATH=$site timeout 120 compute-sanitizer --tool racecheck python3 -m pytest -q \
        -p no:cacheprovider -m gpu gpu -k test_every_kernel_small 2>&1) | grep "RACECHECK SUMMARY" | sed "s|^|$name |"
   done
