@@ -23,7 +23,8 @@
 # prints each variant's Hopper timeline at config X (bench/timeline.py's
 # arguments: "A C --table sequential" runs A and C with that option); TESTED
 # names the variants that run TESTS and RACECHECK, each the first time it
-# runs (default: every variant, every time), the others are timed only. Writes
+# runs (default: every variant, every time), the others are timed only
+# (TESTS=none: no variant runs either). Writes
 # $OUT/<variant>/ (benchmark .md/.json; "_" for the "+" of a+b) and prints one table per variant; a
 # variant whose tests fail is not benchmarked. A variant is started only
 # while VARIANT_S seconds (default 160: tests, one racecheck and the FP8
