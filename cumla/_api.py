@@ -253,7 +253,9 @@ def latent_attention(
     scale : float
         Score scale (MLA: ``1 / sqrt(Dn + R)`` of the original heads).
     seqlens, block_table, causal, return_lse, out, plan, check, cache_format
-        As in :func:`cumla.decode` (``plan`` made with ``v_dim`` = this v_dim).
+        As in :func:`cumla.decode` (``plan`` made with ``v_dim`` = this v_dim);
+        on the GPU a 16-bit ``out`` must start at a 4-byte-aligned address
+        (the kernels store its values in pairs).
 
     Returns
     -------
@@ -265,7 +267,7 @@ def latent_attention(
     Raises
     ------
     TypeError, ValueError
-        As in :func:`cumla.decode`.
+        As in :func:`cumla.decode`; ValueError also for a misaligned ``out``.
 
     Examples
     --------

@@ -84,6 +84,42 @@ def test_hopper_gpus_get_the_wgmma_kernel():
     assert spec.file == ("latent_attention_sm90.cu" if arch == "sm_90a" else "latent_attention.cu")
 
 
+@pytest.mark.parametrize("parts", [1, 7])
+@pytest.mark.parametrize("offset", [0, 2, 8])
+def test_output_into_a_view_at_a_word_offset(kernel_family, offset, parts):
+    """An ``out`` view into a larger buffer, starting 0, 4 or 16 bytes in, is
+    written in place by whole requests (1 part) and split ones (7, through the
+    combine), and nothing outside the view is written."""
+    cp = cupy()
+    case = MLACase(2, 1, 64, latent_dim=512, rope_dim=64, nope_dim=64, v_dim=64, seqlens=(900, 130),
+                   capacity=900, block_size=64, causal=True, dtype="bfloat16", scale=None, squeeze=False, seed=6)
+    args = make_latent_inputs(case, cp)
+    plan = cumla.plan(args["seqlens"], heads=case.heads, q_len=case.q_len, v_dim=case.latent_dim, num_parts=parts)
+    shape = args["q_latent"].shape[:-1] + (args["v_dim"],)
+    size = int(np.prod(shape))
+    buffer = cp.full(offset + size + 8, np.nan, dtype=case.np_dtype)
+    out = buffer[offset:offset + size].reshape(shape)
+    o, lse = cumla.latent_attention(**args, plan=plan, out=out, return_lse=True)
+    assert o is out
+    ref_o, ref_lse = reference.latent_attention(**on_host(args))
+    assert_close(o, ref_o, case.dtype, lse, ref_lse)
+    outside = cp.concatenate([buffer[:offset], buffer[offset + size:]])
+    assert bool(cp.isnan(outside).all()), "the kernel wrote outside the output view"
+
+
+def test_output_view_at_an_odd_element_is_refused():
+    """16-bit outputs are stored in pairs: an ``out`` view starting at an odd
+    element is refused before any launch (it would fault on the device)."""
+    cp = cupy()
+    case = MLACase(1, 1, 16, latent_dim=128, rope_dim=64, nope_dim=64, v_dim=64, seqlens=(100,), capacity=100,
+                   block_size=None, causal=True, dtype="bfloat16", scale=None, squeeze=False, seed=7)
+    largs = make_latent_inputs(case, cp)
+    shape = largs["q_latent"].shape[:-1] + (largs["v_dim"],)
+    buffer = cp.zeros(1 + int(np.prod(shape)), dtype=case.np_dtype)
+    with pytest.raises(ValueError, match="out must start at a 4-byte-aligned address"):
+        cumla.latent_attention(**largs, out=buffer[1:].reshape(shape))
+
+
 DEEPSEEK = dict(latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128)
 
 
