@@ -79,6 +79,25 @@ __device__ __forceinline__ u64 evict_last_policy() {
   asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
   return policy;
 }
+// A 4 x 4 transposition of 32-bit words across the four lanes of a quad
+// (lane q's word i goes to lane i, word q) in two exchanges, with the lane
+// at distance b = 1, then 2: each lane sends the two words whose index
+// differs from its own lane index in bit b, and the partner's words arrive
+// in exactly those places.
+__device__ __forceinline__ void transpose_quad(u32 (&w)[4], int q) {
+#pragma unroll
+  for (int b = 1; b <= 2; b *= 2) {
+    const bool high = q & b;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int at_high = b == 1 ? 2 * k : k, at_low = at_high + b;  // the word sent by a lane with bit b set, clear
+      const u32 got = __shfl_xor_sync(0xffffffffu, high ? w[at_high] : w[at_low], b);
+      w[at_high] = high ? got : w[at_high];
+      w[at_low] = high ? w[at_low] : got;
+    }
+  }
+}
+
 __device__ __forceinline__ void st_global_keep(float* p, float a, float b, u64 policy) {
   asm volatile("st.global.L2::cache_hint.v2.f32 [%0], {%1, %2}, %3;" ::"l"(p), "f"(a), "f"(b), "l"(policy) : "memory");
 }
