@@ -12,8 +12,9 @@
 //   2  rows, 16-bit: 16 bytes per thread, a warp's store one contiguous
 //      512-byte half row
 //   3  rows, float32: as 2, two stores per half row
-//   4  fragments transposed in each quad by shuffles, 16-bit: 16 bytes per
-//      thread, 64 contiguous bytes of a row per quad (no shared memory)
+//   4  fragments transposed in each quad by shuffles (the Hopper kernel's
+//      final outputs since v50), 16-bit: 16 bytes per thread, 64
+//      contiguous bytes of a row per quad (no shared memory)
 //   5  staged in shared memory (rows padded by 16 bytes), then one
 //      cp.async.bulk per warp row of 512 bytes
 //   6  nothing stored (the launch and the arithmetic alone)
@@ -22,10 +23,6 @@
 namespace {
 constexpr int kRows = 64, kCols = 512, kHalf = 256;
 constexpr int kStagedStride = 2 * kCols + 16;  // bytes: 4 banks further per row, no conflicts for a quad's rows
-
-__device__ __forceinline__ u32 pick(const u32 (&w)[4], int i) {
-  return i == 0 ? w[0] : i == 1 ? w[1] : i == 2 ? w[2] : w[3];
-}
 }  // namespace
 
 template <int PATTERN>
@@ -60,37 +57,31 @@ __global__ void __launch_bounds__(256, 1) store_rates(void* out, int rounds, lon
       for (int row = 0; row < 16; ++row)
 #pragma unroll
         for (int s = 0; s < kStores; ++s) {
-          const long long at = base + (16 * (warp % 4) + row) * kCols + wg * kHalf + (s * 32 + lane) * kPerStore;
+          // (indexed in 16-byte units: ptxas then knows each store is aligned)
+          const long long at = (base + (16 * (warp % 4) + row) * kCols + wg * kHalf) / kPerStore + s * 32 + lane;
           const int k = (row * kStores + s) % (kHalf / 4 - 3);
           if constexpr (PATTERN == 2) {
             const uint4 v = {bf16_t::pack(o[k], o[k + 1]), bf16_t::pack(o[k + 2], o[k + 3]),
                              bf16_t::pack(o[k + 1], o[k]), bf16_t::pack(o[k + 3], o[k + 2])};
-            *reinterpret_cast<uint4*>(static_cast<u16*>(out) + at) = v;
+            static_cast<uint4*>(out)[at] = v;
           } else {
-            *reinterpret_cast<float4*>(static_cast<float*>(out) + at) = make_float4(o[k], o[k + 1], o[k + 2], o[k + 3]);
+            static_cast<float4*>(out)[at] = make_float4(o[k], o[k + 1], o[k + 2], o[k + 3]);
           }
         }
     } else if constexpr (PATTERN == 4) {
-      // Quad lane q holds, for four consecutive j, the pair of columns 8j + 2q;
-      // after the transposition it holds the 8 columns of the quad's j0 + q.
-      const int q = lane % 4;
+      // The Hopper kernel's form (hopper.cuh's transpose_quad): quad lane q
+      // holds, for four consecutive j, the pair of columns 8j + 2q; after
+      // the transposition it holds the 8 columns of j0 + q.
 #pragma unroll
       for (int h = 0; h < 2; ++h)
 #pragma unroll
         for (int j0 = 0; j0 < kHalf / 8; j0 += 4) {
-          u32 w[4], t[4];
+          u32 w[4];
 #pragma unroll
-          for (int jj = 0; jj < 4; ++jj) w[jj] = bf16_t::pack(o[4 * (j0 + jj) + 2 * h], o[4 * (j0 + jj) + 2 * h + 1]);
-#pragma unroll
-          for (int i = 0; i < 4; ++i) t[i] = w[i];  // t[q] = w[q] below: the selects keep the own word
-#pragma unroll
-          for (int x = 1; x < 4; ++x) {
-            const u32 got = __shfl_xor_sync(0xffffffffu, pick(w, q ^ x), x);
-#pragma unroll
-            for (int i = 0; i < 4; ++i) t[i] = i == (q ^ x) ? got : t[i];
-          }
-          const long long at = base + (r_lo + 8 * h) * kCols + wg * kHalf + 8 * (j0 + q);
-          *reinterpret_cast<uint4*>(static_cast<u16*>(out) + at) = make_uint4(t[0], t[1], t[2], t[3]);
+          for (int i = 0; i < 4; ++i) w[i] = bf16_t::pack(o[4 * (j0 + i) + 2 * h], o[4 * (j0 + i) + 2 * h + 1]);
+          transpose_quad(w, lane % 4);
+          const long long at = (base + (r_lo + 8 * h) * kCols + wg * kHalf) / 8 + j0 + lane % 4;  // 16-byte units
+          static_cast<uint4*>(out)[at] = make_uint4(w[0], w[1], w[2], w[3]);
         }
     } else if constexpr (PATTERN == 5) {
       const u32 staged = smem_addr(smem);

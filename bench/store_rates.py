@@ -7,12 +7,23 @@ store. Without those stores config A's CTAs end ~6 us sooner with the same
 pairs (session 37's timeline of ablate-sm90-nooutput). This times the
 stores alone, as bench/store_rates.cu's patterns: the kernel's fragment
 forms, row-contiguous 16-byte stores, fragments transposed in each quad by
-shuffles, and shared-memory staging with bulk copies. Three loads: one CTA
+shuffles (the kernel's form since v50), and shared-memory staging with
+bulk copies. Three loads: one CTA
 per SM writing its tile once (the epilogue's burst; the cost over a launch
 that stores nothing), the same 16 times over (the sustained rate), and one
 CTA alone 16 times (one SM's own path):
 
     python bench/store_rates.py [--out DIR]      # on a Hopper GPU; prints a table
+
+On the H200 (session 37, bench/results/2026-12-02-NVIDIA-H200-store-rates.json):
+the kernel's 16-bit fragments 10.1 us for 132 x 64 KB (0.86 TB/s), float32
+fragments (whole 32-byte sectors a quad) 2.9 us for twice the bytes, 16-byte
+row stores 3.0, shared-memory staging 3.9; the quad transposition 5.5 in a
+three-exchange form measured then. In that build ptxas split one 16-byte
+store of each row of patterns 2 and 4 into four 4-byte ones (addresses in
+elements); they are indexed in 16-byte units now, and pattern 4 runs the
+kernel's two-exchange transpose_quad (tests/test_kernels_compile.py checks
+the store forms).
 """
 from __future__ import annotations
 
@@ -22,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_gpu import graph_time_us
 from cumla import _kernels
 
 SOURCE = Path(__file__).resolve().parent / "store_rates.cu"
@@ -46,6 +56,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="folder for store-rates.json")
     args = parser.parse_args()
     import cupy as cp
+    from bench_gpu import graph_time_us  # beside this file; imports CuPy
 
     names = tuple(f"store_rates<{p}>" for p in PATTERNS)
     module = cp.RawModule(code=source(), options=_kernels.options("sm_90a"), name_expressions=names)

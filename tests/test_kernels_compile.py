@@ -264,6 +264,29 @@ def test_copy_latency_probe_compiles():
     assert "C7519" not in result.log, result.log
 
 
+def test_store_rate_probe_compiles_to_the_stores_it_names():
+    """bench/store_rates.py's patterns are the store forms they are named
+    for: the kernel's fragments as 64 four-byte stores a round, the row and
+    quad-transposed forms as sixteen-byte stores only, the latter after inline shuffles (not the
+    collectives NVRTC makes of shuffles it cannot prove convergent), the
+    staged form one bulk copy a row."""
+    assert CUOBJDUMP is not None, "cuobjdump missing: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm"
+    probe = bench_module("store_rates")
+    names = tuple(f"store_rates<{p}>" for p in probe.PATTERNS)
+    result = _compile.compile_source(NVRTC, probe.source(), _kernels.options("sm_90a"), names)
+    assert result.ok, result.log
+    listing = _compile.sass(result.cubin, CUOBJDUMP)
+    functions = {int(m.group(1)): body for m, body in zip(
+        re.finditer(r"Function : _Z11store_ratesILi(\d)E", listing),
+        re.split(r"Function : _Z11store_ratesILi\dE", listing)[1:])}
+    assert sorted(functions) == sorted(probe.PATTERNS)
+    stores = {p: re.findall(r"\bSTG\.E(?:\.(\d+))?\b", body) for p, body in functions.items()}
+    assert stores[0] == [""] * 64
+    assert stores[2] == stores[4] == ["128"] * 16 and stores[3] == ["128"] * 32
+    assert functions[4].count("SHFL.BFLY") == 64 and "ENDCOLLECTIVE" not in functions[4]
+    assert functions[5].count("UBLKCP") == 1
+
+
 def test_sass_report_splits_the_fragment_kernel_at_its_waits(capsys):
     """bench/sass_report.py on the FP8 fragment kernel: the tile loop opens at
     the stage's mbarrier wait, and the stretch after the wait's barrier holds
