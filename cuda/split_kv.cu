@@ -143,19 +143,43 @@ __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of
                                           typename T::storage* out, float* lse_out) {
   // The merged values of this lane's columns, and the LSE from the largest
   // piece LSE (0 when every piece is empty) and the sum of the weights.
+  // A lane's four values leave in one store where `out` allows it: a warp's
+  // store then fills whole 32-byte sectors (four stores that each wrote a
+  // quarter of every sector ran at a fraction of the rate).
   auto write = [&](const float (&acc)[4], float safe, float total) {
+    struct alignas(4 * sizeof(typename T::storage)) Four {
+      typename T::storage v[4];
+    };
+    if (c + 3 < dv && reinterpret_cast<size_t>(out + c) % sizeof(Four) == 0) {
+      Four four;
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
-      if (c + e < dv) out[c + e] = T::from_float(acc[e]);
+      for (int e = 0; e < 4; ++e) four.v[e] = T::from_float(acc[e]);
+      *reinterpret_cast<Four*>(out + c) = four;
+    } else {
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (c + e < dv) out[c + e] = T::from_float(acc[e]);
+    }
     if (c == 0) *lse_out = row_seen(total) ? safe + logf(total) : CUMLA_NEG_INF;
+  };
+  // Piece k's four values of this lane (zeros past dv, or for a piece
+  // that is not there): one 16-byte load where the row allows it.
+  auto read = [&](int k, bool there, float (&v)[4]) {
+    const float* at = row_of(k) + c;
+    if (there && c + 3 < dv && reinterpret_cast<size_t>(at) % 16 == 0) {
+      const float4 f = *reinterpret_cast<const float4*>(at);
+      v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+    } else {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) v[e] = there && c + e < dv ? at[e] : 0.f;
+    }
   };
   if (pieces <= kFewPieces) {
     float lse[kFewPieces], v[kFewPieces][4];
 #pragma unroll
     for (int k = 0; k < kFewPieces; ++k) {
       lse[k] = k < pieces ? lse_of(k) : CUMLA_NEG_INF;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) v[k][e] = k < pieces && c + e < dv ? row_of(k)[c + e] : 0.f;
+      read(k, k < pieces, v[k]);
     }
     float peak = CUMLA_NEG_INF;
 #pragma unroll
@@ -201,8 +225,7 @@ __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of
       float v[kMergeBatch][4];
 #pragma unroll
       for (int j = 0; j < kMergeBatch; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) v[j][e] = j0 + j < count && c + e < dv ? row_of(k0 + j0 + j)[c + e] : 0.f;
+        read(k0 + j0 + j, j0 + j < count, v[j]);
 #pragma unroll
       for (int j = 0; j < kMergeBatch; ++j) {
         const float w = __shfl_sync(0xffffffffu, mine, (j0 + j) % 32);  // past count: times v = 0
