@@ -900,9 +900,9 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
     // Final 16-bit rows: the quads' words transposed by shuffles (which
     // every lane of the warp joins: a row past p.rows only skips its
     // stores), so that a thread holds 8 consecutive values, one 16-byte
-    // store where `out` is 16-byte aligned. The FP8 build still stores its
-    // final rows a pair of values at a time, below (the quad form compiles
-    // there without spills but has not run: hopper-fp8-quad-stores).
+    // store where `out` is 16-byte aligned. The FP8 build stores its final
+    // rows a pair of values at a time, below: the quad form there measured
+    // 5-7% slower at config F (docs/NOTES.md, hopper-fp8-quad-stores).
     const bool wide_out = (reinterpret_cast<size_t>(p.out) & 15) == 0;
     // (a vote: the compiler then knows the whole warp takes the branch and
     // issues the shuffles inline, not as divergence-safe collectives)
