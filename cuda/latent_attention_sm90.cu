@@ -897,16 +897,16 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
     mbar_arrive(xbar(X_SUMS));
     mbar_wait(xbar(X_SUMS), request_phase);
     const u64 keep = evict_last_policy();  // partials: read back by the combine
-    // Final 16-bit rows: the quads' words transposed by shuffles (which
-    // every lane of the warp joins: a row past p.rows only skips its
-    // stores), so that a thread holds 8 consecutive values, one 16-byte
-    // store where `out` is 16-byte aligned. The FP8 build stores its final
-    // rows a pair of values at a time, below: the quad form there measured
-    // 5-7% slower at config F (docs/NOTES.md, hopper-fp8-quad-stores).
-    const bool wide_out = (reinterpret_cast<size_t>(p.out) & 15) == 0;
-    // (a vote: the compiler then knows the whole warp takes the branch and
-    // issues the shuffles inline, not as divergence-safe collectives)
-    const bool quad_stores = !kFp8 && __all_sync(0xffffffffu, seg.final());
+    // Final rows and partials alike leave in the output's 16-bit type (the
+    // combine reads partials as combine_partials<T, true>), normalised.
+    u16* const dst = static_cast<u16*>(seg.final() ? p.out : static_cast<void*>(p.part_out));
+    // Quads' words transposed by shuffles (which every lane of the warp
+    // joins: a row past p.rows only skips its stores), so that a thread holds
+    // 8 consecutive values, one 16-byte store where `dst` is 16-byte aligned
+    // (`out` may be only 4-byte aligned; the partials always are). The FP8
+    // build still stores a pair of values at a time, below (the quad form
+    // compiles there without spills and ran slower: hopper-fp8-quad-stores).
+    const bool wide_out = (reinterpret_cast<size_t>(dst) & 15) == 0;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = r_lo + 8 * h;
@@ -919,17 +919,18 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
         if (seg.final()) p.lse[out_row] = lse;
         else st_global_keep(p.part_lse + out_row, lse, keep);
       }
-      if (quad_stores) {
-        u32* out_at = reinterpret_cast<u32*>(static_cast<u16*>(p.out) + out_row * DV + wg * kHalf);
+      u32* const row_at = reinterpret_cast<u32*>(dst + out_row * DV + wg * kHalf);
+      if constexpr (!kFp8) {
 #pragma unroll
         for (int j0 = 0; j0 < kHalf / 8; j0 += 4) {
           u32 w[4];  // quad lane q: columns 8 (j0 + i) + 2q, + 1; after: the 8 columns of j0 + q
 #pragma unroll
           for (int i = 0; i < 4; ++i) w[i] = T::pack(o[4 * (j0 + i) + 2 * h] * inv, o[4 * (j0 + i) + 2 * h + 1] * inv);
           transpose_quad(w, lane % 4);
-          u32* at = out_at + 4 * (j0 + lane % 4);
+          u32* at = row_at + 4 * (j0 + lane % 4);
           if (in_rows && wide_out) {
-            *reinterpret_cast<uint4*>(at) = make_uint4(w[0], w[1], w[2], w[3]);
+            if (seg.final()) *reinterpret_cast<uint4*>(at) = make_uint4(w[0], w[1], w[2], w[3]);
+            else st_global_keep(at, make_uint4(w[0], w[1], w[2], w[3]), keep);
           } else if (in_rows) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) at[i] = w[i];
@@ -939,12 +940,10 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
 #pragma unroll
         for (int j = 0; j < kHalf / 8; ++j) {
           const int k = 4 * j + 2 * h;  // registers 4j + 2h, 4j + 2h + 1 hold row h
-          const int col = wg * kHalf + 8 * j + cq;
-          const float v0 = o[k] * inv, v1 = o[k + 1] * inv;
-          if (seg.final())
-            *reinterpret_cast<u32*>(static_cast<u16*>(p.out) + out_row * DV + col) = T::pack(v0, v1);
-          else
-            st_global_keep(p.part_out + out_row * DV + col, v0, v1, keep);
+          const u32 pair = T::pack(o[k] * inv, o[k + 1] * inv);
+          u32* at = row_at + (8 * j + cq) / 2;
+          if (seg.final()) *at = pair;
+          else st_global_keep(at, pair, keep);
         }
       }
     }

@@ -29,7 +29,8 @@ struct AttnParams {
   const int* block_table;   // (B, max_blocks) or null: contiguous cache
   void* out;                // (B, M, DV) in the input type
   float* lse;               // (B, M)
-  float* part_out;          // (slots, M, DV) normalised partial outputs
+  float* part_out;          // (slots, M, DV) normalised partial outputs: float32, the Hopper kernel's
+                            // in the output's 16-bit type (combine_partials<T, true>)
   float* part_lse;          // (slots, M)
   Schedule sched;
   int batch, rows, q_len, heads;

@@ -133,49 +133,65 @@ constexpr int kFewPieces = 4;
 constexpr int kMergeBatch = 6;
 
 // One warp merges `pieces` partial results of one query row by their LSE:
-// piece k has log-sum-exp lse_of(k) and values row_of(k)[0, dv). This lane
-// writes columns c..c+3 of `out`, lane 0 of the warp with c = 0 the merged
-// LSE to *lse_out. The weights exp(lse_k - max) / sum are computed once per
-// lane for 32 pieces at a time and broadcast, so the loop over pieces is
-// independent vector loads.
-template <class T, class LseOf, class RowOf>
+// piece k has log-sum-exp lse_of(k) and values row_of(k)[0, dv) of type P
+// (float, or the output's 16-bit storage). This lane merges 16 bytes of each
+// piece's row, kPerLane = 16 / sizeof(P) columns from c, and writes them to
+// `out`, lane 0 of the warp with c = 0 the merged LSE to *lse_out. The
+// weights exp(lse_k - max) / sum are computed once per lane for 32 pieces at
+// a time and broadcast, so the loop over pieces is independent vector loads.
+template <class T, class P, class LseOf, class RowOf>
 __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of, int c, int dv,
                                           typename T::storage* out, float* lse_out) {
+  constexpr int kPerLane = 16 / sizeof(P);
+  using Out = typename T::storage;
   // The merged values of this lane's columns, and the LSE from the largest
   // piece LSE (0 when every piece is empty) and the sum of the weights.
-  // A lane's four values leave in one store where `out` allows it: a warp's
-  // store then fills whole 32-byte sectors (four stores that each wrote a
-  // quarter of every sector ran at a fraction of the rate).
-  auto write = [&](const float (&acc)[4], float safe, float total) {
-    struct alignas(4 * sizeof(typename T::storage)) Four {
-      typename T::storage v[4];
+  // A lane's values leave in one store where `out` allows it: a warp's
+  // store then fills whole 32-byte sectors (stores that each wrote a
+  // fraction of every sector ran at a fraction of the rate).
+  auto write = [&](const float (&acc)[kPerLane], float safe, float total) {
+    struct alignas(kPerLane * sizeof(Out)) Lane {
+      Out v[kPerLane];
     };
-    if (c + 3 < dv && reinterpret_cast<size_t>(out + c) % sizeof(Four) == 0) {
-      Four four;
+    if (c + kPerLane <= dv && reinterpret_cast<size_t>(out + c) % sizeof(Lane) == 0) {
+      Lane lane;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) four.v[e] = T::from_float(acc[e]);
-      *reinterpret_cast<Four*>(out + c) = four;
+      for (int e = 0; e < kPerLane; ++e) lane.v[e] = T::from_float(acc[e]);
+      *reinterpret_cast<Lane*>(out + c) = lane;
     } else {
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
+      for (int e = 0; e < kPerLane; ++e)
         if (c + e < dv) out[c + e] = T::from_float(acc[e]);
     }
     if (c == 0) *lse_out = row_seen(total) ? safe + logf(total) : CUMLA_NEG_INF;
   };
-  // Piece k's four values of this lane (zeros past dv, or for a piece
-  // that is not there): one 16-byte load where the row allows it.
-  auto read = [&](int k, bool there, float (&v)[4]) {
-    const float* at = row_of(k) + c;
-    if (there && c + 3 < dv && reinterpret_cast<size_t>(at) % 16 == 0) {
-      const float4 f = *reinterpret_cast<const float4*>(at);
-      v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-    } else {
+  // Piece k's 16 bytes of this lane as four words (zeros past dv, or for a
+  // piece that is not there): one 16-byte load where the row allows it. The
+  // values are unpacked where they are used, so that a piece in flight holds
+  // four registers whatever its element.
+  auto read = [&](int k, bool there, u32 (&words)[4]) {
+    const P* at = row_of(k) + c;
+    if (there && c + kPerLane <= dv && reinterpret_cast<size_t>(at) % 16 == 0) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(at);
+      words[0] = raw.x, words[1] = raw.y, words[2] = raw.z, words[3] = raw.w;
+      return;
+    }
 #pragma unroll
-      for (int e = 0; e < 4; ++e) v[e] = there && c + e < dv ? at[e] : 0.f;
+    for (int i = 0; i < 4; ++i) words[i] = 0;  // +0 in every element type
+#pragma unroll
+    for (int e = 0; e < kPerLane; ++e) {
+      if (!there || c + e >= dv) continue;
+      if constexpr (sizeof(P) == sizeof(u32)) words[e] = __float_as_uint(at[e]);
+      else words[e / 2] |= u32(at[e]) << (16 * (e % 2));
     }
   };
+  auto value = [](const u32 (&words)[4], int e) {
+    if constexpr (sizeof(P) == sizeof(u32)) return __uint_as_float(words[e]);
+    else return T::to_float(static_cast<u16>(words[e / 2] >> (16 * (e % 2))));
+  };
   if (pieces <= kFewPieces) {
-    float lse[kFewPieces], v[kFewPieces][4];
+    float lse[kFewPieces];
+    u32 v[kFewPieces][4];
 #pragma unroll
     for (int k = 0; k < kFewPieces; ++k) {
       lse[k] = k < pieces ? lse_of(k) : CUMLA_NEG_INF;
@@ -192,11 +208,11 @@ __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of
       total += w[k];
     }
     const float inv = row_seen(total) ? 1.f / total : 0.f;
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    float acc[kPerLane] = {};
 #pragma unroll
     for (int k = 0; k < kFewPieces; ++k)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[e] += w[k] * inv * v[k][e];
+      for (int e = 0; e < kPerLane; ++e) acc[e] += w[k] * inv * value(v[k], e);
     write(acc, safe, total);
     return;
   }
@@ -216,13 +232,13 @@ __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of
   // The values in batches of kMergeBatch pieces, each batch's loads issued
   // before its first use: a merge waits about pieces / kMergeBatch load
   // latencies (one per piece or two when each load sat beside its FMAs).
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  float acc[kPerLane] = {};
   for (int k0 = 0; k0 < pieces; k0 += 32) {
     const float lse_k = k0 == 0 ? first_lse : k0 + lane < pieces ? lse_of(k0 + lane) : CUMLA_NEG_INF;
     const float mine = expf(lse_k - safe) * inv;  // 0 past the pieces
     const int count = min(32, pieces - k0);
     for (int j0 = 0; j0 < count; j0 += kMergeBatch) {
-      float v[kMergeBatch][4];
+      u32 v[kMergeBatch][4];
 #pragma unroll
       for (int j = 0; j < kMergeBatch; ++j)
         read(k0 + j0 + j, j0 + j < count, v[j]);
@@ -230,21 +246,29 @@ __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of
       for (int j = 0; j < kMergeBatch; ++j) {
         const float w = __shfl_sync(0xffffffffu, mine, (j0 + j) % 32);  // past count: times v = 0
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[e] += w * v[j][e];
+        for (int e = 0; e < kPerLane; ++e) acc[e] += w * value(v[j], e);
       }
     }
   }
   write(acc, safe, total);
 }
 
-// Grid (ceil(rows / 8) * batch, ceil(dv / 128)), 256 threads: one warp per
-// query row and 128 output columns, 4 adjacent ones per lane; a request's
-// row blocks are adjacent in x, which holds any batch (y and z stop at 65535).
-template <class T>
+// The partials' element: float, or with kNarrow the output's 16-bit storage
+// (the Hopper kernel's: half the bytes written and read back).
+template <class T, bool kNarrow> struct PartialOf { using type = float; };
+template <class T> struct PartialOf<T, true> { using type = typename T::storage; };
+
+// Grid (ceil(rows / 8) * batch, ceil(dv / (32 * per lane))), 256 threads: one
+// warp per query row and 32 lanes of 16 bytes of partials (4 float or 8
+// 16-bit columns each); a request's row blocks are adjacent in x, which
+// holds any batch (y and z stop at 65535).
+template <class T, bool kNarrow>
 __global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ AttnParams p, int dv) {
+  using P = typename PartialOf<T, kNarrow>::type;
+  constexpr int kPerLane = 16 / sizeof(P), kWarpColumns = 32 * kPerLane;
   const int row_blocks = (p.rows + 7) / 8;
   const int b = blockIdx.x / row_blocks, r = (blockIdx.x % row_blocks) * 8 + threadIdx.x / 32;
-  const int c = blockIdx.y * 128 + 4 * (threadIdx.x % 32);
+  const int lane = threadIdx.x % 32, c = blockIdx.y * kWarpColumns + kPerLane * lane;
   // piece_base comes from make_schedule, done before the attention kernel
   // started: readable before the wait below.
   const int pieces = p.sched.piece_base[b + 1] - p.sched.piece_base[b];
@@ -257,20 +281,21 @@ __global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ 
   wait_for_previous_grid();
   if (idle) return;
   const size_t first = static_cast<size_t>(p.sched.piece_base[b]);
-  const float* lse = p.part_lse + first * p.rows + r;           // piece k at lse[k * rows]
-  const float* part = p.part_out + (first * p.rows + r) * dv;  // piece k at part[k * rows * dv]
+  const float* lse = p.part_lse + first * p.rows + r;  // piece k at lse[k * rows]
+  const P* part = reinterpret_cast<const P*>(p.part_out) + (first * p.rows + r) * dv;  // piece k at part[k * rows * dv]
   const size_t row = static_cast<size_t>(b) * p.rows + r;
-  merge_row<T>(
+  merge_row<T, P>(
       pieces, [&](int k) { return lse[static_cast<size_t>(k) * p.rows]; },
       [&](int k) { return part + static_cast<size_t>(k) * p.rows * dv; }, c, dv,
       static_cast<typename T::storage*>(p.out) + row * dv, p.lse + row);
   // The partials are scratch, read once: drop their L2 lines (the Hopper
   // kernel keeps them with evict_last priority) without writing them back.
-  // Lanes 0-3 each own one 128-byte line of this warp's 128 columns, where
-  // rows are whole lines (dv % 32 == 0) so that no line holds another row.
+  // Lanes 0-3 each own one 128-byte line of this warp's 512 bytes, where
+  // rows are whole lines so that no line holds another row.
+  constexpr int kLine = 128 / sizeof(P);
   __syncwarp();
-  const int lane = threadIdx.x % 32, line = blockIdx.y * 128 + 32 * lane;
-  if (dv % 32 == 0 && lane < 4 && line + 32 <= dv) {
+  const int line = blockIdx.y * kWarpColumns + kLine * lane;
+  if (dv % kLine == 0 && lane < 4 && line + kLine <= dv) {
     for (int k = 0; k < pieces; ++k)
       asm volatile("discard.global.L2 [%0], 128;" ::"l"(part + static_cast<size_t>(k) * p.rows * dv + line) : "memory");
   }
@@ -287,7 +312,7 @@ __global__ void __launch_bounds__(256) merge_ranks(const float* __restrict__ gat
   if (r >= rows) return;
   const size_t rank_stride = static_cast<size_t>(rows) * (dv + 1);
   const float* mine = gathered + static_cast<size_t>(r) * (dv + 1);
-  merge_row<T>(
+  merge_row<T, float>(
       world, [&](int k) { return mine[k * rank_stride + dv]; }, [&](int k) { return mine + k * rank_stride; }, c, dv,
       out + static_cast<size_t>(r) * dv, lse + r);
 }

@@ -101,10 +101,17 @@ class LatentKernel:
     # Takes FP8 codes into its MMAs exactly and applies the scales in float32,
     # rather than dequantising them to the input dtype first.
     fp8_exact: bool = False
+    # Writes split requests' partials in the output's 16-bit type, not float32.
+    narrow_partials: bool = False
 
     @property
     def combine(self) -> str:
-        return f"combine_partials<{self.element}>"
+        return combine_name(self.element, self.narrow_partials)
+
+    @property
+    def combine_lane_columns(self) -> int:
+        """Output columns a lane of the combine merges: 16 bytes of partials."""
+        return 8 if self.narrow_partials else 4
 
     def grid(self, parts: int, rows: int) -> tuple[int, int]:
         """Launch grid for ``parts`` schedule parts and ``rows`` query rows: the
@@ -259,7 +266,7 @@ def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int, block_size: int | None 
     fp8 = f", {group}" if group else ""
     name = f"latent_attention_sm90<{element}, {dim}, {v_dim}, {'true' if producer else 'false'}{fp8}>"
     return LatentKernel("latent_attention_sm90.cu", (name,), name, 64, _hopper_smem(dim, v_dim), element, tma=True,
-                        threads=HOPPER_PRODUCER_THREADS if producer else THREADS)
+                        threads=HOPPER_PRODUCER_THREADS if producer else THREADS, narrow_partials=True)
 
 
 def hopper_fp8_kernel(dtype: np.dtype, fmt: Any, arch: str, block_size: int | None = None,
@@ -388,7 +395,9 @@ class DecompressedKernel:
 
     @property
     def combine(self) -> str:
-        return f"combine_partials<{self.element}>"
+        return combine_name(self.element, False)
+
+    combine_lane_columns = 4  # float32 partials: 16 bytes a lane
 
 
 def _rows_bytes(rows: int, width: int) -> int:
@@ -451,9 +460,16 @@ def _decompressed_kernel(dtype: np.dtype, latent: int, rope: int, nope: int, v_d
     return DecompressedKernel(name, queries, smem, element)
 
 
+def combine_name(element: str, narrow: bool) -> str:
+    """The combine step for outputs of ``element`` over float32 partials, or
+    over partials in the output's 16-bit type where ``narrow``."""
+    return f"combine_partials<{element}, {'true' if narrow else 'false'}>"
+
+
 #: The split-KV module: the scheduler and the combine step for every element type.
-SPLIT_KV_NAMES = ("make_schedule",) + tuple(f"{k}<{e}>" for k in ("combine_partials", "merge_ranks")
-                                               for e in ("bf16_t", "f16_t", "f32_t"))
+SPLIT_KV_NAMES = (("make_schedule",) + tuple(combine_name(e, False) for e in ("bf16_t", "f16_t", "f32_t"))
+                  + tuple(combine_name(e, True) for e in ("bf16_t", "f16_t"))
+                  + tuple(f"merge_ranks<{e}>" for e in ("bf16_t", "f16_t", "f32_t")))
 
 
 #: FP8 rows dequantised into a pool of 16-bit or float32 rows, for the kernels

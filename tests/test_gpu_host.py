@@ -80,7 +80,7 @@ def test_batches_past_65535_requests_launch_the_combine_with_the_batch_in_x(cp):
     q = device(cp, np.zeros((batch, heads, 32), np.float16))
     cumla.latent_attention(q, cache, v_dim=16, scale=0.1)
     combine = cp.launches[-1]
-    assert combine.name == "combine_partials<f16_t>" and combine.grid == (batch, 1)  # one 8-row block a request
+    assert combine.name == "combine_partials<f16_t, false>" and combine.grid == (batch, 1)  # one 8-row block a request
 
 
 def test_absorbed_decode_launches(cp):
@@ -88,7 +88,7 @@ def test_absorbed_decode_launches(cp):
     o = cumla.decode(**args, strategy="absorbed")
     assert isinstance(o, cp.ndarray) and o.shape == (3, 1, 16, DV) and o.dtype == cumla.bfloat16
     names = [launch.name for launch in cp.launches]
-    assert names == ["make_schedule", "latent_attention_sm90<bf16_t, 576, 512, true>", "combine_partials<bf16_t>"]
+    assert names == ["make_schedule", "latent_attention_sm90<bf16_t, 576, 512, true>", "combine_partials<bf16_t, true>"]
     schedule, attend, combine = cp.launches
     absorb, unabsorb = cp.gemms
     # The absorption reads q and w_kv in place (strided views, no float32 copies)
@@ -106,7 +106,7 @@ def test_absorbed_decode_launches(cp):
     assert schedule.grid == (1,) and schedule.block == (1024,)
     assert attend.grid == (1, parts) and attend.block == (spec.threads,) == (384,)  # pages of 64: a producer warpgroup
     assert attend.shared_mem == spec.smem == attend.limit
-    assert combine.grid == (2 * 3, 4)  # 16 rows in 8s for each of 3 requests, 512 columns in 128s
+    assert combine.grid == (2 * 3, 2)  # 16 rows in 8s for each of 3 requests, 512 columns in 256s (16-bit partials)
     assert combine.dependent and not attend.dependent  # the combine's launch overlaps the attention kernel
     assert combine.args[1] == np.int32(512)
     assert field(attend, "rows") == 16 and field(attend, "heads") == 16 and field(attend, "q_len") == 1
@@ -133,7 +133,8 @@ def test_combine_is_a_dependent_launch_from_sm90(monkeypatch, capability, depend
                     w_kv=args["w_kv"][:128, :16 * 128].copy())
     cumla.decode(**args, strategy=strategy)
     attend, combine = fake.launches[-2:]
-    assert combine.name == "combine_partials<f16_t>" and combine.dependent == dependent
+    narrow = "true" if capability == "90" and strategy == "absorbed" else "false"  # the Hopper kernel's 16-bit partials
+    assert combine.name == f"combine_partials<f16_t, {narrow}>" and combine.dependent == dependent
     assert not attend.dependent and attend.name.startswith("decompressed" if strategy == "decompressed" else "latent")
 
 
@@ -295,7 +296,7 @@ def test_plan_and_out_are_used_as_given(cp):
     attend, combine = cp.launches  # no schedule launch: the plan's is reused
     assert attend.grid == (4, 7)  # 256 rows in tiles of 64, adjacent per part
     assert field(attend, "out") == out.data.ptr and field(attend, "work") == plan.work.data.ptr
-    assert field(attend, "causal") == 1 and combine.grid == (32 * 3, 4)
+    assert field(attend, "causal") == 1 and combine.grid == (32 * 3, 2)
 
 
 def test_decompressed_launches_for_every_dtype(cp):
@@ -304,7 +305,7 @@ def test_decompressed_launches_for_every_dtype(cp):
     names = [launch.name for launch in cp.launches]
     spec = _kernels.decompressed_kernel(cumla.bfloat16, L, R, DN, DV, "sm_90a")  # the stand-in is a Hopper GPU
     assert spec.name.endswith(", true>")  # its decompression on warpgroup MMAs
-    assert names == ["make_schedule", spec.name, "combine_partials<bf16_t>"]
+    assert names == ["make_schedule", spec.name, "combine_partials<bf16_t, false>"]
     attend = cp.launches[1]
     assert attend.grid == (132 // (4 * 2), 2, 4) and attend.shared_mem == spec.smem == attend.limit
     assert field(attend, "w") == args["w_kv"].data.ptr
@@ -312,7 +313,7 @@ def test_decompressed_launches_for_every_dtype(cp):
     cp.launches.clear()
     cumla.decode(**f32)  # auto: the cost model says decompressed, float32 too
     spec = _kernels.decompressed_kernel(np.float32, L, R, DN, DV)
-    assert [launch.name for launch in cp.launches] == ["make_schedule", spec.name, "combine_partials<f32_t>"]
+    assert [launch.name for launch in cp.launches] == ["make_schedule", spec.name, "combine_partials<f32_t, false>"]
     assert spec.name == "decompressed_attention_f32<512, 64, 128, 128>" and spec.queries == 16
     assert cp.launches[1].grid == (132 // (4 * 19), 19, 4) and cp.launches[1].shared_mem == spec.smem
 
