@@ -98,11 +98,11 @@ __device__ __forceinline__ void transpose_quad(u32 (&w)[4], int q) {
   }
 }
 
+__device__ __forceinline__ void st_global_keep(float* p, float a, float b, u64 policy) {
+  asm volatile("st.global.L2::cache_hint.v2.f32 [%0], {%1, %2}, %3;" ::"l"(p), "f"(a), "f"(b), "l"(policy) : "memory");
+}
 __device__ __forceinline__ void st_global_keep(float* p, float a, u64 policy) {
   asm volatile("st.global.L2::cache_hint.f32 [%0], %1, %2;" ::"l"(p), "f"(a), "l"(policy) : "memory");
-}
-__device__ __forceinline__ void st_global_keep(u32* p, u32 a, u64 policy) {
-  asm volatile("st.global.L2::cache_hint.b32 [%0], %1, %2;" ::"l"(p), "r"(a), "l"(policy) : "memory");
 }
 __device__ __forceinline__ void st_global_keep(u32* p, uint4 a, u64 policy) {
   asm volatile("st.global.L2::cache_hint.v4.b32 [%0], {%1, %2, %3, %4}, %5;" ::"l"(p), "r"(a.x), "r"(a.y), "r"(a.z),

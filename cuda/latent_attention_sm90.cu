@@ -903,9 +903,12 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
     // Quads' words transposed by shuffles (which every lane of the warp
     // joins: a row past p.rows only skips its stores), so that a thread holds
     // 8 consecutive values, one 16-byte store where `dst` is 16-byte aligned
-    // (`out` may be only 4-byte aligned; the partials always are). The FP8
-    // build still stores a pair of values at a time, below (the quad form
-    // compiles there without spills and ran slower: hopper-fp8-quad-stores).
+    // (`out` may be only 4-byte aligned; the partials always are).
+    // The FP8 build stores a pair of values at a time and keeps float32
+    // partials (combine_partials<T, false>), below: its converter code
+    // follows this epilogue in the binary, and both changes to its epilogue
+    // (the quad form, 16-bit partials) made config F 5-9% slower with the
+    // loops' code unchanged (docs/NOTES.md, session 39).
     const bool wide_out = (reinterpret_cast<size_t>(dst) & 15) == 0;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -919,8 +922,8 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
         if (seg.final()) p.lse[out_row] = lse;
         else st_global_keep(p.part_lse + out_row, lse, keep);
       }
-      u32* const row_at = reinterpret_cast<u32*>(dst + out_row * DV + wg * kHalf);
       if constexpr (!kFp8) {
+        u32* const row_at = reinterpret_cast<u32*>(dst + out_row * DV + wg * kHalf);
 #pragma unroll
         for (int j0 = 0; j0 < kHalf / 8; j0 += 4) {
           u32 w[4];  // quad lane q: columns 8 (j0 + i) + 2q, + 1; after: the 8 columns of j0 + q
@@ -940,10 +943,12 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
 #pragma unroll
         for (int j = 0; j < kHalf / 8; ++j) {
           const int k = 4 * j + 2 * h;  // registers 4j + 2h, 4j + 2h + 1 hold row h
-          const u32 pair = T::pack(o[k] * inv, o[k + 1] * inv);
-          u32* at = row_at + (8 * j + cq) / 2;
-          if (seg.final()) *at = pair;
-          else st_global_keep(at, pair, keep);
+          const int col = wg * kHalf + 8 * j + cq;
+          const float v0 = o[k] * inv, v1 = o[k + 1] * inv;
+          if (seg.final())
+            *reinterpret_cast<u32*>(static_cast<u16*>(p.out) + out_row * DV + col) = T::pack(v0, v1);
+          else
+            st_global_keep(p.part_out + out_row * DV + col, v0, v1, keep);
         }
       }
     }

@@ -29,7 +29,7 @@ struct AttnParams {
   const int* block_table;   // (B, max_blocks) or null: contiguous cache
   void* out;                // (B, M, DV) in the input type
   float* lse;               // (B, M)
-  float* part_out;          // (slots, M, DV) normalised partial outputs: float32, the Hopper kernel's
+  float* part_out;          // (slots, M, DV) normalised partial outputs: float32, the 16-bit Hopper kernel's
                             // in the output's 16-bit type (combine_partials<T, true>)
   float* part_lse;          // (slots, M)
   Schedule sched;

@@ -266,7 +266,8 @@ def hopper_kernel(dtype: np.dtype, dim: int, v_dim: int, block_size: int | None 
     fp8 = f", {group}" if group else ""
     name = f"latent_attention_sm90<{element}, {dim}, {v_dim}, {'true' if producer else 'false'}{fp8}>"
     return LatentKernel("latent_attention_sm90.cu", (name,), name, 64, _hopper_smem(dim, v_dim), element, tma=True,
-                        threads=HOPPER_PRODUCER_THREADS if producer else THREADS, narrow_partials=True)
+                        threads=HOPPER_PRODUCER_THREADS if producer else THREADS,
+                        narrow_partials=not group)  # the FP8 build keeps float32 partials
 
 
 def hopper_fp8_kernel(dtype: np.dtype, fmt: Any, arch: str, block_size: int | None = None,
