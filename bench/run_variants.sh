@@ -18,7 +18,7 @@
 # fp8 or every_kernel or graph" took over 200 s in session 15); BENCH_S the
 # benchmark's (default 300 s; ~90 s bounds timing-only calls); SPLIT_COSTS=X
 # runs bench/split_costs.py at configs X (and the serving batches) on each
-# variant's install; RACECHECK=N runs compute-sanitizer racecheck N times on the small
+# variant's install, its further words passed on ("D --even 8x16384"); RACECHECK=N runs compute-sanitizer racecheck N times on the small
 # every-kernel test of each variant (its summaries are printed); TIMELINE=X
 # prints each variant's Hopper timeline at config X (bench/timeline.py's
 # arguments: "A C --table sequential" runs A and C with that option); TESTED
@@ -77,7 +77,7 @@ run_variant() {  # name, tree
     echo "$name: benchmark failed (rc $rc):"; tail -n 5 "$stem-bench.log"
   fi
   if [ -n "${SPLIT_COSTS:-}" ]; then
-    (cd "$tree/bench" && PYTHONPATH=$site timeout 150 python3 split_costs.py --configs "$SPLIT_COSTS" \
+    (cd "$tree/bench" && PYTHONPATH=$site timeout 150 python3 split_costs.py --configs $SPLIT_COSTS \
        --out "$stem-split" 2>&1) | tail -n 25 | sed "s|^|$name |"
   fi
   if [ -n "${TIMELINE:-}" ]; then

@@ -9,7 +9,10 @@ time, launch included). The two are captured as graphs once and replayed in
 alternation, so that a change of the card's clocks between them (seen at B
 and F) does not land on one side.
 
-    python bench/split_costs.py [--configs ABCDEF] [--out DIR]     # on a CUDA GPU
+    python bench/split_costs.py [--configs ABCDEF] [--even 8x16384 ...] [--out DIR]     # on a CUDA GPU
+
+--even adds even batches of BATCHxSEQ (H=128, Sq=1), e.g. shapes whose
+requests split into a given number of pieces (8x16384: ~8 a request).
 """
 from __future__ import annotations
 
@@ -81,11 +84,16 @@ def measure(name: str, lengths, rng, heads: int = 128, q_len: int = 1) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="ABCDEF")
+    parser.add_argument("--even", nargs="*", default=[], metavar="BATCHxSEQ",
+                        help="extra even batches, H=128, e.g. 8x16384")
     parser.add_argument("--out", default=None, help="folder for split-costs.json")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     batches = [(name, np.full(CONFIGS[name]["batch"], CONFIGS[name]["seq"], np.int32),
                 dict(heads=CONFIGS[name]["heads"], q_len=CONFIGS[name]["q_len"])) for name in args.configs]
+    for shape in args.even:
+        batch, seq = (int(v) for v in shape.split("x"))
+        batches.append((shape, np.full(batch, seq, np.int32), {}))
     batches += [(name, lengths, {}) for name, lengths in serving_batches()]
     rows = []
     print("| batch | full µs | attention µs | combine µs | pieces | split requests | busiest part tiles + segments |"
