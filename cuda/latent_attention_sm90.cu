@@ -897,8 +897,9 @@ __global__ void __launch_bounds__(kProducer ? 384 : 256, 1)
     mbar_arrive(xbar(X_SUMS));
     mbar_wait(xbar(X_SUMS), request_phase);
     const u64 keep = evict_last_policy();  // partials: read back by the combine
-    // Final rows and partials alike leave in the output's 16-bit type (the
-    // combine reads partials as combine_partials<T, true>), normalised.
+    // The 16-bit build: final rows and partials alike leave normalised in the
+    // output's 16-bit type (the combine reads partials as
+    // combine_partials<T, true>).
     u16* const dst = static_cast<u16*>(seg.final() ? p.out : static_cast<void*>(p.part_out));
     // Quads' words transposed by shuffles (which every lane of the warp
     // joins: a row past p.rows only skips its stores), so that a thread holds

@@ -198,14 +198,16 @@ def dependent_launches(device_id: int) -> bool:
     return int(cp.cuda.Device(device_id).compute_capability[:-1]) >= 9
 
 
-def _combine(name: str, params, rows: int, batch: int, v_dim: int, lane_columns: int) -> None:
-    """Merge split requests' partials: one warp per query row and 32
-    ``lane_columns`` output columns. From sm_90 on it is launched as the attention kernel's
+def _combine(spec, params, rows: int, batch: int, v_dim: int) -> None:
+    """Merge split requests' partials with the combine step of the attention
+    kernel ``spec`` (its name, and the output columns a lane merges): one
+    warp per query row. From sm_90 on it is launched as the attention kernel's
     programmatic dependent: with no request split it runs beside that kernel
     (an empty combine then costs nothing after it), else it is scheduled as
     the attention CTAs exit; its merges wait for that kernel's results."""
-    grid = (math.ceil(rows / 8) * batch, math.ceil(v_dim / (32 * lane_columns)))  # the batch in x: no 65535 limit
-    fn = kernel("split_kv.cu", SPLIT_KV_NAMES, name)
+    warp_columns = 32 * spec.combine_lane_columns
+    grid = (math.ceil(rows / 8) * batch, math.ceil(v_dim / warp_columns))  # the batch in x: no 65535 limit
+    fn = kernel("split_kv.cu", SPLIT_KV_NAMES, spec.combine)
     args = (params, np.int32(v_dim))
     if dependent_launches(cp.cuda.Device().id):
         _pdl.launch_dependent(fn.kernel.ptr, grid, (THREADS,), args, cp.cuda.get_current_stream().ptr)
@@ -267,7 +269,7 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
                  _tma.rows_map(cache.data.ptr, cache_rows, dim, 64, depth=v_dim // 128))
     attend = kernel(spec.file, spec.module, spec.name, spec.smem)
     attend(spec.grid(plan.num_parts, rows), (spec.threads,), args, shared_mem=spec.smem)
-    _combine(spec.combine, args[0], rows, batch, v_dim, spec.combine_lane_columns)
+    _combine(spec, args[0], rows, batch, v_dim)
     return o, lse
 
 
@@ -306,5 +308,5 @@ def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: flo
     params = _params(problem, plan, q, cache, seqlens, block_table, o, lse, scale, causal, w)
     attend = kernel("decompressed.cu", (spec.name,), spec.name, spec.smem)
     attend((parts, q_tiles, heads), (THREADS,), (params,), shared_mem=spec.smem)
-    _combine(spec.combine, params, rows, batch, v_dim, spec.combine_lane_columns)
+    _combine(spec, params, rows, batch, v_dim)
     return o, lse
