@@ -4,6 +4,7 @@
     python bench/profile_one.py C-fp8     # the core over FlashMLA's FP8 rows
     python bench/profile_one.py A-portable  # the mma.sync kernel where the Hopper one would run
     python bench/profile_one.py prefill   # the decompressed strategy's prefill chunk
+    python bench/profile_one.py random    # bench_gpu's serving batches: even, random, one10x
 """
 import sys
 
@@ -11,7 +12,7 @@ import numpy as np
 
 import cupy as cp
 import cumla
-from bench_gpu import CONFIGS, DN, L, R, fp8_pool, make_config, prefill_inputs
+from bench_gpu import BLOCK, CONFIGS, DN, L, R, fp8_pool, make_config, paged_inputs, prefill_inputs, serving_batches
 from cumla import _kernels
 
 
@@ -32,8 +33,21 @@ def core_call(name: str, fp8: bool = False, batch: int | None = None, num_parts:
                                           block_table=table, plan=plan, out=out, check=False, cache_format=fmt)
 
 
+#: profile_one's names of bench_gpu's serving batches (B=64, H=128, 64 x 4096 tokens).
+SERVING = dict(zip(("even", "random", "one10x"), (lengths for _, lengths in serving_batches())))
+
+
+def serving_call(name: str):
+    """One planned call of the serving batch ``name`` (H=128, page BLOCK), ready to repeat."""
+    q, cache, table, seqlens = paged_inputs(SERVING[name], 128, BLOCK, np.random.default_rng(0))
+    plan = cumla.plan(seqlens, heads=128, v_dim=L)
+    out = cp.empty(q.shape[:-1] + (L,), dtype=q.dtype)
+    return lambda: cumla.latent_attention(q, cache, v_dim=L, scale=1 / np.sqrt(DN + R), seqlens=seqlens,
+                                          block_table=table, plan=plan, out=out, check=False)
+
+
 def run_core(name: str, fp8: bool) -> None:
-    call = core_call(name, fp8)
+    call = serving_call(name) if name in SERVING else core_call(name, fp8)
     for _ in range(3):
         call()
 
@@ -47,8 +61,10 @@ def run_prefill() -> None:
 def main(name: str) -> None:
     config, *options = name.split("-")
     unknown = set(options) - {"fp8", "portable"}
-    if unknown or (config != "prefill" and config not in CONFIGS):
-        raise SystemExit(f"unknown shape {name!r}: A-F or prefill, optionally -fp8 and -portable")
+    if unknown or (config != "prefill" and config not in CONFIGS and config not in SERVING) or \
+            (config in SERVING and "fp8" in options):
+        raise SystemExit(f"unknown shape {name!r}: A-F, prefill or {', '.join(SERVING)}, "
+                         "optionally -portable, and -fp8 for A-F")
     if "portable" in options:
         _kernels.USE_HOPPER_KERNEL = False
     if config == "prefill":
