@@ -85,8 +85,23 @@ def options(arch: str) -> tuple[str, ...]:
 USE_HOPPER_KERNEL = True
 
 
+class _SplitPartials:
+    """The combine step that merges an attention kernel's split partials, from
+    its ``element`` and whether it writes them in that 16-bit type
+    (``narrow_partials``) or in float32."""
+
+    @property
+    def combine(self) -> str:
+        return combine_name(self.element, self.narrow_partials)
+
+    @property
+    def combine_lane_columns(self) -> int:
+        """Output columns a lane of the combine merges: 16 bytes of partials."""
+        return 8 if self.narrow_partials else 4
+
+
 @dataclass(frozen=True)
-class LatentKernel:
+class LatentKernel(_SplitPartials):
     """One specialisation of the latent-attention kernel."""
 
     file: str          # CUDA source
@@ -103,15 +118,6 @@ class LatentKernel:
     fp8_exact: bool = False
     # Writes split requests' partials in the output's 16-bit type, not float32.
     narrow_partials: bool = False
-
-    @property
-    def combine(self) -> str:
-        return combine_name(self.element, self.narrow_partials)
-
-    @property
-    def combine_lane_columns(self) -> int:
-        """Output columns a lane of the combine merges: 16 bytes of partials."""
-        return 8 if self.narrow_partials else 4
 
     def grid(self, parts: int, rows: int) -> tuple[int, int]:
         """Launch grid for ``parts`` schedule parts and ``rows`` query rows: the
@@ -386,19 +392,14 @@ def _choose(dtype: np.dtype, dim: int, v_dim: int, rows: int, hopper: bool, bloc
 
 
 @dataclass(frozen=True)
-class DecompressedKernel:
+class DecompressedKernel(_SplitPartials):
     """One specialisation of the tiled-decompression kernel (``queries`` query tokens per CTA)."""
 
     name: str
     queries: int
     smem: int
     element: str
-
-    @property
-    def combine(self) -> str:
-        return combine_name(self.element, False)
-
-    combine_lane_columns = 4  # float32 partials: 16 bytes a lane
+    narrow_partials = False  # float32 partials (not a field)
 
 
 def _rows_bytes(rows: int, width: int) -> int:
