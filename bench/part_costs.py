@@ -15,8 +15,13 @@ charges kSegmentCost = 3 tiles, 1.5 pairs). Per batch it prints the kernel's
 span, the CTA that ended last and the part the plan rates busiest (its tiles
 in whole pairs + kSegmentCost per segment), each with its work and time:
 whether the uneven batches lose their time in the busiest part or elsewhere.
+With ``--repeats N`` it stamps N calls of each batch and asks whether CTAs
+of equal work differ by their SM: each CTA's time over its call's median
+for its work, averaged per SM, and how well one call's per-SM times predict
+the next's (a correlation near 1: some SMs are slow every call, which only
+a schedule that moves work at run time recovers; near 0: chance).
 
-    python bench/part_costs.py [--batches D even random one] [--out DIR]   # Hopper, from bench/
+    python bench/part_costs.py [--batches D even random one] [--repeats N] [--out DIR]   # Hopper, from bench/
 """
 from __future__ import annotations
 
@@ -85,22 +90,60 @@ def batch_summary(name: str, spans_ns: np.ndarray, work: np.ndarray) -> dict:
             "times_us": times.tolist(), "pairs": cta_work[:, 1].tolist(), "segments": cta_work[:, 2].tolist()}
 
 
-def run_batch(lengths: np.ndarray, heads: int, q_len: int, rng) -> tuple[np.ndarray, np.ndarray]:
-    """The CTA spans (CTAs, 2) in ns and the parts' work of one planned call
-    in the profiling build, after warm-up calls."""
+def sm_consistency(runs: list[np.ndarray], work: np.ndarray) -> dict:
+    """Whether CTAs of equal work are slow on the same SMs call after call.
+
+    ``runs`` holds each call's CTA spans (CTAs, 5): ns start, ns end, clock
+    start, clock end, SM; CTA i works on part i // (CTAs / parts) of ``work``
+    (rows of part_work). A CTA's relative time is its time over the median of
+    the CTAs with the same pairs and segments in its call."""
+    per_part = len(runs[0]) // len(work)
+    kinds = [tuple(row) for row in np.repeat(np.asarray(work, np.int64)[:, 1:], per_part, axis=0)]
+    sms = 1 + max(int(r[:, 4].max()) for r in runs)
+    by_sm = np.full((len(runs), sms), np.nan)
+    skews = []
+    for i, spans in enumerate(runs):
+        times = (spans[:, 1] - spans[:, 0]).astype(np.float64)
+        relative = np.empty_like(times)
+        for kind in set(kinds):
+            mine = np.array([k == kind for k in kinds])
+            relative[mine] = times[mine] / np.median(times[mine])
+        for sm in range(sms):
+            on = spans[:, 4] == sm
+            if on.any() and any(kinds[j][0] for j in np.flatnonzero(on)):
+                by_sm[i, sm] = relative[on].mean()
+        skews.append(float((spans[:, 0].max() - spans[:, 0].min()) / 1e3))
+    seen = ~np.isnan(by_sm).any(axis=0)
+    pairs = [np.corrcoef(by_sm[i, seen], by_sm[i + 1, seen])[0, 1] for i in range(len(runs) - 1)]
+    mean = np.nanmean(by_sm[:, seen], axis=0)
+    order = np.argsort(mean)
+    sm_ids = np.flatnonzero(seen)
+    return {"calls": len(runs), "sms": int(seen.sum()),
+            "call_to_call_correlation": float(np.mean(pairs)) if pairs else float("nan"),
+            "relative_spread": [float(mean.min()), float(mean.max())],
+            "slowest_sms": [[int(sm_ids[j]), float(mean[j])] for j in order[::-1][:8]],
+            "fastest_sms": [[int(sm_ids[j]), float(mean[j])] for j in order[:8]],
+            "start_skew_us": skews, "per_sm_relative": by_sm.tolist()}
+
+
+def run_batch(lengths: np.ndarray, heads: int, q_len: int, rng, repeats: int = 1) -> tuple[list, np.ndarray]:
+    """The CTA spans (CTAs, 5) of ``repeats`` planned calls in the profiling
+    build, after warm-up calls, and the parts' work."""
     import cupy as cp
     from cumla._kernels import SCHEDULE_TILE
     from split_costs import planned_call
     from timeline import CTAS, stamped
 
     call, plan = planned_call(lengths, heads, q_len, rng)
-    _, spans = stamped(call, heads * q_len)
     work = part_work(cp.asnumpy(plan.work), lengths, SCHEDULE_TILE)
     ctas = len(work) * -(-heads * q_len // ROWS_PER_CTA)  # the grid: parts x row groups
-    ran = spans[:ctas, :2]
-    if ctas > CTAS or not ran[:, 1].all():
-        raise SystemExit(f"{int(np.count_nonzero(ran[:, 1]))} of {ctas} CTAs stamped (the build stamps {CTAS})")
-    return ran, work
+    runs = []
+    for _ in range(repeats):
+        ran = stamped(call, heads * q_len)[1][:ctas]
+        if ctas > CTAS or not ran[:, 1].all():
+            raise SystemExit(f"{int(np.count_nonzero(ran[:, 1]))} of {ctas} CTAs stamped (the build stamps {CTAS})")
+        runs.append(ran)
+    return runs, work
 
 
 def main() -> None:
@@ -112,6 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", nargs="*", default=["D", *SERVING],
                         help=f"configs of {''.join(CONFIGS)} and serving batches {list(SERVING)}")
+    parser.add_argument("--repeats", type=int, default=1, help="calls stamped per batch (2 or more: per-SM times)")
     parser.add_argument("--out", help="folder for part-costs.json")
     args = parser.parse_args()
     unknown = sorted(set(args.batches) - set(CONFIGS) - set(SERVING))
@@ -128,8 +172,10 @@ def main() -> None:
             lengths, heads, q_len = np.full(cfg["batch"], cfg["seq"], np.int32), cfg["heads"], cfg["q_len"]
         else:
             lengths, heads, q_len = serving[SERVING[name]], 128, 1
-        spans, work = run_batch(lengths, heads, q_len, rng)
-        rows.append(batch_summary(name, spans, work))
+        runs, work = run_batch(lengths, heads, q_len, rng, args.repeats)
+        rows.append(batch_summary(name, runs[0][:, :2], work))
+        if len(runs) > 1:
+            rows[-1]["sm_consistency"] = sm_consistency(runs, work)
         cp.get_default_memory_pool().free_all_blocks()
     fit = fit_costs(np.concatenate([r["times_us"] for r in rows]), np.concatenate([r["pairs"] for r in rows]),
                     np.concatenate([r["segments"] for r in rows]))
@@ -144,6 +190,12 @@ def main() -> None:
     print(f"fit over {sum(r['ctas'] for r in rows)} CTAs: {fit['us_per_pair']:.3f} µs a pair,"
           f" {fit['us_per_segment']:.2f} µs a segment ({fit['pairs_per_segment']:.2f} pairs),"
           f" {fit['us_fixed']:.2f} µs fixed; R^2 {fit['r2']:.3f}")
+    for r in rows:
+        if "sm_consistency" in r:
+            c = r["sm_consistency"]
+            print(f"{r['batch']}: per-SM relative time {c['relative_spread'][0]:.3f}-{c['relative_spread'][1]:.3f}"
+                  f" over {c['sms']} SMs, call-to-call correlation {c['call_to_call_correlation']:.2f} ({c['calls']} calls);"
+                  f" slowest {c['slowest_sms'][:4]}, start skew {max(c['start_skew_us']):.1f} µs")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "part-costs.json"), "w") as f:

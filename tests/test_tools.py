@@ -168,6 +168,30 @@ def test_part_costs_counts_pairs_and_fits_segment_costs():
     assert fit["us_fixed"] == pytest.approx(1.0) and fit["pairs_per_segment"] == pytest.approx(1.5)
     assert fit["r2"] == pytest.approx(1.0)
 
+
+def test_part_costs_finds_the_sms_that_are_slow_every_call():
+    """bench/part_costs.py's per-SM reading: an SM 10% slower in every call
+    leads the list with a call-to-call correlation near 1; times that only
+    differ by chance give none; CTAs are compared within their work."""
+    costs = bench_module("part_costs")
+    rng = np.random.default_rng(0)
+    n = 32
+    work = np.array([[2, 1, 1]] * (n // 2) + [[4, 2, 1]] * (n // 2))  # (tiles, pairs, segments): two kinds of part
+
+    def call(slow_sm):
+        sms = rng.permutation(n)
+        base = np.where(np.arange(n) < n // 2, 1000.0, 2000.0) * (1 + 0.005 * rng.standard_normal(n))
+        times = base * np.where(sms == slow_sm, 1.1, 1.0)
+        start = rng.integers(0, 50, n)
+        return np.column_stack([start, start + times, np.zeros(n), np.zeros(n), sms]).astype(np.int64)
+
+    slow = costs.sm_consistency([call(3) for _ in range(4)], work)
+    assert slow["slowest_sms"][0][0] == 3 and slow["slowest_sms"][0][1] == pytest.approx(1.1, abs=0.02)
+    assert slow["call_to_call_correlation"] > 0.8 and slow["sms"] == n
+    chance = costs.sm_consistency([call(-1) for _ in range(4)], work)
+    assert abs(chance["call_to_call_correlation"]) < 0.4
+    assert chance["relative_spread"][1] < 1.05
+
     # The plan's cost counts whole pairs: three one-tile segments (3 pairs)
     # outweigh 8 tiles in 2 segments, though they hold fewer tiles.
     assert costs.planned_cost([[3, 3, 3], [8, 4, 2]]).tolist() == [15, 14]
