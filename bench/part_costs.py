@@ -21,6 +21,13 @@ for its work, averaged per SM, and how well one call's per-SM times predict
 the next's (a correlation near 1: some SMs are slow every call, which only
 a schedule that moves work at run time recovers; near 0: chance).
 
+The profiling build stamps the combine's blocks too: per batch it prints
+when the combine's blocks start, when the first is released by the
+attention kernel's end, and when its last merge ends, each from the
+attention kernel's last CTA end, and the merging blocks' median and
+longest merge: whether the combine's time after the attention kernel is
+its launch, its release or its merges.
+
     python bench/part_costs.py [--batches D even random one] [--repeats N] [--out DIR]   # Hopper, from bench/
 """
 from __future__ import annotations
@@ -32,6 +39,7 @@ import os
 import numpy as np
 
 ROWS_PER_CTA = 64  # query rows of a CTA (a row group; Tile::BM)
+COMBINE_BLOCKS = 8192  # kCombineStampBlocks in cuda/split_kv.cu
 SEGMENT_COST = 3  # tiles' worth a segment costs in make_schedule (kSegmentCost in cuda/split_kv.cu)
 SERVING = {"even": "even", "random": "random 1..2S", "one": "one 10x longer"}  # bench_gpu's serving batch names
 
@@ -126,10 +134,34 @@ def sm_consistency(runs: list[np.ndarray], work: np.ndarray) -> dict:
             "start_skew_us": skews, "per_sm_relative": by_sm.tolist()}
 
 
-def run_batch(lengths: np.ndarray, heads: int, q_len: int, rng, repeats: int = 1) -> tuple[list, np.ndarray]:
-    """The CTA spans (CTAs, 5) of ``repeats`` planned calls in the profiling
-    build, after warm-up calls, and the parts' work."""
+def combine_summary(attention_ns: np.ndarray, combine: np.ndarray) -> dict:
+    """The combine's blocks against the attention kernel's CTAs of one call:
+    ``attention_ns`` (CTAs, 2) start and end, ``combine`` (blocks, 4) the
+    combine's stamps (ns at the start, after the wait or 0, at the last
+    warp's end; SM), unstamped rows zero. Times in µs from the attention
+    kernel's last CTA end."""
+    ran = combine[combine[:, 0] != 0]
+    if not len(ran):
+        return {"blocks": 0}
+    end = attention_ns[:, 1].max()
+    released = ran[ran[:, 1] != 0]
+    merged = released[released[:, 2] - released[:, 1] > 0]
+    merge_us = (merged[:, 2] - merged[:, 1]) / 1e3
+    return {"blocks": len(ran), "released_blocks": len(released),
+            "first_start_us": float((ran[:, 0].min() - end) / 1e3),
+            "last_start_us": float((ran[:, 0].max() - end) / 1e3),
+            "first_release_us": float((released[:, 1].min() - end) / 1e3) if len(released) else float("nan"),
+            "last_end_us": float((ran[:, 2].max() - end) / 1e3),
+            "median_merge_us": float(np.median(merge_us)) if len(merged) else 0.0,
+            "longest_merge_us": float(merge_us.max()) if len(merged) else 0.0}
+
+
+def run_batch(lengths: np.ndarray, heads: int, q_len: int, rng, repeats: int = 1) -> tuple[list, list, np.ndarray]:
+    """The CTA spans (CTAs, 5) and the combine's block stamps (blocks, 4) of
+    ``repeats`` planned calls in the profiling build, after warm-up calls,
+    and the parts' work."""
     import cupy as cp
+    from cumla import _gpu, _kernels
     from cumla._kernels import SCHEDULE_TILE
     from split_costs import planned_call
     from timeline import CTAS, stamped
@@ -137,13 +169,16 @@ def run_batch(lengths: np.ndarray, heads: int, q_len: int, rng, repeats: int = 1
     call, plan = planned_call(lengths, heads, q_len, rng)
     work = part_work(cp.asnumpy(plan.work), lengths, SCHEDULE_TILE)
     ctas = len(work) * -(-heads * q_len // ROWS_PER_CTA)  # the grid: parts x row groups
-    runs = []
+    module = _gpu._module("split_kv.cu", _kernels.SPLIT_KV_NAMES, _gpu._arch_of(cp.cuda.Device().id))
+    stamps = cp.ndarray((COMBINE_BLOCKS, 4), dtype=cp.int64, memptr=module.get_global("cumla_combine_span"))
+    runs, combines = [], []
     for _ in range(repeats):
-        ran = stamped(call, heads * q_len)[1][:ctas]
+        ran = stamped(call, heads * q_len, reset=lambda: stamps.fill(0))[1][:ctas]
         if ctas > CTAS or not ran[:, 1].all():
             raise SystemExit(f"{int(np.count_nonzero(ran[:, 1]))} of {ctas} CTAs stamped (the build stamps {CTAS})")
         runs.append(ran)
-    return runs, work
+        combines.append(stamps.get())
+    return runs, combines, work
 
 
 def main() -> None:
@@ -172,8 +207,9 @@ def main() -> None:
             lengths, heads, q_len = np.full(cfg["batch"], cfg["seq"], np.int32), cfg["heads"], cfg["q_len"]
         else:
             lengths, heads, q_len = serving[SERVING[name]], 128, 1
-        runs, work = run_batch(lengths, heads, q_len, rng, args.repeats)
+        runs, combines, work = run_batch(lengths, heads, q_len, rng, args.repeats)
         rows.append(batch_summary(name, runs[0][:, :2], work))
+        rows[-1]["combine"] = [combine_summary(r[:, :2], c) for r, c in zip(runs, combines)]
         if len(runs) > 1:
             rows[-1]["sm_consistency"] = sm_consistency(runs, work)
         cp.get_default_memory_pool().free_all_blocks()
@@ -190,6 +226,14 @@ def main() -> None:
     print(f"fit over {sum(r['ctas'] for r in rows)} CTAs: {fit['us_per_pair']:.3f} µs a pair,"
           f" {fit['us_per_segment']:.2f} µs a segment ({fit['pairs_per_segment']:.2f} pairs),"
           f" {fit['us_fixed']:.2f} µs fixed; R^2 {fit['r2']:.3f}")
+    print("| batch | combine blocks (released) | first start | first release | last end | median / longest merge |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        for c in r["combine"]:
+            if c["blocks"]:
+                print(f"| {r['batch']} | {c['blocks']} ({c['released_blocks']}) | {c['first_start_us']:.1f} |"
+                      f" {c['first_release_us']:.1f} | {c['last_end_us']:.1f} |"
+                      f" {c['median_merge_us']:.1f} / {c['longest_merge_us']:.1f} |")
     for r in rows:
         if "sm_consistency" in r:
             c = r["sm_consistency"]

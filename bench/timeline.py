@@ -81,10 +81,11 @@ REFILLS = (
 )
 
 
-def stamped(call, rows: int) -> tuple[np.ndarray, np.ndarray]:
+def stamped(call, rows: int, reset=None) -> tuple[np.ndarray, np.ndarray]:
     """The stamps (PAIRS, 2, STEPS) and the CTA spans (CTAS, 5) of one run of
     ``call`` (a planned call over ``rows`` query rows a request, on the bf16
-    Hopper kernel at DeepSeek dims) after warm-up calls."""
+    Hopper kernel at DeepSeek dims) after warm-up calls; ``reset``, if given,
+    clears other stamps before that run."""
     for _ in range(3):
         call()
     spec = _kernels.hopper_kernel(BFLOAT16, L + R, L, BLOCK, rows=rows)
@@ -93,6 +94,8 @@ def stamped(call, rows: int) -> tuple[np.ndarray, np.ndarray]:
     spans = cp.ndarray((CTAS, 5), dtype=cp.int64, memptr=module.get_global("cumla_cta_span"))
     stamps.fill(0)
     spans.fill(0)
+    if reset is not None:
+        reset()
     call()
     cp.cuda.Device().synchronize()
     return stamps.get(), spans.get()

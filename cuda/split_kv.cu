@@ -262,10 +262,52 @@ template <class T> struct PartialOf<T, true> { using type = typename T::storage;
 // warp per query row and 32 lanes of 16 bytes of partials (4 float or 8
 // 16-bit columns each); a request's row blocks are adjacent in x, which
 // holds any batch (y and z stop at 65535).
+#ifdef CUMLA_TIMELINE
+// Profiling build (bench/part_costs.py): per block (blockIdx.y * gridDim.x +
+// blockIdx.x) %globaltimer (ns) at its start, after its wait for the
+// attention kernel (0 if it left before it) and when its last warp ended,
+// and its SM: whether the combine's time after the attention kernel is its
+// launch, its wait or its merges.
+constexpr int kCombineStampBlocks = 8192;
+__device__ long long cumla_combine_span[kCombineStampBlocks][4];
+__device__ __forceinline__ long long combine_clock() {
+  long long ns;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+  return ns;
+}
+#define COMBINE_STAMP(field)                                                           \
+  do {                                                                                 \
+    const int block_ = blockIdx.y * gridDim.x + blockIdx.x;                            \
+    if (threadIdx.x == 0 && block_ < kCombineStampBlocks) {                            \
+      cumla_combine_span[block_][field] = combine_clock();                             \
+      if ((field) == 0) {                                                              \
+        unsigned sm_;                                                                  \
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm_));                               \
+        cumla_combine_span[block_][3] = sm_;                                           \
+      }                                                                                \
+    }                                                                                  \
+  } while (0)
+#define COMBINE_STAMP_END()                                                            \
+  do {                                                                                 \
+    const int block_ = blockIdx.y * gridDim.x + blockIdx.x;                            \
+    if (threadIdx.x % 32 == 0 && block_ < kCombineStampBlocks)                         \
+      atomicMax(reinterpret_cast<unsigned long long*>(&cumla_combine_span[block_][2]), \
+                static_cast<unsigned long long>(combine_clock()));                     \
+  } while (0)
+#else
+#define COMBINE_STAMP(field) \
+  do {                       \
+  } while (0)
+#define COMBINE_STAMP_END() \
+  do {                      \
+  } while (0)
+#endif
+
 template <class T, bool kNarrow>
 __global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ AttnParams p, int dv) {
   using P = typename PartialOf<T, kNarrow>::type;
   constexpr int kPerLane = 16 / sizeof(P), kWarpColumns = 32 * kPerLane;
+  COMBINE_STAMP(0);
   const int row_blocks = (p.rows + 7) / 8;
   const int b = blockIdx.x / row_blocks, r = (blockIdx.x % row_blocks) * 8 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32, c = blockIdx.y * kWarpColumns + kPerLane * lane;
@@ -277,9 +319,16 @@ __global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ 
   // may start while that kernel runs: wait for its partials before reading
   // them. Idle warps leave at once, except block 0's, which wait too so that
   // this grid never completes before the attention kernel does.
-  if (idle && (blockIdx.x | blockIdx.y) != 0) return;
+  if (idle && (blockIdx.x | blockIdx.y) != 0) {
+    COMBINE_STAMP_END();
+    return;
+  }
   wait_for_previous_grid();
-  if (idle) return;
+  COMBINE_STAMP(1);
+  if (idle) {
+    COMBINE_STAMP_END();
+    return;
+  }
   const size_t first = static_cast<size_t>(p.sched.piece_base[b]);
   const float* lse = p.part_lse + first * p.rows + r;  // piece k at lse[k * rows]
   const P* part = reinterpret_cast<const P*>(p.part_out) + (first * p.rows + r) * dv;  // piece k at part[k * rows * dv]
@@ -299,6 +348,7 @@ __global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ 
     for (int k = 0; k < pieces; ++k)
       asm volatile("discard.global.L2 [%0], 128;" ::"l"(part + static_cast<size_t>(k) * p.rows * dv + line) : "memory");
   }
+  COMBINE_STAMP_END();
 }
 
 // The merge of context-parallel ranks: gathered[k][r] = [o (dv) | lse] in

@@ -185,6 +185,20 @@ def test_hopper_timeline_build_keeps_the_kernel_as_it_is(monkeypatch):
             assert clock in listings["1"] and clock not in listings["0"]
 
 
+def test_combine_timeline_build_stamps_its_blocks(monkeypatch):
+    """The split-KV module's profiling build (its combine's block spans,
+    bench/part_costs.py) reads the global timer and spills nothing; its
+    default build reads no clock."""
+    assert CUOBJDUMP is not None, "cuobjdump missing: pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm"
+    for timeline in ("1", "0"):
+        monkeypatch.setenv("CUMLA_TIMELINE", timeline)
+        built = _compile.compile_source(NVRTC, _kernels.source("split_kv.cu"), _kernels.options("sm_90a"),
+                                        _kernels.SPLIT_KV_NAMES)
+        assert built.ok and not re.search(r"[1-9]\d* bytes (spill|stack)", built.log), built.log
+        listing = _compile.sass(built.cubin, CUOBJDUMP)
+        assert ("SR_GLOBALTIMERLO" in listing) == (timeline == "1")
+
+
 def _args(name: str) -> list[str]:
     """Template arguments of a kernel name, e.g. 'k<bf16_t, 576, 512>' -> ['bf16_t', '576', '512']."""
     return [a.strip() for a in name[name.index("<") + 1:name.rindex(">")].split(",")]
