@@ -258,10 +258,6 @@ __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of
 template <class T, bool kNarrow> struct PartialOf { using type = float; };
 template <class T> struct PartialOf<T, true> { using type = typename T::storage; };
 
-// Grid (ceil(rows / 8) * batch, ceil(dv / (32 * per lane))), 256 threads: one
-// warp per query row and 32 lanes of 16 bytes of partials (4 float or 8
-// 16-bit columns each); a request's row blocks are adjacent in x, which
-// holds any batch (y and z stop at 65535).
 #ifdef CUMLA_TIMELINE
 // Profiling build (bench/part_costs.py): per block (blockIdx.y * gridDim.x +
 // blockIdx.x) %globaltimer (ns) at its start, after its wait for the
@@ -303,6 +299,10 @@ __device__ __forceinline__ long long combine_clock() {
   } while (0)
 #endif
 
+// Grid (ceil(rows / 8) * batch, ceil(dv / (32 * per lane))), 256 threads: one
+// warp per query row and 32 lanes of 16 bytes of partials (4 float or 8
+// 16-bit columns each); a request's row blocks are adjacent in x, which
+// holds any batch (y and z stop at 65535).
 template <class T, bool kNarrow>
 __global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ AttnParams p, int dv) {
   using P = typename PartialOf<T, kNarrow>::type;
