@@ -106,19 +106,18 @@ def sm_consistency(runs: list[np.ndarray], work: np.ndarray) -> dict:
     (rows of part_work). A CTA's relative time is its time over the median of
     the CTAs with the same pairs and segments in its call."""
     per_part = len(runs[0]) // len(work)
-    kinds = [tuple(row) for row in np.repeat(np.asarray(work, np.int64)[:, 1:], per_part, axis=0)]
+    cta_work = np.repeat(np.asarray(work, np.int64)[:, 1:], per_part, axis=0)  # (pairs, segments) a CTA
+    _, kind = np.unique(cta_work, axis=0, return_inverse=True)
+    kind = kind.reshape(-1)
     sms = 1 + max(int(r[:, 4].max()) for r in runs)
     by_sm = np.full((len(runs), sms), np.nan)
     skews = []
     for i, spans in enumerate(runs):
         times = (spans[:, 1] - spans[:, 0]).astype(np.float64)
-        relative = np.empty_like(times)
-        for kind in set(kinds):
-            mine = np.array([k == kind for k in kinds])
-            relative[mine] = times[mine] / np.median(times[mine])
+        relative = times / np.array([np.median(times[kind == k]) for k in range(kind.max() + 1)])[kind]
         for sm in range(sms):
-            on = spans[:, 4] == sm
-            if on.any() and any(kinds[j][0] for j in np.flatnonzero(on)):
+            on = (spans[:, 4] == sm) & (cta_work[:, 0] > 0)
+            if on.any():
                 by_sm[i, sm] = relative[on].mean()
         skews.append(float((spans[:, 0].max() - spans[:, 0].min()) / 1e3))
     seen = ~np.isnan(by_sm).any(axis=0)
@@ -136,9 +135,9 @@ def sm_consistency(runs: list[np.ndarray], work: np.ndarray) -> dict:
 
 def combine_summary(attention_ns: np.ndarray, combine: np.ndarray) -> dict:
     """The combine's blocks against the attention kernel's CTAs of one call:
-    ``attention_ns`` (CTAs, 2) start and end, ``combine`` (blocks, 4) the
+    ``attention_ns`` (CTAs, 2) start and end, ``combine`` (blocks, 3) the
     combine's stamps (ns at the start, after the wait or 0, at the last
-    warp's end; SM), unstamped rows zero. Times in µs from the attention
+    warp's end), unstamped rows zero. Times in µs from the attention
     kernel's last CTA end."""
     ran = combine[combine[:, 0] != 0]
     if not len(ran):
@@ -157,7 +156,7 @@ def combine_summary(attention_ns: np.ndarray, combine: np.ndarray) -> dict:
 
 
 def run_batch(lengths: np.ndarray, heads: int, q_len: int, rng, repeats: int = 1) -> tuple[list, list, np.ndarray]:
-    """The CTA spans (CTAs, 5) and the combine's block stamps (blocks, 4) of
+    """The CTA spans (CTAs, 5) and the combine's block stamps (blocks, 3) of
     ``repeats`` planned calls in the profiling build, after warm-up calls,
     and the parts' work."""
     import cupy as cp
@@ -170,7 +169,7 @@ def run_batch(lengths: np.ndarray, heads: int, q_len: int, rng, repeats: int = 1
     work = part_work(cp.asnumpy(plan.work), lengths, SCHEDULE_TILE)
     ctas = len(work) * -(-heads * q_len // ROWS_PER_CTA)  # the grid: parts x row groups
     module = _gpu._module("split_kv.cu", _kernels.SPLIT_KV_NAMES, _gpu._arch_of(cp.cuda.Device().id))
-    stamps = cp.ndarray((COMBINE_BLOCKS, 4), dtype=cp.int64, memptr=module.get_global("cumla_combine_span"))
+    stamps = cp.ndarray((COMBINE_BLOCKS, 3), dtype=cp.int64, memptr=module.get_global("cumla_combine_span"))
     runs, combines = [], []
     for _ in range(repeats):
         ran = stamped(call, heads * q_len, reset=lambda: stamps.fill(0))[1][:ctas]
@@ -238,7 +237,8 @@ def main() -> None:
         if "sm_consistency" in r:
             c = r["sm_consistency"]
             print(f"{r['batch']}: per-SM relative time {c['relative_spread'][0]:.3f}-{c['relative_spread'][1]:.3f}"
-                  f" over {c['sms']} SMs, call-to-call correlation {c['call_to_call_correlation']:.2f} ({c['calls']} calls);"
+                  f" over {c['sms']} SMs, call-to-call correlation {c['call_to_call_correlation']:.2f}"
+                  f" ({c['calls']} calls);"
                   f" slowest {c['slowest_sms'][:4]}, start skew {max(c['start_skew_us']):.1f} µs")
     if args.out:
         os.makedirs(args.out, exist_ok=True)

@@ -109,6 +109,13 @@ __device__ __forceinline__ void require_dynamic_smem(unsigned bytes) {
   if (given < bytes) __trap();
 }
 
+// %globaltimer in ns, for the profiling builds' spans (CUMLA_TIMELINE).
+__device__ __forceinline__ long long global_ns() {
+  long long ns;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+  return ns;
+}
+
 // Programmatic dependent launch (sm_90+; no-ops on older GPUs). The attention
 // kernels let the combine launched after them (cumla/_pdl.py) be scheduled
 // early (params.cuh: allow_combine_launch), so its launch overlaps their work

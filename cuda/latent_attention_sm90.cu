@@ -171,11 +171,9 @@ __device__ long long cumla_cta_span[kTimelineCtas][5];
   do {                                                                         \
     const int cta_ = blockIdx.y * gridDim.x + blockIdx.x;                      \
     if (threadIdx.x == 0 && cta_ < kTimelineCtas) {                            \
-      long long ns_;                                                           \
       unsigned sm_;                                                            \
-      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns_));                  \
       asm volatile("mov.u32 %0, %%smid;" : "=r"(sm_));                         \
-      cumla_cta_span[cta_][end] = ns_;                                         \
+      cumla_cta_span[cta_][end] = global_ns();                                 \
       cumla_cta_span[cta_][2 + (end)] = clock64();                             \
       cumla_cta_span[cta_][4] = sm_;                                           \
     }                                                                          \

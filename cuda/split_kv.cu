@@ -261,34 +261,23 @@ template <class T> struct PartialOf<T, true> { using type = typename T::storage;
 #ifdef CUMLA_TIMELINE
 // Profiling build (bench/part_costs.py): per block (blockIdx.y * gridDim.x +
 // blockIdx.x) %globaltimer (ns) at its start, after its wait for the
-// attention kernel (0 if it left before it) and when its last warp ended,
-// and its SM: whether the combine's time after the attention kernel is its
-// launch, its wait or its merges.
+// attention kernel (0 if it left before it) and when its last warp ended:
+// whether the combine's time after the attention kernel is its launch, its
+// wait or its merges.
 constexpr int kCombineStampBlocks = 8192;
-__device__ long long cumla_combine_span[kCombineStampBlocks][4];
-__device__ __forceinline__ long long combine_clock() {
-  long long ns;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
-  return ns;
-}
-#define COMBINE_STAMP(field)                                                           \
-  do {                                                                                 \
-    const int block_ = blockIdx.y * gridDim.x + blockIdx.x;                            \
-    if (threadIdx.x == 0 && block_ < kCombineStampBlocks) {                            \
-      cumla_combine_span[block_][field] = combine_clock();                             \
-      if ((field) == 0) {                                                              \
-        unsigned sm_;                                                                  \
-        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm_));                               \
-        cumla_combine_span[block_][3] = sm_;                                           \
-      }                                                                                \
-    }                                                                                  \
+__device__ long long cumla_combine_span[kCombineStampBlocks][3];
+#define COMBINE_STAMP(field)                                                             \
+  do {                                                                                   \
+    const int block_ = blockIdx.y * gridDim.x + blockIdx.x;                              \
+    if (threadIdx.x == 0 && block_ < kCombineStampBlocks)                                \
+      cumla_combine_span[block_][field] = global_ns();                                   \
   } while (0)
 #define COMBINE_STAMP_END()                                                            \
   do {                                                                                 \
     const int block_ = blockIdx.y * gridDim.x + blockIdx.x;                            \
     if (threadIdx.x % 32 == 0 && block_ < kCombineStampBlocks)                         \
       atomicMax(reinterpret_cast<unsigned long long*>(&cumla_combine_span[block_][2]), \
-                static_cast<unsigned long long>(combine_clock()));                     \
+                static_cast<unsigned long long>(global_ns()));                         \
   } while (0)
 #else
 #define COMBINE_STAMP(field) \

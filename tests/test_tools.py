@@ -175,17 +175,17 @@ def test_part_costs_times_the_combine_from_the_attention_kernels_end():
     only for blocks that were released and merged."""
     costs = bench_module("part_costs")
     attention = np.array([[0, 90_000], [0, 100_000]])  # ns: the last CTA ends at 100 µs
-    combine = np.zeros((6, 4), np.int64)
-    combine[0] = [99_000, 101_000, 103_000, 7]   # started early, released 1 µs after, merged 2 µs
-    combine[1] = [100_500, 101_500, 105_000, 8]  # merged 3.5 µs
-    combine[2] = [100_200, 0, 100_300, 9]        # nothing to merge: left before the wait
-    combine[3] = [101_000, 102_000, 102_000, 9]  # released with nothing to merge
+    combine = np.zeros((6, 3), np.int64)
+    combine[0] = [99_000, 101_000, 103_000]   # started early, released 1 µs after, merged 2 µs
+    combine[1] = [100_500, 101_500, 105_000]  # merged 3.5 µs
+    combine[2] = [100_200, 0, 100_300]        # nothing to merge: left before the wait
+    combine[3] = [101_000, 102_000, 102_000]  # released with nothing to merge
     summary = costs.combine_summary(attention, combine)
     assert summary["blocks"] == 4 and summary["released_blocks"] == 3
     assert summary["first_start_us"] == pytest.approx(-1.0) and summary["last_start_us"] == pytest.approx(1.0)
     assert summary["first_release_us"] == pytest.approx(1.0) and summary["last_end_us"] == pytest.approx(5.0)
     assert summary["median_merge_us"] == pytest.approx(2.75) and summary["longest_merge_us"] == pytest.approx(3.5)
-    assert costs.combine_summary(attention, np.zeros((3, 4), np.int64)) == {"blocks": 0}
+    assert costs.combine_summary(attention, np.zeros((3, 3), np.int64)) == {"blocks": 0}
 
 
 def test_part_costs_finds_the_sms_that_are_slow_every_call():
