@@ -99,7 +99,7 @@ struct PartWork {
 // blocks: 10 µs instead of 6 on the H200), where they are light it takes the
 // combine's launch off the end of the call (random-length batch: -2 µs; eight
 // requests of 9 pieces pay ~0.5 µs of crowding).
-constexpr int kEarlyCombinePieces = 12;  // two of merge_row's value batches
+constexpr int kEarlyCombinePieces = 12;  // measured with merges that loaded 6 pieces at a time
 __device__ __forceinline__ void allow_combine_launch(const AttnParams& p, const PartWork& work) {
   for (int b = work.first(); b <= work.last(p.batch); ++b)
     if (p.sched.piece_base[b + 1] - p.sched.piece_base[b] > kEarlyCombinePieces) return;

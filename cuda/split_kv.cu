@@ -123,102 +123,60 @@ extern "C" __global__ void __launch_bounds__(1024) make_schedule(
   }
 }
 
-// Requests split into at most this many pieces (the uneven batches' 2-3)
-// are merged with every load issued at once: one memory round trip instead
-// of the general path's three dependent ones (LSE maximum, sum, weights)
-// before the values.
-constexpr int kFewPieces = 4;
-// More pieces (a long request over many parts: config D's ~16) are merged
-// in batches of this many pieces' values.
-constexpr int kMergeBatch = 6;
+// A warp stages this many pieces' 16-byte lanes in shared memory at a time
+// (kStage * 512 bytes a warp, 32 KB a block of 8): the pieces in flight sit
+// there, not in registers, so a merge of up to kStage pieces waits one
+// memory round trip (its LSE loads go out with the copies) and five blocks
+// fit an SM where register-held pieces allowed four.
+constexpr int kStage = 8;
+constexpr int kMergeBlocksPerSM = 5;  // __launch_bounds__ of the merging kernels: <= 48 registers
+using StageSlots = uint4[kStage][32];  // one warp's: [piece in the stage][lane]
 
 // One warp merges `pieces` partial results of one query row by their LSE:
-// piece k has log-sum-exp lse_of(k) and values row_of(k)[0, dv) of type P
+// piece k has log-sum-exp lse_of(k) and values rows[k * row_stride + [0, dv)] of type P
 // (float, or the output's 16-bit storage). This lane merges 16 bytes of each
 // piece's row, kPerLane = 16 / sizeof(P) columns from c, and writes them to
-// `out`, lane 0 of the warp with c = 0 the merged LSE to *lse_out. The
-// weights exp(lse_k - max) / sum are computed once per lane for 32 pieces at
-// a time and broadcast, so the loop over pieces is independent vector loads.
-template <class T, class P, class LseOf, class RowOf>
-__device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of, int c, int dv,
-                                          typename T::storage* out, float* lse_out) {
+// `out`, lane 0 of the warp with c = 0 the merged LSE to *lse_out. Lane l
+// reads the LSEs of pieces l, l + 32, ...; the weights exp(lse_k - max) /
+// sum of 32 pieces at a time are each computed once and broadcast.
+template <class T, class P, class LseOf>
+__device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, const P* rows, size_t row_stride, int c, int dv,
+                                          typename T::storage* out, float* lse_out, StageSlots& stage) {
   constexpr int kPerLane = 16 / sizeof(P);
   using Out = typename T::storage;
-  // The merged values of this lane's columns, and the LSE from the largest
-  // piece LSE (0 when every piece is empty) and the sum of the weights.
-  // A lane's values leave in one store where `out` allows it: a warp's
-  // store then fills whole 32-byte sectors (stores that each wrote a
-  // fraction of every sector ran at a fraction of the rate).
-  auto write = [&](const float (&acc)[kPerLane], float safe, float total) {
-    struct alignas(kPerLane * sizeof(Out)) Lane {
-      Out v[kPerLane];
-    };
-    if (c + kPerLane <= dv && reinterpret_cast<size_t>(out + c) % sizeof(Lane) == 0) {
-      Lane lane;
-#pragma unroll
-      for (int e = 0; e < kPerLane; ++e) lane.v[e] = T::from_float(acc[e]);
-      *reinterpret_cast<Lane*>(out + c) = lane;
-    } else {
-#pragma unroll
-      for (int e = 0; e < kPerLane; ++e)
-        if (c + e < dv) out[c + e] = T::from_float(acc[e]);
-    }
-    if (c == 0) *lse_out = row_seen(total) ? safe + logf(total) : CUMLA_NEG_INF;
-  };
-  // Piece k's 16 bytes of this lane as four words (zeros past dv, or for a
-  // piece that is not there): one 16-byte load where the row allows it. The
-  // values are unpacked where they are used, so that a piece in flight holds
-  // four registers whatever its element.
-  auto read = [&](int k, bool there, u32 (&words)[4]) {
-    const P* at = row_of(k) + c;
-    if (there && c + kPerLane <= dv && reinterpret_cast<size_t>(at) % 16 == 0) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(at);
-      words[0] = raw.x, words[1] = raw.y, words[2] = raw.z, words[3] = raw.w;
-      return;
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) words[i] = 0;  // +0 in every element type
-#pragma unroll
-    for (int e = 0; e < kPerLane; ++e) {
-      if (!there || c + e >= dv) continue;
-      if constexpr (sizeof(P) == sizeof(u32)) words[e] = __float_as_uint(at[e]);
-      else words[e / 2] |= u32(at[e]) << (16 * (e % 2));
-    }
-  };
-  auto value = [](const u32 (&words)[4], int e) {
-    if constexpr (sizeof(P) == sizeof(u32)) return __uint_as_float(words[e]);
-    else return T::to_float(static_cast<u16>(words[e / 2] >> (16 * (e % 2))));
-  };
-  if (pieces <= kFewPieces) {
-    float lse[kFewPieces];
-    u32 v[kFewPieces][4];
-#pragma unroll
-    for (int k = 0; k < kFewPieces; ++k) {
-      lse[k] = k < pieces ? lse_of(k) : CUMLA_NEG_INF;
-      read(k, k < pieces, v[k]);
-    }
-    float peak = CUMLA_NEG_INF;
-#pragma unroll
-    for (int k = 0; k < kFewPieces; ++k) peak = fmaxf(peak, lse[k]);
-    const float safe = peak == CUMLA_NEG_INF ? 0.f : peak;
-    float w[kFewPieces], total = 0.f;
-#pragma unroll
-    for (int k = 0; k < kFewPieces; ++k) {
-      w[k] = k < pieces ? expf(lse[k] - safe) : 0.f;
-      total += w[k];
-    }
-    const float inv = row_seen(total) ? 1.f / total : 0.f;
-    float acc[kPerLane] = {};
-#pragma unroll
-    for (int k = 0; k < kFewPieces; ++k)
-#pragma unroll
-      for (int e = 0; e < kPerLane; ++e) acc[e] += w[k] * inv * value(v[k], e);
-    write(acc, safe, total);
-    return;
-  }
-  // Lane l reads the LSEs of pieces l, l + 32, ...; the first in a register
-  // for all three passes below.
   const int lane = threadIdx.x % 32;
+  const P* first_row = rows + c;
+  // Pieces k0 .. k0 + kStage - 1 of this lane into its stage slots: an
+  // async copy where its 16 bytes are whole and aligned, else loaded and
+  // stored here (zeros past dv). Only slots of pieces that exist are read.
+  auto stage_pieces = [&](int k0) {
+#pragma unroll 1
+    for (int j = 0; j < kStage; ++j) {
+      if (k0 + j >= pieces) break;
+      const P* at = first_row + (k0 + j) * row_stride;
+      const u32 slot = static_cast<u32>(__cvta_generic_to_shared(&stage[j][lane]));
+      if (c + kPerLane <= dv && reinterpret_cast<size_t>(at) % 16 == 0) {
+        cp_async16(slot, at, true);
+        continue;
+      }
+      u32 words[4] = {0, 0, 0, 0};  // +0 in every element type
+#pragma unroll
+      for (int e = 0; e < kPerLane; ++e) {
+        if (c + e >= dv) continue;
+        if constexpr (sizeof(P) == sizeof(u32)) words[e] = __float_as_uint(at[e]);
+        else words[e / 2] |= u32(at[e]) << (16 * (e % 2));
+      }
+      stage[j][lane] = make_uint4(words[0], words[1], words[2], words[3]);
+    }
+    cp_async_commit();
+  };
+  auto value = [](const uint4& raw, int e) {
+    const u32 words[4] = {raw.x, raw.y, raw.z, raw.w};
+    const u32 word = words[e * 4 / kPerLane];
+    if constexpr (sizeof(P) == sizeof(u32)) return __uint_as_float(word);
+    else return T::to_float(static_cast<u16>(word >> (16 * (e % 2))));
+  };
+  stage_pieces(0);  // in flight with the LSE loads below
   const float first_lse = lane < pieces ? lse_of(lane) : CUMLA_NEG_INF;
   float peak = first_lse;
   for (int k = lane + 32; k < pieces; k += 32) peak = fmaxf(peak, lse_of(k));
@@ -229,28 +187,42 @@ __device__ __forceinline__ void merge_row(int pieces, LseOf lse_of, RowOf row_of
   for (int off = 16; off > 0; off /= 2) total += __shfl_xor_sync(0xffffffffu, total, off);
   const float inv = row_seen(total) ? 1.f / total : 0.f;
 
-  // The values in batches of kMergeBatch pieces, each batch's loads issued
-  // before its first use: a merge waits about pieces / kMergeBatch load
-  // latencies (one per piece or two when each load sat beside its FMAs).
   float acc[kPerLane] = {};
-  for (int k0 = 0; k0 < pieces; k0 += 32) {
-    const float lse_k = k0 == 0 ? first_lse : k0 + lane < pieces ? lse_of(k0 + lane) : CUMLA_NEG_INF;
-    const float mine = expf(lse_k - safe) * inv;  // 0 past the pieces
-    const int count = min(32, pieces - k0);
-    for (int j0 = 0; j0 < count; j0 += kMergeBatch) {
-      u32 v[kMergeBatch][4];
-#pragma unroll
-      for (int j = 0; j < kMergeBatch; ++j)
-        read(k0 + j0 + j, j0 + j < count, v[j]);
-#pragma unroll
-      for (int j = 0; j < kMergeBatch; ++j) {
-        const float w = __shfl_sync(0xffffffffu, mine, (j0 + j) % 32);  // past count: times v = 0
-#pragma unroll
-        for (int e = 0; e < kPerLane; ++e) acc[e] += w * value(v[j], e);
-      }
+  float mine = expf(first_lse - safe) * inv;  // piece lane's weight, 0 past the pieces
+  for (int k0 = 0; k0 < pieces; k0 += kStage) {
+    if (k0 > 0 && k0 % 32 == 0) {
+      const float lse_k = k0 + lane < pieces ? lse_of(k0 + lane) : CUMLA_NEG_INF;
+      mine = expf(lse_k - safe) * inv;
     }
+    cp_async_wait<0>();
+    __syncwarp();
+#pragma unroll 4
+    for (int j = 0; j < kStage; ++j) {
+      const float w = __shfl_sync(0xffffffffu, mine, (k0 + j) % 32);
+      if (k0 + j >= pieces) break;
+      const uint4 raw = stage[j][lane];
+#pragma unroll
+      for (int e = 0; e < kPerLane; ++e) acc[e] += w * value(raw, e);
+    }
+    if (k0 + kStage < pieces) stage_pieces(k0 + kStage);  // this lane's slots are read: refill them
   }
-  write(acc, safe, total);
+  // The merged values of this lane's columns leave in one store where `out`
+  // allows it: a warp's store then fills whole 32-byte sectors (stores that
+  // each wrote a fraction of every sector ran at a fraction of the rate).
+  struct alignas(kPerLane * sizeof(Out)) Lane {
+    Out v[kPerLane];
+  };
+  if (c + kPerLane <= dv && reinterpret_cast<size_t>(out + c) % sizeof(Lane) == 0) {
+    Lane merged;
+#pragma unroll
+    for (int e = 0; e < kPerLane; ++e) merged.v[e] = T::from_float(acc[e]);
+    *reinterpret_cast<Lane*>(out + c) = merged;
+  } else {
+#pragma unroll
+    for (int e = 0; e < kPerLane; ++e)
+      if (c + e < dv) out[c + e] = T::from_float(acc[e]);
+  }
+  if (c == 0) *lse_out = row_seen(total) ? safe + logf(total) : CUMLA_NEG_INF;
 }
 
 // The partials' element: float, or with kNarrow the output's 16-bit storage
@@ -293,7 +265,8 @@ __device__ long long cumla_combine_span[kCombineStampBlocks][3];
 // 16-bit columns each); a request's row blocks are adjacent in x, which
 // holds any batch (y and z stop at 65535).
 template <class T, bool kNarrow>
-__global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ AttnParams p, int dv) {
+__global__ void __launch_bounds__(256, kMergeBlocksPerSM) combine_partials(const __grid_constant__ AttnParams p,
+                                                                           int dv) {
   using P = typename PartialOf<T, kNarrow>::type;
   constexpr int kPerLane = 16 / sizeof(P), kWarpColumns = 32 * kPerLane;
   COMBINE_STAMP(0);
@@ -322,17 +295,19 @@ __global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ 
   const float* lse = p.part_lse + first * p.rows + r;  // piece k at lse[k * rows]
   const P* part = reinterpret_cast<const P*>(p.part_out) + (first * p.rows + r) * dv;  // piece k at part[k * rows * dv]
   const size_t row = static_cast<size_t>(b) * p.rows + r;
+  __shared__ StageSlots stages[8];
   merge_row<T, P>(
       pieces, [&](int k) { return lse[static_cast<size_t>(k) * p.rows]; },
-      [&](int k) { return part + static_cast<size_t>(k) * p.rows * dv; }, c, dv,
-      static_cast<typename T::storage*>(p.out) + row * dv, p.lse + row);
+      part, static_cast<size_t>(p.rows) * dv, c, dv,
+      static_cast<typename T::storage*>(p.out) + row * dv, p.lse + row, stages[threadIdx.x / 32]);
   // The partials are scratch, read once: drop their L2 lines (the Hopper
-  // kernel keeps them with evict_last priority) without writing them back.
-  // Lanes 0-3 each own one 128-byte line of this warp's 512 bytes, where
-  // rows are whole lines so that no line holds another row.
+  // kernel keeps them with evict_last priority) without writing them back,
+  // once the merge is written (off its round trips). Lanes 0-3 each own one
+  // 128-byte line of this warp's 512 bytes, where rows are whole lines so
+  // that no line holds another row.
   constexpr int kLine = 128 / sizeof(P);
-  __syncwarp();
   const int line = blockIdx.y * kWarpColumns + kLine * lane;
+  __syncwarp();
   if (dv % kLine == 0 && lane < 4 && line + kLine <= dv) {
     for (int k = 0; k < pieces; ++k)
       asm volatile("discard.global.L2 [%0], 128;" ::"l"(part + static_cast<size_t>(k) * p.rows * dv + line) : "memory");
@@ -344,14 +319,17 @@ __global__ void __launch_bounds__(256) combine_partials(const __grid_constant__ 
 // float32 is rank k's partial result for query row r, of `world` ranks.
 // Grid (ceil(rows / 8), ceil(dv / 128)), 256 threads, as combine_partials.
 template <class T>
-__global__ void __launch_bounds__(256) merge_ranks(const float* __restrict__ gathered, int world, int rows, int dv,
-                                                   typename T::storage* __restrict__ out, float* __restrict__ lse) {
+__global__ void __launch_bounds__(256, kMergeBlocksPerSM) merge_ranks(const float* __restrict__ gathered, int world,
+                                                                      int rows, int dv,
+                                                                      typename T::storage* __restrict__ out,
+                                                                      float* __restrict__ lse) {
+  __shared__ StageSlots stages[8];
   const int r = blockIdx.x * 8 + threadIdx.x / 32;
   const int c = blockIdx.y * 128 + 4 * (threadIdx.x % 32);
   if (r >= rows) return;
   const size_t rank_stride = static_cast<size_t>(rows) * (dv + 1);
   const float* mine = gathered + static_cast<size_t>(r) * (dv + 1);
   merge_row<T, float>(
-      world, [&](int k) { return mine[k * rank_stride + dv]; }, [&](int k) { return mine + k * rank_stride; }, c, dv,
-      out + static_cast<size_t>(r) * dv, lse + r);
+      world, [&](int k) { return mine[k * rank_stride + dv]; }, mine, rank_stride, c, dv,
+      out + static_cast<size_t>(r) * dv, lse + r, stages[threadIdx.x / 32]);
 }
