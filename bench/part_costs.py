@@ -161,12 +161,11 @@ def run_batch(lengths: np.ndarray, heads: int, q_len: int, rng, repeats: int = 1
     and the parts' work."""
     import cupy as cp
     from cumla import _gpu, _kernels
-    from cumla._kernels import SCHEDULE_TILE
     from split_costs import planned_call
     from timeline import CTAS, stamped
 
     call, plan = planned_call(lengths, heads, q_len, rng)
-    work = part_work(cp.asnumpy(plan.work), lengths, SCHEDULE_TILE)
+    work = part_work(cp.asnumpy(plan.work), lengths, _kernels.SCHEDULE_TILE)
     ctas = len(work) * -(-heads * q_len // ROWS_PER_CTA)  # the grid: parts x row groups
     module = _gpu._module("split_kv.cu", _kernels.SPLIT_KV_NAMES, _gpu._arch_of(cp.cuda.Device().id))
     stamps = cp.ndarray((COMBINE_BLOCKS, 3), dtype=cp.int64, memptr=module.get_global("cumla_combine_span"))

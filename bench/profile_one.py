@@ -12,17 +12,9 @@ import numpy as np
 
 import cupy as cp
 import cumla
-from bench_gpu import BLOCK, CONFIGS, DN, L, R, fp8_pool, make_config, paged_inputs, prefill_inputs, serving_batches
+from bench_gpu import CONFIGS, DN, L, R, fp8_pool, make_config, prefill_inputs, serving_batches
 from cumla import _kernels
-
-
-def planned_call(q, cache, table, seqlens, heads: int, q_len: int = 1, num_parts: int | None = None, fmt=None):
-    """One planned call of the core over the given inputs (a cache of FP8 rows
-    of format ``fmt`` if given; the plan's ``num_parts`` if given), ready to repeat."""
-    plan = cumla.plan(seqlens, heads=heads, q_len=q_len, v_dim=L, num_parts=num_parts, cache_format=fmt)
-    out = cp.empty(q.shape[:-1] + (L,), dtype=q.dtype)
-    return lambda: cumla.latent_attention(q, cache, v_dim=L, scale=1 / np.sqrt(DN + R), seqlens=seqlens,
-                                          block_table=table, plan=plan, out=out, check=False, cache_format=fmt)
+from split_costs import planned_call
 
 
 def core_call(name: str, fp8: bool = False, batch: int | None = None, num_parts: int | None = None,
@@ -36,7 +28,10 @@ def core_call(name: str, fp8: bool = False, batch: int | None = None, num_parts:
     fmt = cumla.fp8_format(L, R, 128) if fp8 else None
     if fp8:
         cache = fp8_pool(cache, fmt)
-    return planned_call(q, cache, table, seqlens, cfg["heads"], cfg["q_len"], num_parts, fmt)
+    plan = cumla.plan(seqlens, heads=cfg["heads"], q_len=cfg["q_len"], v_dim=L, num_parts=num_parts, cache_format=fmt)
+    out = cp.empty(q.shape[:-1] + (L,), dtype=q.dtype)
+    return lambda: cumla.latent_attention(q, cache, v_dim=L, scale=1 / np.sqrt(DN + R), seqlens=seqlens,
+                                          block_table=table, plan=plan, out=out, check=False, cache_format=fmt)
 
 
 #: profile_one's names of bench_gpu's serving batches (B=64, H=128, 64 x 4096 tokens).
@@ -44,9 +39,8 @@ SERVING = dict(zip(("even", "random", "one10x"), (lengths for _, lengths in serv
 
 
 def serving_call(name: str):
-    """One planned call of the serving batch ``name`` (H=128, page BLOCK), ready to repeat."""
-    q, cache, table, seqlens = paged_inputs(SERVING[name], 128, BLOCK, np.random.default_rng(0))
-    return planned_call(q, cache, table, seqlens, 128)
+    """One planned call of the serving batch ``name`` (H=128, bench_gpu's pages), ready to repeat."""
+    return planned_call(SERVING[name], 128, 1, np.random.default_rng(0))[0]
 
 
 def run_core(name: str, fp8: bool) -> None:

@@ -168,6 +168,16 @@ def test_part_costs_counts_pairs_and_fits_segment_costs():
     assert fit["us_fixed"] == pytest.approx(1.0) and fit["pairs_per_segment"] == pytest.approx(1.5)
     assert fit["r2"] == pytest.approx(1.0)
 
+    # The plan's cost counts whole pairs: three one-tile segments (3 pairs)
+    # outweigh 8 tiles in 2 segments, though they hold fewer tiles.
+    assert costs.planned_cost([[3, 3, 3], [8, 4, 2]]).tolist() == [15, 14]
+    parts = np.array([[7, 4, 2], [4, 2, 2]])  # part 0 the busiest: 4 pairs + 2 segments, 2 x 4 + 2 x 3
+    spans = np.array([[0, 9000], [100, 9500], [0, 12000], [50, 6000]])  # two row-group CTAs a part
+    summary = costs.batch_summary("t", spans, parts)
+    assert summary["last"] == {"cta": 2, "pairs": 2, "segments": 2, "us": 12.0}
+    assert summary["busiest"] == {"cta": 1, "pairs": 4, "segments": 2, "us": 9.4}
+    assert summary["span_us"] == 12.0 and summary["median_us"] == pytest.approx(9.2)
+
 
 def test_part_costs_times_the_combine_from_the_attention_kernels_end():
     """bench/part_costs.py's combine reading: block starts, the first release
@@ -210,13 +220,3 @@ def test_part_costs_finds_the_sms_that_are_slow_every_call():
     chance = costs.sm_consistency([call(-1) for _ in range(4)], work)
     assert abs(chance["call_to_call_correlation"]) < 0.4
     assert chance["relative_spread"][1] < 1.05
-
-    # The plan's cost counts whole pairs: three one-tile segments (3 pairs)
-    # outweigh 8 tiles in 2 segments, though they hold fewer tiles.
-    assert costs.planned_cost([[3, 3, 3], [8, 4, 2]]).tolist() == [15, 14]
-    parts = np.array([[7, 4, 2], [4, 2, 2]])  # part 0 the busiest: 4 pairs + 2 segments, 2 x 4 + 2 x 3
-    spans = np.array([[0, 9000], [100, 9500], [0, 12000], [50, 6000]])  # two row-group CTAs a part
-    summary = costs.batch_summary("t", spans, parts)
-    assert summary["last"] == {"cta": 2, "pairs": 2, "segments": 2, "us": 12.0}
-    assert summary["busiest"] == {"cta": 1, "pairs": 4, "segments": 2, "us": 9.4}
-    assert summary["span_us"] == 12.0 and summary["median_us"] == pytest.approx(9.2)
