@@ -56,9 +56,14 @@ constexpr int kSegmentCost = 3;  // tiles' worth
 // (a cost position rounds down to one), so only a request's own odd end
 // pays the half-empty pair, and the line charges it.
 __device__ __forceinline__ int whole_pairs(int tiles) { return (tiles + 1) & ~1; }
+// Requests of more pieces than this take the combine's merge more than one
+// stage (kStage below): their merges are the longest, and their blocks go
+// first in combine_order, so that none starts in the combine's last wave
+// (the one-10x batch's long request is its last).
+constexpr int kOneStagePieces = 8;
 extern "C" __global__ void __launch_bounds__(1024) make_schedule(
     const int* seqlens, int batch, int capacity, int tile, int num_parts, int* work,
-    int* first_part, int* piece_base, int* prefix /* (batch + 1) */) {
+    int* first_part, int* piece_base, int* prefix /* (batch + 1) */, int* combine_order /* (batch) */) {
   __shared__ int scan[1024];
   __shared__ int carry, longest;
   auto tiles_of = [&](int b) { return (request_length(seqlens, b, capacity) + tile - 1) / tile; };
@@ -81,6 +86,7 @@ extern "C" __global__ void __launch_bounds__(1024) make_schedule(
       if (b0 >= batch) { w[0] = batch; w[1] = 0; w[2] = -1; w[3] = 0; continue; }
       w[0] = b0; w[1] = 0; w[2] = b1; w[3] = prefix[b1 + 1] - prefix[b1];
     }
+    for (int b = threadIdx.x; b < batch; b += blockDim.x) combine_order[b] = b;  // no merges
     return;
   }
   // From here prefix[] holds cost positions; empty requests cost nothing.
@@ -121,6 +127,14 @@ extern "C" __global__ void __launch_bounds__(1024) make_schedule(
     w[0] = b0; w[1] = cut(b0, begin);
     w[2] = b1; w[3] = tile_end;
   }
+  // The combine's request order: the requests of several stages first, each
+  // group in index order (prefix, read above, becomes the count of such
+  // requests before b).
+  __syncthreads();
+  auto several = [&](int b) { return piece_base[b + 1] - piece_base[b] > kOneStagePieces ? 1 : 0; };
+  const int first_others = block_scan(batch, several, prefix, scan, &carry);
+  for (int b = threadIdx.x; b < batch; b += blockDim.x)
+    combine_order[several(b) ? prefix[b] : first_others + b - prefix[b]] = b;
 }
 
 // A warp stages this many pieces' 16-byte lanes in shared memory at a time
@@ -263,15 +277,17 @@ __device__ long long cumla_combine_span[kCombineStampBlocks][3];
 // Grid (ceil(rows / 8) * batch, ceil(dv / (32 * per lane))), 256 threads: one
 // warp per query row and 32 lanes of 16 bytes of partials (4 float or 8
 // 16-bit columns each); a request's row blocks are adjacent in x, which
-// holds any batch (y and z stop at 65535).
+// holds any batch (y and z stop at 65535). Request order[i] takes the i-th
+// run of row blocks (make_schedule's combine_order: blocks start roughly in
+// x order, and the longest merges go first).
 template <class T, bool kNarrow>
 __global__ void __launch_bounds__(256, kMergeBlocksPerSM) combine_partials(const __grid_constant__ AttnParams p,
-                                                                           int dv) {
+                                                                           int dv, const int* __restrict__ order) {
   using P = typename PartialOf<T, kNarrow>::type;
   constexpr int kPerLane = 16 / sizeof(P), kWarpColumns = 32 * kPerLane;
   COMBINE_STAMP(0);
   const int row_blocks = (p.rows + 7) / 8;
-  const int b = blockIdx.x / row_blocks, r = (blockIdx.x % row_blocks) * 8 + threadIdx.x / 32;
+  const int b = order[blockIdx.x / row_blocks], r = (blockIdx.x % row_blocks) * 8 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32, c = blockIdx.y * kWarpColumns + kPerLane * lane;
   // piece_base comes from make_schedule, done before the attention kernel
   // started: readable before the wait below.

@@ -39,6 +39,7 @@ class Plan:
         self.first_part = xp.zeros(batch, dtype=np.int32)
         self.piece_base = xp.zeros(batch + 1, dtype=np.int32)
         self.prefix = xp.zeros(batch + 1, dtype=np.int32)
+        self.combine_order = xp.zeros(batch, dtype=np.int32)  # the combine's request order (make_schedule)
         # float32 partials; the 16-bit Hopper kernel writes 16-bit ones into the first half
         self.part_out = xp.empty((self.slots, rows, v_dim), dtype=np.float32)
         self.part_lse = xp.empty((self.slots, rows), dtype=np.float32)

@@ -109,6 +109,7 @@ def test_absorbed_decode_launches(cp):
     assert combine.grid == (2 * 3, 2)  # 16 rows in 8s for each of 3 requests, 512 columns in 256s (16-bit partials)
     assert combine.dependent and not attend.dependent  # the combine's launch overlaps the attention kernel
     assert combine.args[1] == np.int32(512)
+    assert combine.args[2] == np.uint64(schedule.args[-1].data.ptr)  # the order make_schedule writes
     assert field(attend, "rows") == 16 and field(attend, "heads") == 16 and field(attend, "q_len") == 1
     assert field(attend, "capacity") == 5 * 64 and field(attend, "block_size") == 64
     assert field(attend, "max_blocks") == 5 and field(attend, "num_blocks") == 15

@@ -133,6 +133,7 @@ DEEPSEEK = dict(latent_dim=512, rope_dim=64, nope_dim=128, v_dim=128)
     (8, 1, (513,), 1),
     (16, 1, (300, 17), 24),  # pages that do not tile 64 tokens: the portable kernel
     (64, 2, (700, 190), 192),  # pages of several tiles (Hopper: one box per tile)
+    (16, 1, (100, 0, 3000, 50), 64),  # a long request after short ones: the combine takes it first
 ])
 @pytest.mark.parametrize("parts", [None, 1, 7, 200])
 def test_deepseek_dims_with_every_split(dtype, heads, q_len, seqlens, block, parts, kernel_family):

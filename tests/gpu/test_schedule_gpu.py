@@ -52,3 +52,8 @@ def test_schedule_covers_every_tile_once(lengths, num_parts):
     assert sorted(slots) == list(range(piece_base[-1])), "each piece slot written exactly once"
     assert piece_base[-1] <= plan.slots
     assert all((piece_base[b + 1] > piece_base[b]) == (tiles[b] > 0) for b in range(len(tiles)))
+    # The combine's order: requests of more than one merge stage (8 pieces)
+    # first, then the others, each group in index order.
+    pieces = np.diff(piece_base)
+    order = cp.asnumpy(plan.combine_order)
+    assert order.tolist() == np.flatnonzero(pieces > 8).tolist() + np.flatnonzero(pieces <= 8).tolist()
