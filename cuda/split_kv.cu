@@ -56,11 +56,16 @@ constexpr int kSegmentCost = 3;  // tiles' worth
 // (a cost position rounds down to one), so only a request's own odd end
 // pays the half-empty pair, and the line charges it.
 __device__ __forceinline__ int whole_pairs(int tiles) { return (tiles + 1) & ~1; }
-// Requests of more pieces than this take the combine's merge more than one
-// stage (kStage below): their merges are the longest, and their blocks go
-// first in combine_order, so that none starts in the combine's last wave
-// (the one-10x batch's long request is its last).
-constexpr int kOneStagePieces = 8;
+// A warp stages this many pieces' 16-byte lanes in shared memory at a time
+// (kStage * 512 bytes a warp, 32 KB a block of 8): the pieces in flight sit
+// there, not in registers, so a merge of up to kStage pieces waits one
+// memory round trip (its LSE loads go out with the copies) and five blocks
+// fit an SM where register-held pieces allowed four.
+constexpr int kStage = 8;
+// Requests of more than kStage pieces take the combine's merge more than one
+// stage: their merges are the longest, and their blocks go first in
+// combine_order, so that none starts in the combine's last wave (the one-10x
+// batch's long request is its last).
 extern "C" __global__ void __launch_bounds__(1024) make_schedule(
     const int* seqlens, int batch, int capacity, int tile, int num_parts, int* work,
     int* first_part, int* piece_base, int* prefix /* (batch + 1) */, int* combine_order /* (batch) */) {
@@ -131,18 +136,12 @@ extern "C" __global__ void __launch_bounds__(1024) make_schedule(
   // group in index order (prefix, read above, becomes the count of such
   // requests before b).
   __syncthreads();
-  auto several = [&](int b) { return piece_base[b + 1] - piece_base[b] > kOneStagePieces ? 1 : 0; };
+  auto several = [&](int b) { return piece_base[b + 1] - piece_base[b] > kStage ? 1 : 0; };
   const int first_others = block_scan(batch, several, prefix, scan, &carry);
   for (int b = threadIdx.x; b < batch; b += blockDim.x)
     combine_order[several(b) ? prefix[b] : first_others + b - prefix[b]] = b;
 }
 
-// A warp stages this many pieces' 16-byte lanes in shared memory at a time
-// (kStage * 512 bytes a warp, 32 KB a block of 8): the pieces in flight sit
-// there, not in registers, so a merge of up to kStage pieces waits one
-// memory round trip (its LSE loads go out with the copies) and five blocks
-// fit an SM where register-held pieces allowed four.
-constexpr int kStage = 8;
 constexpr int kMergeBlocksPerSM = 5;  // __launch_bounds__ of the merging kernels: <= 48 registers
 using StageSlots = uint4[kStage][32];  // one warp's: [piece in the stage][lane]
 

@@ -198,17 +198,18 @@ def dependent_launches(device_id: int) -> bool:
     return int(cp.cuda.Device(device_id).compute_capability[:-1]) >= 9
 
 
-def _combine(spec, params, plan: Plan, rows: int, batch: int, v_dim: int) -> None:
+def _combine(spec, params, plan: Plan) -> None:
     """Merge split requests' partials with the combine step of the attention
     kernel ``spec`` (its name, and the output columns a lane merges): one
-    warp per query row, the requests in ``plan``'s combine order. From sm_90 on it is launched as the attention kernel's
+    warp per query row of ``plan``'s shape, the requests in its combine
+    order. From sm_90 on it is launched as the attention kernel's
     programmatic dependent: with no request split it runs beside that kernel
     (an empty combine then costs nothing after it), else it is scheduled as
     the attention CTAs exit; its merges wait for that kernel's results."""
     warp_columns = 32 * spec.combine_lane_columns
-    grid = (math.ceil(rows / 8) * batch, math.ceil(v_dim / warp_columns))  # the batch in x: no 65535 limit
+    grid = (math.ceil(plan.rows / 8) * plan.batch, math.ceil(plan.v_dim / warp_columns))  # batch in x: no 65535 limit
     fn = kernel("split_kv.cu", SPLIT_KV_NAMES, spec.combine)
-    args = (params, np.int32(v_dim), np.uint64(plan.combine_order.data.ptr))  # NumPy scalars: cumla._pdl's launch
+    args = (params, np.int32(plan.v_dim), np.uint64(plan.combine_order.data.ptr))  # NumPy scalars: cumla._pdl's launch
     if dependent_launches(cp.cuda.Device().id):
         _pdl.launch_dependent(fn.kernel.ptr, grid, (THREADS,), args, cp.cuda.get_current_stream().ptr)
     else:
@@ -269,7 +270,7 @@ def latent_attention(problem: Problem, q_lat, cache, seqlens, block_table, scale
                  _tma.rows_map(cache.data.ptr, cache_rows, dim, 64, depth=v_dim // 128))
     attend = kernel(spec.file, spec.module, spec.name, spec.smem)
     attend(spec.grid(plan.num_parts, rows), (spec.threads,), args, shared_mem=spec.smem)
-    _combine(spec, args[0], plan, rows, batch, v_dim)
+    _combine(spec, args[0], plan)
     return o, lse
 
 
@@ -308,5 +309,5 @@ def decompressed(problem: Problem, q, w, cache, seqlens, block_table, scale: flo
     params = _params(problem, plan, q, cache, seqlens, block_table, o, lse, scale, causal, w)
     attend = kernel("decompressed.cu", (spec.name,), spec.name, spec.smem)
     attend((parts, q_tiles, heads), (THREADS,), (params,), shared_mem=spec.smem)
-    _combine(spec, params, plan, rows, batch, v_dim)
+    _combine(spec, params, plan)
     return o, lse
